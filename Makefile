@@ -1,0 +1,44 @@
+# atelier — one entry point for people and CI.
+#   make demo   install if needed, then run the whole pipeline on the generated demo catalogue
+#   make test   install if needed, then run the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workspace
+
+.PHONY: install java demo test lint clean help
+
+help:
+	@echo "make demo | make test | make install | make lint | make clean"
+
+install: $(VENV)/.installed
+
+java:
+	@if java -version 2>&1 | grep -q 'version "17'; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Java 17 not found: installing openjdk-17-jre-headless with apt"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; \
+	else \
+	  echo "error: Spark needs Java 17 (java -version shows: $$(java -version 2>&1 | head -1))." >&2; \
+	  echo "Install openjdk-17-jre-headless (or set JAVA_HOME to a JDK 17) and rerun." >&2; exit 1; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt | java
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 needed, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/atelier --workdir $(WORKDIR) demo
+
+test: install
+	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(WORKDIR) .pytest_cache

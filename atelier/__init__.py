@@ -1,0 +1,3 @@
+"""atelier: fashion product characterisation and personalisation."""
+
+__version__ = "0.1.0"

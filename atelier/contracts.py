@@ -1,0 +1,194 @@
+"""Table contracts: the name, key and Arrow schema of every lake table.
+
+This is the one place that says what a canonical table looks like. The lake module writes
+through these schemas, the ingest job builds rows to them and the quality gates derive their
+expectations from them. Importing it is cheap (pyarrow is imported lazily by `schema()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: Arrow type name (see `_ARROW`), nullability and a one-line meaning."""
+
+    name: str
+    type: str
+    nullable: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class TableContract:
+    """A canonical table: its columns, its merge key and the bounds the gate enforces."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    doc: str = ""
+    # Non-negative numeric columns (prices, counts): finite and >= 0.
+    non_negative: tuple[str, ...] = ()
+    # Timestamp columns that must not lie in the future.
+    past_timestamps: tuple[str, ...] = ()
+    # Foreign keys: column -> (table, column).
+    references: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if not c.nullable]
+
+    def schema(self):
+        """The table's `pyarrow.Schema`."""
+        import pyarrow as pa
+
+        return pa.schema(
+            [pa.field(c.name, _arrow_type(c.type), nullable=c.nullable) for c in self.columns]
+        )
+
+    def spark_ddl(self) -> str:
+        """The table's schema as a Spark DDL string."""
+        return ", ".join(f"`{c.name}` {_SPARK[c.type]}" for c in self.columns)
+
+
+_SPARK = {
+    "string": "STRING",
+    "int32": "INT",
+    "int64": "BIGINT",
+    "float64": "DOUBLE",
+    "timestamp": "TIMESTAMP",
+    "date": "DATE",
+}
+
+
+def _arrow_type(name: str):
+    import pyarrow as pa
+
+    types = {
+        "string": pa.string(),
+        "int32": pa.int32(),
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        # Delta stores microseconds in UTC; Spark's TIMESTAMP maps to this.
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "date": pa.date32(),
+    }
+    return types[name]
+
+
+def _c(name: str, type_: str, nullable: bool = True, doc: str = "") -> Column:
+    return Column(name, type_, nullable, doc)
+
+
+PRODUCTS = TableContract(
+    name="products",
+    doc="One row per product of the catalogue.",
+    columns=(
+        _c("product_id", "string", False, "source id, kept as a string (leading zeros)"),
+        _c("type", "string", False, "product type, e.g. Dress"),
+        _c("brand", "string", False, "brand name"),
+        _c("division", "string", True, "division, e.g. Ladieswear / Men"),
+        _c("title", "string", True, "short product name"),
+        _c("description", "string", True, "free text description"),
+        _c("price", "float64", True, "list price, or median paid price when the source has none"),
+        _c("first_seen", "timestamp", True, "first time the product was seen (first sale)"),
+        _c("source", "string", False, "layout the row came from"),
+    ),
+    key=("product_id",),
+    non_negative=("price",),
+    past_timestamps=("first_seen",),
+)
+
+PRODUCT_IMAGES = TableContract(
+    name="product_images",
+    doc="One row per product shot whose file exists and decodes.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("shot", "int32", False, "shot number, 0 for the main image"),
+        _c("path", "string", False, "absolute path of the image file"),
+        _c("content_hash", "string", False, "sha256 of the file bytes"),
+        _c("width", "int32", False),
+        _c("height", "int32", False),
+    ),
+    key=("product_id", "shot"),
+    references={"product_id": ("products", "product_id")},
+)
+
+PRODUCT_LABELS = TableContract(
+    name="product_labels",
+    doc="Known attribute labels in long form; a missing label is no row.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("attribute", "string", False),
+        _c("value", "string", False),
+    ),
+    key=("product_id", "attribute"),
+    references={"product_id": ("products", "product_id")},
+)
+
+CUSTOMERS = TableContract(
+    name="customers",
+    doc="One row per customer.",
+    columns=(
+        _c("customer_id", "string", False),
+        _c("age", "int32", True),
+        _c("club_member_status", "string", True),
+        _c("fashion_news_frequency", "string", True),
+        _c("postal_code", "string", True),
+    ),
+    key=("customer_id",),
+    non_negative=("age",),
+)
+
+INTERACTIONS = TableContract(
+    name="interactions",
+    doc="Customer-product events. Repeat purchases are separate rows (occurrence in the key).",
+    columns=(
+        _c("interaction_id", "string", False, "hash of (customer, product, timestamp, occurrence)"),
+        _c("customer_id", "string", False),
+        _c("product_id", "string", False),
+        _c("kind", "string", False, "purchase"),
+        _c("timestamp", "timestamp", False),
+        _c("price", "float64", True),
+        _c("channel", "string", True),
+    ),
+    key=("interaction_id",),
+    non_negative=("price",),
+    past_timestamps=("timestamp",),
+    references={
+        "product_id": ("products", "product_id"),
+        "customer_id": ("customers", "customer_id"),
+    },
+)
+
+QUARANTINE = TableContract(
+    name="quarantine",
+    doc="Rows that failed a row-level check, with the reason and where they came from.",
+    columns=(
+        _c("table", "string", False, "canonical table the row was meant for"),
+        _c("source_file", "string", False),
+        _c("line", "int64", False, "1-based line number in the source file"),
+        _c("reason", "string", False, "machine-readable reason, e.g. negative_price"),
+        _c("detail", "string", True, "human-readable detail"),
+        _c("record", "string", True, "the raw source line"),
+        _c("run_id", "string", False),
+        _c("quarantined_at", "timestamp", False),
+    ),
+    key=("table", "source_file", "line", "reason"),
+)
+
+CANONICAL = (PRODUCTS, PRODUCT_IMAGES, PRODUCT_LABELS, CUSTOMERS, INTERACTIONS)
+ALL = {t.name: t for t in (*CANONICAL, QUARANTINE)}
+
+
+def contract(name: str) -> TableContract:
+    """The contract of table `name`; raises KeyError naming the known tables."""
+    try:
+        return ALL[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {sorted(ALL)}") from None

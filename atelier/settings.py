@@ -1,0 +1,114 @@
+"""One typed settings object for every stage.
+
+Sources, lowest to highest priority: defaults, an optional `atelier.yaml` (in the current
+directory, or named by `ATELIER_CONFIG`), `ATELIER_*` environment variables (nested fields with
+`__`, e.g. `ATELIER_SPARK__MASTER=local[2]`), then CLI flags. Built once at the entry point and
+passed down; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class SparkSettings(BaseModel):
+    """How jobs get their SparkSession."""
+
+    master: str = "local[*]"
+    app_name: str = "atelier"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    # Delta jars for the cluster path. With network: packages=["io.delta:delta-spark_2.13:4.0.0"];
+    # offline: jars=["/opt/jars/delta-spark_2.13-4.0.0.jar", "/opt/jars/delta-storage-4.0.0.jar"].
+    packages: list[str] = Field(default_factory=list)
+    jars: list[str] = Field(default_factory=list)
+    # Extra `spark.*` options passed through verbatim.
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class GateSettings(BaseModel):
+    """Bounds of the table-level quality gates."""
+
+    # A table whose share of quarantined rows exceeds this is not published.
+    max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    # A new version may not shrink below this fraction of the published one.
+    min_rows_vs_previous: float = Field(0.5, ge=0.0, le=1.0)
+    # Hard bounds on row counts of a published table.
+    min_rows: dict[str, int] = Field(
+        default_factory=lambda: {"products": 1, "product_images": 1, "product_labels": 0}
+    )
+    max_rows: int = Field(2_000_000_000, ge=1)
+    build_data_docs: bool = True
+
+
+class Settings(BaseSettings):
+    """Everything a run needs; every artefact lives under `workdir`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ATELIER_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    workdir: Path = Path("workspace")
+    seed: int = 20181
+    spark: SparkSettings = Field(default_factory=SparkSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
+    # Layout configs (inputs vs target attributes); defaults ship inside the package.
+    layouts_dir: Path | None = None
+    # Image checks decode every file; bound the parallelism of that step.
+    image_check_partitions: int = Field(8, ge=1)
+
+    @field_validator("workdir")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        # Absolute paths: duckdb and Spark workers resolve relative paths elsewhere.
+        return Path(v).expanduser().resolve()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        from pydantic_settings import YamlConfigSettingsSource
+
+        yaml_file = os.environ.get("ATELIER_CONFIG", "atelier.yaml")
+        return (
+            init_settings,
+            env_settings,
+            YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),
+        )
+
+    # Paths: the only places that know the workdir layout.
+    @property
+    def lake_dir(self) -> Path:
+        return self.workdir / "lake"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workdir / "reports"
+
+    @property
+    def gx_dir(self) -> Path:
+        return self.workdir / "gx"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.workdir / "feast"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.workdir / "mlflow"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings; `overrides` (CLI flags) win over env and yaml. None values are ignored."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

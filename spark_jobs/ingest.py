@@ -1,0 +1,665 @@
+"""Ingest a raw catalogue into the lake: parse, check every row, gate every table, merge.
+
+    spark-submit spark_jobs/ingest.py hm ../shared/data/hm --workdir W
+    atelier --workdir W ingest hm ../shared/data/hm          # the same job
+
+Rows that fail a check go to the `quarantine` table with the reason, the source file and line;
+every good row is published. A table-level failure (GX suite, too many bad rows, missing
+columns) publishes nothing and leaves the previous table versions in place. Rerunning on the same
+input commits nothing new (merge by key, only changed rows rewritten).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from atelier.layout import Layout, Source
+    from atelier.settings import Settings
+
+log = logging.getLogger("atelier.ingest")
+
+# Order matters: the first failing check is the row's reason.
+PRODUCT_REASONS = ("missing_id", "missing_type", "duplicate_key", "unparseable_price",
+                   "non_finite_price", "negative_price")
+INTERACTION_REASONS = ("missing_customer", "missing_product", "unparseable_timestamp",
+                       "future_timestamp", "unparseable_price", "non_finite_price",
+                       "negative_price", "unknown_product", "unknown_customer")
+
+
+class IngestError(RuntimeError):
+    """Raised when a source cannot be ingested at all (bad layout, missing file or column)."""
+
+
+class GateFailure(RuntimeError):
+    """Raised when a table-level check fails; nothing was published."""
+
+    def __init__(self, failures: list[str], report: IngestReport):
+        super().__init__("table-level checks failed, nothing published:\n  " + "\n  ".join(failures))
+        self.failures = failures
+        self.report = report
+
+
+@dataclass
+class TableCounts:
+    read: int = 0
+    good: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    inserted: int = 0
+    updated: int = 0
+    version: int | None = None
+
+
+@dataclass
+class IngestReport:
+    run_id: str
+    layout: str
+    source: str
+    started_at: str
+    tables: dict[str, TableCounts] = field(default_factory=dict)
+    published: bool = False
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def quarantine_by_reason(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, t in self.tables.items():
+            for reason, n in t.quarantined.items():
+                out[f"{name}:{reason}"] = n
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure transforms (DataFrame -> DataFrame)
+# ---------------------------------------------------------------------------------------------
+def parse_csv(lines: DataFrame, header: list[str]) -> DataFrame:
+    """Split raw lines (`_source`, `_line`, `_raw`) into string columns named by `header`.
+
+    A line that is not valid UTF-8 or does not have exactly len(header) fields gets `_error`
+    (`invalid_utf8` / `malformed_row`) and null fields; blank lines are skipped.
+    """
+    names = list(header)
+    schema = "_source STRING, _line LONG, _raw STRING, _error STRING, _detail STRING, " + ", ".join(
+        f"`{c}` STRING" for c in names
+    )
+
+    def parse(batches):
+        import csv
+
+        import pandas as pd
+
+        n = len(names)
+        for b in batches:
+            out = []
+            for src, line, raw in zip(b["_source"], b["_line"], b["_raw"]):
+                if raw is None or not raw.strip():
+                    continue
+                err = detail = None
+                fields: list = [None] * n
+                if "\ufffd" in raw:  # Spark decodes invalid UTF-8 bytes to U+FFFD
+                    err, detail = "invalid_utf8", "line is not valid UTF-8"
+                else:
+                    try:
+                        parsed = next(csv.reader([raw], strict=True))
+                    except csv.Error as e:
+                        parsed = None
+                        err, detail = "malformed_row", f"CSV error: {e}"
+                    if parsed is not None:
+                        if len(parsed) == n:
+                            fields = parsed
+                        else:
+                            err = "malformed_row"
+                            detail = f"expected {n} fields, got {len(parsed)}"
+                out.append([src, int(line), raw, err, detail, *fields])
+            yield pd.DataFrame(out, columns=["_source", "_line", "_raw", "_error", "_detail", *names])
+
+    return lines.mapInPandas(parse, schema)
+
+
+def source_column(df: DataFrame, src: Source) -> Column:
+    """The canonical value for a layout source: a trimmed column (empty -> null) or a rule."""
+    from pyspark.sql import functions as F
+
+    from atelier.layout import Constant, WordsBefore
+
+    if src is None:
+        return F.lit(None).cast("string")
+    if isinstance(src, Constant):
+        return F.lit(src.constant)
+    if isinstance(src, WordsBefore):
+        words = "|".join(re.escape(w) for w in src.words_before)
+        text = F.trim(F.col(f"`{src.from_}`"))
+        before = F.regexp_extract(text, rf"^(.+?)\s+(?:{words})(?:\s|$)", 1)
+        first_word = F.split(text, r"\s+").getItem(0)
+        return F.when(before != "", before).otherwise(F.nullif(first_word, F.lit("")))
+    return F.nullif(F.trim(F.col(f"`{src}`")), F.lit(""))
+
+
+def _first_reason(checks: list[tuple[str, Column]]) -> Column:
+    """The name of the first check whose condition is true, else null."""
+    from pyspark.sql import functions as F
+
+    expr = F.lit(None).cast("string")
+    for reason, cond in reversed(checks):
+        expr = F.when(cond, F.lit(reason)).otherwise(expr)
+    return expr
+
+
+def _price_checks(price_raw: Column, price: Column) -> list[tuple[str, Column]]:
+    from pyspark.sql import functions as F
+
+    return [
+        ("unparseable_price", price_raw.isNotNull() & price.isNull()),
+        ("non_finite_price", F.isnan(price) | (F.abs(price) == float("inf"))),
+        ("negative_price", price < 0),
+    ]
+
+
+def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
+    """Parsed product rows -> canonical columns + `_reason` (null when the row is good)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    m = layout.products
+    df = parsed.select(
+        "_source", "_line", "_raw", "_error", "_detail",
+        source_column(parsed, m.id).alias("product_id"),
+        source_column(parsed, m.type).alias("type"),
+        source_column(parsed, m.brand).alias("brand"),
+        source_column(parsed, m.division).alias("division"),
+        source_column(parsed, m.title).alias("title"),
+        source_column(parsed, m.description).alias("description"),
+        source_column(parsed, m.price).alias("_price_raw"),
+        *[F.col(f"`{a}`") for a in layout.attributes],
+    ).withColumn("price", F.expr("try_cast(_price_raw AS DOUBLE)"))
+    # Duplicates: the first occurrence (lowest line) of a key wins, later ones are quarantined.
+    w = Window.partitionBy("product_id").orderBy("_line")
+    ok = F.col("_error").isNull() & F.col("product_id").isNotNull()
+    df = df.withColumn("_dup", F.when(ok, F.row_number().over(w) > 1).otherwise(F.lit(False)))
+    checks = [
+        ("missing_id", F.col("product_id").isNull()),
+        ("missing_type", F.col("type").isNull()),
+        ("duplicate_key", F.col("_dup")),
+        *_price_checks(F.col("_price_raw"), F.col("price")),
+    ]
+    reason = F.coalesce(F.col("_error"), _first_reason(checks))
+    detail = F.coalesce(
+        F.col("_detail"),
+        F.when(F.col("_dup"), F.concat(F.lit("product_id "), F.col("product_id"),
+                                       F.lit(" already on an earlier line"))),
+        F.when(F.col("_price_raw").isNotNull(), F.concat(F.lit("price="), F.col("_price_raw"))),
+    )
+    return df.withColumn("_reason", reason).withColumn("_detail", detail).drop("_dup")
+
+
+def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
+    """Parsed customer rows -> canonical columns + `_reason`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    m = layout.customers
+    assert m is not None
+    df = parsed.select(
+        "_source", "_line", "_raw", "_error", "_detail",
+        source_column(parsed, m.id).alias("customer_id"),
+        source_column(parsed, m.age).alias("_age_raw"),
+        source_column(parsed, m.club_member_status).alias("club_member_status"),
+        source_column(parsed, m.fashion_news_frequency).alias("fashion_news_frequency"),
+        source_column(parsed, m.postal_code).alias("postal_code"),
+    ).withColumn("age", F.expr("try_cast(try_cast(_age_raw AS DOUBLE) AS INT)"))
+    w = Window.partitionBy("customer_id").orderBy("_line")
+    ok = F.col("_error").isNull() & F.col("customer_id").isNotNull()
+    df = df.withColumn("_dup", F.when(ok, F.row_number().over(w) > 1).otherwise(F.lit(False)))
+    checks = [
+        ("missing_id", F.col("customer_id").isNull()),
+        ("duplicate_key", F.col("_dup")),
+        ("invalid_age", F.col("_age_raw").isNotNull()
+         & (F.col("age").isNull() | (F.col("age") < 0) | (F.col("age") > 130))),
+    ]
+    detail = F.coalesce(F.col("_detail"), F.when(F.col("_dup"), F.lit("customer_id repeated")),
+                        F.when(F.col("_age_raw").isNotNull(),
+                               F.concat(F.lit("age="), F.col("_age_raw"))))
+    return (df.withColumn("_reason", F.coalesce(F.col("_error"), _first_reason(checks)))
+            .withColumn("_detail", detail).drop("_dup"))
+
+
+def interactions_candidates(
+    parsed: DataFrame,
+    layout: Layout,
+    known_products: DataFrame,
+    known_customers: DataFrame | None,
+    now: datetime,
+) -> DataFrame:
+    """Parsed interaction rows -> canonical columns + `_reason`.
+
+    `known_*` hold the keys (`product_id` / `customer_id`) of the good rows of this batch plus
+    those already in the lake. Repeat purchases (identical rows) are kept as separate
+    interactions: the key includes the occurrence number of (customer, product, timestamp).
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    m = layout.interactions
+    assert m is not None
+    df = parsed.select(
+        "_source", "_line", "_raw", "_error", "_detail",
+        source_column(parsed, m.customer).alias("customer_id"),
+        source_column(parsed, m.product).alias("product_id"),
+        source_column(parsed, m.timestamp).alias("_ts_raw"),
+        source_column(parsed, m.price).alias("_price_raw"),
+        source_column(parsed, m.channel).alias("channel"),
+        source_column(parsed, m.kind).alias("kind"),
+    ).withColumns({
+        "timestamp": F.try_to_timestamp(F.col("_ts_raw"), F.lit(m.timestamp_format)),
+        "price": F.expr("try_cast(_price_raw AS DOUBLE)"),
+    })
+    kp = known_products.select(F.col("product_id").alias("_kp")).distinct()
+    df = df.join(kp, df.product_id == kp._kp, "left")
+    has_customers = known_customers is not None
+    if has_customers:
+        kc = known_customers.select(F.col("customer_id").alias("_kc")).distinct()
+        df = df.join(kc, df.customer_id == kc._kc, "left")
+    now_lit = F.lit(now.astimezone(timezone.utc).replace(tzinfo=None)).cast("timestamp")
+    checks = [
+        ("missing_customer", F.col("customer_id").isNull()),
+        ("missing_product", F.col("product_id").isNull()),
+        ("unparseable_timestamp", F.col("timestamp").isNull()),
+        ("future_timestamp", F.col("timestamp") > now_lit),
+        *_price_checks(F.col("_price_raw"), F.col("price")),
+        ("unknown_product", F.col("_kp").isNull()),
+    ]
+    if has_customers:
+        checks.append(("unknown_customer", F.col("_kc").isNull()))
+    reason = F.coalesce(F.col("_error"), _first_reason(checks))
+    detail = F.coalesce(
+        F.col("_detail"),
+        F.concat_ws(" ", F.concat(F.lit("customer="), F.col("customer_id")),
+                    F.concat(F.lit("product="), F.col("product_id")),
+                    F.concat(F.lit("t="), F.col("_ts_raw")),
+                    F.concat(F.lit("price="), F.col("_price_raw"))),
+    )
+    occ = Window.partitionBy("customer_id", "product_id", "timestamp").orderBy("_line")
+    key = F.sha2(F.concat_ws("|", "customer_id", "product_id",
+                             F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"),
+                             F.row_number().over(occ).cast("string")), 256)
+    return (df.withColumn("_reason", reason).withColumn("_detail", detail)
+            .withColumn("interaction_id", F.when(F.col("_reason").isNull(), key))
+            .drop("_kp", *(["_kc"] if has_customers else [])))
+
+
+def labels_from_products(products: DataFrame, layout: Layout) -> DataFrame:
+    """Long-form labels (product_id, attribute, value) of good products; missing -> no row."""
+    from pyspark.sql import functions as F
+
+    missing = [v for v in layout.missing_values]
+    parts = []
+    for a in layout.attributes:
+        v = F.trim(F.col(f"`{a}`"))
+        parts.append(products.select("product_id", F.lit(a).alias("attribute"), v.alias("value"))
+                     .where(F.col("value").isNotNull() & ~F.col("value").isin(missing)))
+    if not parts:
+        spark = products.sparkSession
+        return spark.createDataFrame([], "product_id STRING, attribute STRING, value STRING")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    return out
+
+
+def image_path(template: str, source_dir: Path) -> Column:
+    """Absolute path column for an image template with `{id}` and `{id[:N]}` placeholders."""
+    from pyspark.sql import functions as F
+
+    parts: list[Column] = []
+    pos = 0
+    for m in re.finditer(r"\{id(?:\[:(\d+)\])?\}", template):
+        parts.append(F.lit(template[pos:m.start()]))
+        pid = F.col("product_id")
+        parts.append(F.substring(pid, 1, int(m.group(1))) if m.group(1) else pid)
+        pos = m.end()
+    parts.append(F.lit(template[pos:]))
+    return F.concat(F.lit(str(source_dir.resolve()) + "/"), *parts)
+
+
+def check_images(images: DataFrame, partitions: int) -> DataFrame:
+    """(product_id, shot, path, _source, _line, _raw) -> + content_hash, width, height, _reason.
+
+    Opens every file: a missing file is `image_missing`, one that does not decode fully is
+    `image_corrupt`.
+    """
+    schema = ("product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING, "
+              "content_hash STRING, width INT, height INT, _reason STRING, _detail STRING")
+
+    def check(batches):
+        import hashlib
+        import io
+
+        import pandas as pd
+        from PIL import Image
+
+        for b in batches:
+            out = []
+            cols = ["product_id", "shot", "path", "_source", "_line", "_raw"]
+            for pid, shot, path, src, line, raw in zip(*(b[c] for c in cols)):
+                h = w = ht = reason = None
+                detail = path
+                try:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except FileNotFoundError:
+                    reason = "image_missing"
+                except OSError as e:
+                    reason, detail = "image_missing", f"{path}: {e}"
+                else:
+                    try:
+                        with Image.open(io.BytesIO(data)) as im:
+                            im.load()  # full decode: truncated files fail here
+                            w, ht = im.size
+                        h = hashlib.sha256(data).hexdigest()
+                    except Exception as e:  # PIL raises many types for bad data
+                        reason, detail = "image_corrupt", f"{path}: {e}"
+                out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
+            yield pd.DataFrame(out, columns=[
+                "product_id", "shot", "path", "_source", "_line", "_raw",
+                "content_hash", "width", "height", "_reason", "_detail"])
+
+    return images.repartition(partitions).mapInPandas(check, schema)
+
+
+def derive_price_and_first_seen(products: DataFrame, interactions: DataFrame,
+                                has_price: bool) -> DataFrame:
+    """Fill `first_seen` (first interaction) and, when the layout has no price, the median paid
+    price, from all good interactions (lake and batch) of each product."""
+    from pyspark.sql import functions as F
+
+    agg = interactions.groupBy("product_id").agg(
+        F.min("timestamp").alias("_first"),
+        F.percentile_approx("price", 0.5, 10000).alias("_median"),
+    )
+    out = products.join(agg, "product_id", "left").withColumn("first_seen", F.col("_first"))
+    if not has_price:
+        out = out.withColumn("price", F.col("_median"))
+    return out.drop("_first", "_median")
+
+
+def quarantine_rows(bad: DataFrame, table: str, run_id: str, now: datetime) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return bad.select(
+        F.lit(table).alias("table"), F.col("_source").alias("source_file"),
+        F.col("_line").alias("line"), F.col("_reason").alias("reason"),
+        F.col("_detail").alias("detail"), F.col("_raw").alias("record"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(now.astimezone(timezone.utc).replace(tzinfo=None)).cast("timestamp")
+        .alias("quarantined_at"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+def read_source(spark: SparkSession, path: Path) -> tuple[list[str], DataFrame]:
+    """(header, parsed rows) of a CSV file, each row with its 1-based line number."""
+    import csv
+
+    if not path.is_file():
+        raise IngestError(f"source file not found: {path}")
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        header = next(csv.reader([f.readline()]))
+    src = str(path.resolve())
+    rdd = spark.read.text(str(path)).rdd.zipWithIndex().map(lambda p: (src, p[1] + 1, p[0][0]))
+    lines = spark.createDataFrame(rdd, "_source STRING, _line LONG, _raw STRING").where("_line > 1")
+    return header, parse_csv(lines, header)
+
+
+def _require_columns(layout: Layout, table: str, header: list[str], path: Path) -> None:
+    missing = sorted(layout.source_columns(table) - set(header))
+    if missing:
+        raise IngestError(f"{path.name}: layout {layout.name!r} needs columns {missing}, "
+                          f"the file has {header}")
+
+
+def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
+               spark: SparkSession | None = None, now: datetime | None = None) -> IngestReport:
+    """Ingest `source_dir` (laid out as `layout_name`) into the lake; returns the report.
+
+    Raises IngestError when the source cannot be read and GateFailure when a table-level check
+    fails (nothing published then).
+    """
+    from pyspark.sql import functions as F
+
+    from atelier.contracts import contract
+    from atelier.lake import Lake
+    from atelier.layout import load_layout
+    from atelier.spark import get_spark
+
+    t0 = time.time()
+    layout = load_layout(layout_name, settings.layouts_dir)
+    source_dir = Path(source_dir).resolve()
+    if not source_dir.is_dir():
+        raise IngestError(f"source folder not found: {source_dir}")
+    now = now or datetime.now(timezone.utc)
+    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    spark = spark or get_spark(settings)
+    lake = Lake(settings, spark)
+    report = IngestReport(run_id, layout.name, str(source_dir), now.isoformat())
+    step = _Progress(t0)
+
+    # -- products ------------------------------------------------------------------------
+    ppath = source_dir / layout.files.products
+    header, parsed = read_source(spark, ppath)
+    _require_columns(layout, "products", header, ppath)
+    prods = products_candidates(parsed, layout).cache()
+    good_p = prods.where("_reason IS NULL")
+    step(f"products parsed from {ppath.name}")
+
+    # -- customers -----------------------------------------------------------------------
+    custs = None
+    if layout.customers and layout.files.customers:
+        cpath = source_dir / layout.files.customers
+        header, parsed = read_source(spark, cpath)
+        _require_columns(layout, "customers", header, cpath)
+        custs = customers_candidates(parsed, layout).cache()
+        step(f"customers parsed from {cpath.name}")
+
+    # -- interactions --------------------------------------------------------------------
+    inter = None
+    if layout.interactions and layout.files.interactions:
+        ipath = source_dir / layout.files.interactions
+        header, parsed = read_source(spark, ipath)
+        _require_columns(layout, "interactions", header, ipath)
+        known_p = good_p.select("product_id").unionByName(lake.read_spark("products", ["product_id"]))
+        known_c = None
+        if custs is not None:
+            known_c = custs.where("_reason IS NULL").select("customer_id").unionByName(
+                lake.read_spark("customers", ["customer_id"]))
+        inter = interactions_candidates(parsed, layout, known_p, known_c, now).cache()
+        step(f"interactions parsed from {ipath.name}")
+
+    # -- derived product columns, labels, images -------------------------------------------
+    cols = ["product_id", "timestamp", "price"]
+    all_inter = lake.read_spark("interactions", cols)
+    if inter is not None:
+        all_inter = all_inter.unionByName(inter.where("_reason IS NULL").select(*cols))
+    has_price = layout.products.price is not None
+    good_p = derive_price_and_first_seen(good_p, all_inter, has_price)
+    good_p = good_p.withColumn("source", F.lit(layout.name)).cache()
+    labels = labels_from_products(good_p, layout)
+    shots = [
+        good_p.select("product_id", F.lit(i).cast("int").alias("shot"),
+                      image_path(t, source_dir).alias("path"), "_source", "_line", "_raw")
+        for i, t in enumerate(layout.images)
+    ]
+    images = None
+    if shots:
+        images = shots[0]
+        for s in shots[1:]:
+            images = images.unionByName(s)
+        images = check_images(images, settings.image_check_partitions).cache()
+        step("images checked")
+
+    # -- split good / bad ------------------------------------------------------------------
+    staged: dict[str, DataFrame] = {"products": good_p}
+    bad: dict[str, DataFrame] = {"products": prods.where("_reason IS NOT NULL")}
+    read: dict[str, int] = {"products": prods.count()}
+    if custs is not None:
+        staged["customers"] = custs.where("_reason IS NULL")
+        bad["customers"] = custs.where("_reason IS NOT NULL")
+        read["customers"] = custs.count()
+    if inter is not None:
+        staged["interactions"] = inter.where("_reason IS NULL")
+        bad["interactions"] = inter.where("_reason IS NOT NULL")
+        read["interactions"] = inter.count()
+    staged["product_labels"] = labels
+    if images is not None:
+        staged["product_images"] = images.where("_reason IS NULL")
+        bad["product_images"] = images.where("_reason IS NOT NULL")
+
+    quarantine = None
+    for table, df in bad.items():
+        q = quarantine_rows(df, table, run_id, now)
+        quarantine = q if quarantine is None else quarantine.unionByName(q)
+    assert quarantine is not None
+    quarantine = quarantine.cache()
+    by_reason = {(r["table"], r["reason"]): r["n"] for r in
+                 quarantine.groupBy("table", "reason").agg(F.count("*").alias("n")).collect()}
+
+    # -- table-level gates -----------------------------------------------------------------
+    from expectations.gate import validate_table
+
+    frames = {}
+    for table, df in staged.items():
+        c = contract(table)
+        pdf = df.select(*c.column_names).toArrow().cast(c.schema()).to_pandas()
+        frames[table] = pdf
+        counts = report.tables.setdefault(table, TableCounts())
+        counts.good = len(pdf)
+        counts.quarantined = {r: n for (t, r), n in by_reason.items() if t == table}
+        counts.read = read.get(table, counts.good + sum(counts.quarantined.values()))
+        nbad = sum(counts.quarantined.values())
+        if counts.read and nbad / counts.read > settings.gate.max_quarantine_fraction:
+            report.failures.append(
+                f"{table}: {nbad} of {counts.read} rows quarantined "
+                f"({nbad / counts.read:.0%} > {settings.gate.max_quarantine_fraction:.0%})")
+    references = _reference_values(frames, lake)
+    for table, pdf in frames.items():
+        band = (settings.gate.min_rows.get(table, 0), settings.gate.max_rows)
+        result = validate_table(settings, table, pdf, row_count_band=band,
+                                reference_values=references.get(table), now=now)
+        report.failures.extend(result.failures)
+    step("quality gates run")
+
+    # Quarantine is recorded even when a gate fails: it is the evidence of what went wrong.
+    qres = lake.merge("quarantine", quarantine, update=False)
+    if report.failures:
+        report.seconds = round(time.time() - t0, 1)
+        _save_report(settings, report)
+        raise GateFailure(report.failures, report)
+
+    # -- publish (parents before children) -------------------------------------------------
+    for table in ("products", "customers", "product_labels", "product_images", "interactions"):
+        if table not in frames:
+            continue
+        # delta-spark merges the Spark frame on the cluster; delta-rs merges the checked Arrow.
+        data = staged[table] if lake.uses_delta_spark else frames[table]
+        res = lake.merge(table, data)
+        counts = report.tables[table]
+        counts.inserted, counts.updated, counts.version = res.inserted, res.updated, res.version
+    report.published = True
+    report.seconds = round(time.time() - t0, 1)
+    log.info("quarantine: %d new rows (table version %s)", qres.inserted, qres.version)
+    _save_report(settings, report)
+    step("published")
+    for df in (prods, custs, inter, good_p, images, quarantine):
+        if df is not None:
+            df.unpersist()
+    return report
+
+
+def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
+    """Parent keys (batch ∪ lake) for the reference expectations of each child table."""
+    from atelier.contracts import contract
+
+    out: dict[str, dict[str, list]] = {}
+    for table in frames:
+        for col, (parent, pcol) in contract(table).references.items():
+            if parent not in frames:
+                continue
+            keys = set(frames[parent][pcol]) | set(lake.read_arrow(parent, [pcol])[pcol].to_pylist())
+            out.setdefault(table, {})[col] = sorted(keys)
+    return out
+
+
+def _save_report(settings: Settings, report: IngestReport) -> Path:
+    folder = settings.reports_dir / "ingest"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{report.run_id}.json"
+    path.write_text(report.to_json(), encoding="utf-8")
+    (folder / "latest.json").write_text(report.to_json(), encoding="utf-8")
+    return path
+
+
+class _Progress:
+    def __init__(self, t0: float):
+        self.t0 = t0
+
+    def __call__(self, msg: str) -> None:
+        log.info("[%6.1fs] %s", time.time() - self.t0, msg)
+
+
+def format_report(report: IngestReport) -> str:
+    """The run's counts as a plain-text table (printed by the CLI and spark-submit)."""
+    lines = [f"ingest {report.layout} from {report.source} (run {report.run_id})",
+             f"{'table':<16}{'read':>9}{'good':>9}{'quar.':>7}{'ins.':>9}{'upd.':>7}  version"]
+    for name, t in report.tables.items():
+        q = sum(t.quarantined.values())
+        lines.append(f"{name:<16}{t.read:>9}{t.good:>9}{q:>7}{t.inserted:>9}{t.updated:>7}  "
+                     f"{'-' if t.version is None else t.version}")
+    reasons = report.quarantine_by_reason()
+    lines.append("quarantine by reason: " + (", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
+                                           if reasons else "none"))
+    lines.append("published" if report.published else "NOT published: " + "; ".join(report.failures))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`spark-submit spark_jobs/ingest.py LAYOUT DIR [--workdir W]`."""
+    from atelier.logs import setup_logging
+    from atelier.settings import load_settings
+
+    p = argparse.ArgumentParser(prog="spark_jobs/ingest.py", description=__doc__.split("\n")[0])
+    p.add_argument("layout")
+    p.add_argument("source", type=Path)
+    p.add_argument("--workdir", type=Path)
+    args = p.parse_args(argv)
+    setup_logging()
+    settings = load_settings(workdir=args.workdir)
+    try:
+        report = run_ingest(settings, args.layout, args.source)
+    except GateFailure as e:
+        print(format_report(e.report))
+        return 2
+    except (IngestError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Shared fixtures: real data slices (read-only source, copies made by the tests), Spark."""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ATELIER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set ATELIER_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hm_dir() -> Path:
+    return _need(SHARED / "hm")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    return _need(SHARED / "fashion-small")
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0], rows[1:]
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def make_hm_slice(src: Path, dst: Path, n_articles: int = 40) -> dict[str, int]:
+    """Copy a consistent slice of the H&M layout: the first `n_articles` bought articles, their
+    transactions and customers; images are symlinked to the read-only originals."""
+    th, trows = read_csv(src / "transactions_train.csv")
+    ah, arows = read_csv(src / "articles.csv")
+    ch, crows = read_csv(src / "customers.csv")
+    bought: list[str] = []
+    for r in trows:
+        if r[2] not in bought:
+            bought.append(r[2])
+        if len(bought) == n_articles:
+            break
+    keep = set(bought)
+    trows = [r for r in trows if r[2] in keep]
+    custs = {r[1] for r in trows}
+    arows = [r for r in arows if r[0] in keep]
+    crows = [r for r in crows if r[0] in custs]
+    write_csv(dst / "articles.csv", ah, arows)
+    write_csv(dst / "transactions_train.csv", th, trows)
+    write_csv(dst / "customers.csv", ch, crows)
+    for r in arows:
+        img = src / "images" / r[0][:3] / f"{r[0]}.jpg"
+        link = dst / "images" / r[0][:3] / f"{r[0]}.jpg"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(img)
+    return {"products": len(arows), "interactions": len(trows), "customers": len(crows)}
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """One local SparkSession for the whole run (starting one costs seconds)."""
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from atelier.settings import Settings
+    from atelier.spark import get_spark
+
+    settings = Settings(workdir=tmp_path_factory.mktemp("spark"),
+                        spark={"master": "local[2]", "shuffle_partitions": 4})
+    session = get_spark(settings)
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    from atelier.settings import Settings
+
+    return Settings(workdir=tmp_path / "work", image_check_partitions=2,
+                    spark={"master": "local[2]", "shuffle_partitions": 4},
+                    gate={"build_data_docs": False})

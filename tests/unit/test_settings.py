@@ -1,0 +1,51 @@
+"""Settings: defaults, yaml < env < CLI flags, nested env keys, absolute workdir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from atelier.settings import Settings, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_put_everything_under_the_workdir(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = load_settings()
+    assert s.workdir == tmp_path / "workspace"
+    for p in (s.lake_dir, s.reports_dir, s.gx_dir, s.feast_dir, s.mlflow_dir):
+        assert p.parent == s.workdir
+    assert s.spark.master == "local[*]"
+
+
+def test_yaml_then_env_then_flags(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "atelier.yaml").write_text(
+        "workdir: from-yaml\nseed: 7\nspark:\n  master: local[3]\n  shuffle_partitions: 3\n")
+    s = load_settings()
+    assert (s.workdir, s.seed, s.spark.master, s.spark.shuffle_partitions) == (
+        tmp_path / "from-yaml", 7, "local[3]", 3)
+    monkeypatch.setenv("ATELIER_SEED", "8")
+    monkeypatch.setenv("ATELIER_SPARK__MASTER", "local[1]")
+    s = load_settings()
+    assert (s.seed, s.spark.master, s.spark.shuffle_partitions) == (8, "local[1]", 3)
+    s = load_settings(workdir=Path("flag"), seed=None)  # None: flag not given
+    assert (s.workdir, s.seed) == (tmp_path / "flag", 8)
+
+
+def test_config_file_named_by_env(monkeypatch, tmp_path):
+    cfg = tmp_path / "other.yaml"
+    cfg.write_text("gate:\n  max_quarantine_fraction: 0.05\n")
+    monkeypatch.setenv("ATELIER_CONFIG", str(cfg))
+    assert load_settings().gate.max_quarantine_fraction == 0.05
+
+
+def test_bad_values_are_rejected_with_the_field_named(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match="max_quarantine_fraction"):
+        Settings(gate={"max_quarantine_fraction": 1.5})
+    with pytest.raises(ValidationError, match="no_such_setting"):
+        Settings(no_such_setting=1)
