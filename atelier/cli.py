@@ -34,7 +34,10 @@ def _settings():
 @app.callback()
 def main(
     workdir: Optional[Path] = typer.Option(
-        None, "--workdir", "-w", envvar="ATELIER_WORKDIR",
+        None,
+        "--workdir",
+        "-w",
+        envvar="ATELIER_WORKDIR",
         help="Folder holding every artefact of a run (default ./workspace).",
     ),
     log_level: str = typer.Option("INFO", "--log-level", envvar="ATELIER_LOG_LEVEL"),
@@ -56,8 +59,13 @@ def generate_demo_cmd(
     """Write a synthetic catalogue in the H&M layout (images, articles, customers, purchases)."""
     from atelier.demo import generate_demo
 
-    summary = generate_demo(out_dir, seed, n_products=products, n_customers=customers,
-                            progress=lambda m: typer.echo(m, err=True))
+    summary = generate_demo(
+        out_dir,
+        seed,
+        n_products=products,
+        n_customers=customers,
+        progress=lambda m: typer.echo(m, err=True),
+    )
     typer.echo(f"demo catalogue written to {out_dir}")
     for k, v in summary.items():
         typer.echo(f"  {k}: {v}")
@@ -97,8 +105,13 @@ def demo_cmd(
     source = settings.workdir / "demo-source"
     if not (source / "articles.csv").is_file():
         typer.echo(f"[1/2] generating the demo catalogue in {source}")
-        generate_demo(source, seed, n_products=products, n_customers=customers,
-                      progress=lambda m: typer.echo("  " + m, err=True))
+        generate_demo(
+            source,
+            seed,
+            n_products=products,
+            n_customers=customers,
+            progress=lambda m: typer.echo("  " + m, err=True),
+        )
     else:
         typer.echo(f"[1/2] demo catalogue already in {source}")
     typer.echo("[2/2] ingesting it into the lake")
@@ -108,8 +121,10 @@ def demo_cmd(
         typer.echo(format_report(e.report))
         raise typer.Exit(2) from None
     typer.echo(format_report(report))
-    typer.echo(f"\nlake: {settings.lake_dir}\nGX Data Docs: "
-               f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}")
+    typer.echo(
+        f"\nlake: {settings.lake_dir}\nGX Data Docs: "
+        f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}"
+    )
 
 
 @app.command("tables")
@@ -121,7 +136,9 @@ def tables_cmd() -> None:
     lake = Lake(_settings())
     for name in ALL:
         if lake.exists(name):
-            typer.echo(f"{name:<16} v{lake.version(name):<4} {lake.read_arrow(name).num_rows:>9} rows")
+            typer.echo(
+                f"{name:<16} v{lake.version(name):<4} {lake.read_arrow(name).num_rows:>9} rows"
+            )
         else:
             typer.echo(f"{name:<16} (absent)")
 

@@ -309,6 +309,7 @@ def _silhouette(type_name: str, rng) -> tuple[Any, Any, Any]:
 
 def _contrast_colour(colour: _Colour, rng) -> tuple[int, int, int]:
     """A second colour for the pattern that stands out against the base colour."""
+    pool: tuple[str, ...]
     if colour.value == "Light":
         pool = ("Black", "Dark Blue", "Red", "Green")
     elif colour.value == "Dark":

@@ -99,8 +99,14 @@ class Lake:
         arrow = self.read_arrow(table, columns)
         if arrow.num_rows == 0:
             c = contract(table)
-            ddl = c.spark_ddl() if not columns else ", ".join(
-                f"`{col.name}` {_spark_type(col.type)}" for col in c.columns if col.name in columns
+            ddl = (
+                c.spark_ddl()
+                if not columns
+                else ", ".join(
+                    f"`{col.name}` {_spark_type(col.type)}"
+                    for col in c.columns
+                    if col.name in columns
+                )
             )
             return spark.createDataFrame([], ddl)
         return spark.createDataFrame(arrow)
@@ -202,9 +208,7 @@ class Lake:
             raise ValueError(f"{c.name}: data lacks contract columns {missing}")
         data = data.select(c.column_names)
         schema = c.schema()
-        nulls = [
-            f.name for f in schema if not f.nullable and data.column(f.name).null_count > 0
-        ]
+        nulls = [f.name for f in schema if not f.nullable and data.column(f.name).null_count > 0]
         if nulls:
             raise ValueError(f"{c.name}: nulls in non-nullable columns {nulls}")
         return data.cast(schema)

@@ -93,8 +93,11 @@ class Layout(BaseModel):
 
     def source_columns(self, table: str) -> set[str]:
         """Raw columns the layout reads for `table` (checked against the file's header)."""
-        mapping = {"products": self.products, "customers": self.customers,
-                   "interactions": self.interactions}[table]
+        mapping = {
+            "products": self.products,
+            "customers": self.customers,
+            "interactions": self.interactions,
+        }[table]
         cols: set[str] = set()
         for name, value in mapping or []:
             if name == "timestamp_format":

@@ -23,8 +23,10 @@ class SparkSettings(BaseModel):
     app_name: str = "atelier"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, ge=1)
-    # Delta jars for the cluster path. With network: packages=["io.delta:delta-spark_2.13:4.0.0"];
-    # offline: jars=["/opt/jars/delta-spark_2.13-4.0.0.jar", "/opt/jars/delta-storage-4.0.0.jar"].
+    # Delta jars for the cluster path. With network:
+    #   packages=["io.delta:delta-spark_4.2_2.13:4.4.1"]
+    # offline, local files:
+    #   jars=["/opt/jars/delta-spark_4.2_2.13-4.4.1.jar", "/opt/jars/delta-storage-4.4.1.jar"]
     packages: list[str] = Field(default_factory=list)
     jars: list[str] = Field(default_factory=list)
     # Extra `spark.*` options passed through verbatim.
@@ -36,9 +38,7 @@ class GateSettings(BaseModel):
 
     # A table whose share of quarantined rows exceeds this is not published.
     max_quarantine_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    # A new version may not shrink below this fraction of the published one.
-    min_rows_vs_previous: float = Field(0.5, ge=0.0, le=1.0)
-    # Hard bounds on row counts of a published table.
+    # Row-count band of each table's incoming batch (GX expect_table_row_count_to_be_between).
     min_rows: dict[str, int] = Field(
         default_factory=lambda: {"products": 1, "product_images": 1, "product_labels": 0}
     )

@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,11 +32,25 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("atelier.ingest")
 
 # Order matters: the first failing check is the row's reason.
-PRODUCT_REASONS = ("missing_id", "missing_type", "duplicate_key", "unparseable_price",
-                   "non_finite_price", "negative_price")
-INTERACTION_REASONS = ("missing_customer", "missing_product", "unparseable_timestamp",
-                       "future_timestamp", "unparseable_price", "non_finite_price",
-                       "negative_price", "unknown_product", "unknown_customer")
+PRODUCT_REASONS = (
+    "missing_id",
+    "missing_type",
+    "duplicate_key",
+    "unparseable_price",
+    "non_finite_price",
+    "negative_price",
+)
+INTERACTION_REASONS = (
+    "missing_customer",
+    "missing_product",
+    "unparseable_timestamp",
+    "future_timestamp",
+    "unparseable_price",
+    "non_finite_price",
+    "negative_price",
+    "unknown_product",
+    "unknown_customer",
+)
 
 
 class IngestError(RuntimeError):
@@ -47,7 +61,9 @@ class GateFailure(RuntimeError):
     """Raised when a table-level check fails; nothing was published."""
 
     def __init__(self, failures: list[str], report: IngestReport):
-        super().__init__("table-level checks failed, nothing published:\n  " + "\n  ".join(failures))
+        super().__init__(
+            "table-level checks failed, nothing published:\n  " + "\n  ".join(failures)
+        )
         self.failures = failures
         self.report = report
 
@@ -126,7 +142,9 @@ def parse_csv(lines: DataFrame, header: list[str]) -> DataFrame:
                             err = "malformed_row"
                             detail = f"expected {n} fields, got {len(parsed)}"
                 out.append([src, int(line), raw, err, detail, *fields])
-            yield pd.DataFrame(out, columns=["_source", "_line", "_raw", "_error", "_detail", *names])
+            yield pd.DataFrame(
+                out, columns=["_source", "_line", "_raw", "_error", "_detail", *names]
+            )
 
     return lines.mapInPandas(parse, schema)
 
@@ -177,7 +195,11 @@ def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
 
     m = layout.products
     df = parsed.select(
-        "_source", "_line", "_raw", "_error", "_detail",
+        "_source",
+        "_line",
+        "_raw",
+        "_error",
+        "_detail",
         source_column(parsed, m.id).alias("product_id"),
         source_column(parsed, m.type).alias("type"),
         source_column(parsed, m.brand).alias("brand"),
@@ -200,8 +222,12 @@ def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     reason = F.coalesce(F.col("_error"), _first_reason(checks))
     detail = F.coalesce(
         F.col("_detail"),
-        F.when(F.col("_dup"), F.concat(F.lit("product_id "), F.col("product_id"),
-                                       F.lit(" already on an earlier line"))),
+        F.when(
+            F.col("_dup"),
+            F.concat(
+                F.lit("product_id "), F.col("product_id"), F.lit(" already on an earlier line")
+            ),
+        ),
         F.when(F.col("_price_raw").isNotNull(), F.concat(F.lit("price="), F.col("_price_raw"))),
     )
     return df.withColumn("_reason", reason).withColumn("_detail", detail).drop("_dup")
@@ -215,7 +241,11 @@ def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     m = layout.customers
     assert m is not None
     df = parsed.select(
-        "_source", "_line", "_raw", "_error", "_detail",
+        "_source",
+        "_line",
+        "_raw",
+        "_error",
+        "_detail",
         source_column(parsed, m.id).alias("customer_id"),
         source_column(parsed, m.age).alias("_age_raw"),
         source_column(parsed, m.club_member_status).alias("club_member_status"),
@@ -228,14 +258,22 @@ def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     checks = [
         ("missing_id", F.col("customer_id").isNull()),
         ("duplicate_key", F.col("_dup")),
-        ("invalid_age", F.col("_age_raw").isNotNull()
-         & (F.col("age").isNull() | (F.col("age") < 0) | (F.col("age") > 130))),
+        (
+            "invalid_age",
+            F.col("_age_raw").isNotNull()
+            & (F.col("age").isNull() | (F.col("age") < 0) | (F.col("age") > 130)),
+        ),
     ]
-    detail = F.coalesce(F.col("_detail"), F.when(F.col("_dup"), F.lit("customer_id repeated")),
-                        F.when(F.col("_age_raw").isNotNull(),
-                               F.concat(F.lit("age="), F.col("_age_raw"))))
-    return (df.withColumn("_reason", F.coalesce(F.col("_error"), _first_reason(checks)))
-            .withColumn("_detail", detail).drop("_dup"))
+    detail = F.coalesce(
+        F.col("_detail"),
+        F.when(F.col("_dup"), F.lit("customer_id repeated")),
+        F.when(F.col("_age_raw").isNotNull(), F.concat(F.lit("age="), F.col("_age_raw"))),
+    )
+    return (
+        df.withColumn("_reason", F.coalesce(F.col("_error"), _first_reason(checks)))
+        .withColumn("_detail", detail)
+        .drop("_dup")
+    )
 
 
 def interactions_candidates(
@@ -257,24 +295,30 @@ def interactions_candidates(
     m = layout.interactions
     assert m is not None
     df = parsed.select(
-        "_source", "_line", "_raw", "_error", "_detail",
+        "_source",
+        "_line",
+        "_raw",
+        "_error",
+        "_detail",
         source_column(parsed, m.customer).alias("customer_id"),
         source_column(parsed, m.product).alias("product_id"),
         source_column(parsed, m.timestamp).alias("_ts_raw"),
         source_column(parsed, m.price).alias("_price_raw"),
         source_column(parsed, m.channel).alias("channel"),
         source_column(parsed, m.kind).alias("kind"),
-    ).withColumns({
-        "timestamp": F.try_to_timestamp(F.col("_ts_raw"), F.lit(m.timestamp_format)),
-        "price": F.expr("try_cast(_price_raw AS DOUBLE)"),
-    })
+    ).withColumns(
+        {
+            "timestamp": F.try_to_timestamp(F.col("_ts_raw"), F.lit(m.timestamp_format)),
+            "price": F.expr("try_cast(_price_raw AS DOUBLE)"),
+        }
+    )
     kp = known_products.select(F.col("product_id").alias("_kp")).distinct()
     df = df.join(kp, df.product_id == kp._kp, "left")
     has_customers = known_customers is not None
     if has_customers:
         kc = known_customers.select(F.col("customer_id").alias("_kc")).distinct()
         df = df.join(kc, df.customer_id == kc._kc, "left")
-    now_lit = F.lit(now.astimezone(timezone.utc).replace(tzinfo=None)).cast("timestamp")
+    now_lit = F.lit(now.astimezone(UTC).replace(tzinfo=None)).cast("timestamp")
     checks = [
         ("missing_customer", F.col("customer_id").isNull()),
         ("missing_product", F.col("product_id").isNull()),
@@ -288,18 +332,31 @@ def interactions_candidates(
     reason = F.coalesce(F.col("_error"), _first_reason(checks))
     detail = F.coalesce(
         F.col("_detail"),
-        F.concat_ws(" ", F.concat(F.lit("customer="), F.col("customer_id")),
-                    F.concat(F.lit("product="), F.col("product_id")),
-                    F.concat(F.lit("t="), F.col("_ts_raw")),
-                    F.concat(F.lit("price="), F.col("_price_raw"))),
+        F.concat_ws(
+            " ",
+            F.concat(F.lit("customer="), F.col("customer_id")),
+            F.concat(F.lit("product="), F.col("product_id")),
+            F.concat(F.lit("t="), F.col("_ts_raw")),
+            F.concat(F.lit("price="), F.col("_price_raw")),
+        ),
     )
     occ = Window.partitionBy("customer_id", "product_id", "timestamp").orderBy("_line")
-    key = F.sha2(F.concat_ws("|", "customer_id", "product_id",
-                             F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"),
-                             F.row_number().over(occ).cast("string")), 256)
-    return (df.withColumn("_reason", reason).withColumn("_detail", detail)
-            .withColumn("interaction_id", F.when(F.col("_reason").isNull(), key))
-            .drop("_kp", *(["_kc"] if has_customers else [])))
+    key = F.sha2(
+        F.concat_ws(
+            "|",
+            "customer_id",
+            "product_id",
+            F.date_format("timestamp", "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"),
+            F.row_number().over(occ).cast("string"),
+        ),
+        256,
+    )
+    return (
+        df.withColumn("_reason", reason)
+        .withColumn("_detail", detail)
+        .withColumn("interaction_id", F.when(F.col("_reason").isNull(), key))
+        .drop("_kp", *(["_kc"] if has_customers else []))
+    )
 
 
 def labels_from_products(products: DataFrame, layout: Layout) -> DataFrame:
@@ -310,8 +367,11 @@ def labels_from_products(products: DataFrame, layout: Layout) -> DataFrame:
     parts = []
     for a in layout.attributes:
         v = F.trim(F.col(f"`{a}`"))
-        parts.append(products.select("product_id", F.lit(a).alias("attribute"), v.alias("value"))
-                     .where(F.col("value").isNotNull() & ~F.col("value").isin(missing)))
+        parts.append(
+            products.select("product_id", F.lit(a).alias("attribute"), v.alias("value")).where(
+                F.col("value").isNotNull() & ~F.col("value").isin(missing)
+            )
+        )
     if not parts:
         spark = products.sparkSession
         return spark.createDataFrame([], "product_id STRING, attribute STRING, value STRING")
@@ -328,7 +388,7 @@ def image_path(template: str, source_dir: Path) -> Column:
     parts: list[Column] = []
     pos = 0
     for m in re.finditer(r"\{id(?:\[:(\d+)\])?\}", template):
-        parts.append(F.lit(template[pos:m.start()]))
+        parts.append(F.lit(template[pos : m.start()]))
         pid = F.col("product_id")
         parts.append(F.substring(pid, 1, int(m.group(1))) if m.group(1) else pid)
         pos = m.end()
@@ -342,8 +402,10 @@ def check_images(images: DataFrame, partitions: int) -> DataFrame:
     Opens every file: a missing file is `image_missing`, one that does not decode fully is
     `image_corrupt`.
     """
-    schema = ("product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING, "
-              "content_hash STRING, width INT, height INT, _reason STRING, _detail STRING")
+    schema = (
+        "product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING, "
+        "content_hash STRING, width INT, height INT, _reason STRING, _detail STRING"
+    )
 
     def check(batches):
         import hashlib
@@ -374,15 +436,29 @@ def check_images(images: DataFrame, partitions: int) -> DataFrame:
                     except Exception as e:  # PIL raises many types for bad data
                         reason, detail = "image_corrupt", f"{path}: {e}"
                 out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
-            yield pd.DataFrame(out, columns=[
-                "product_id", "shot", "path", "_source", "_line", "_raw",
-                "content_hash", "width", "height", "_reason", "_detail"])
+            yield pd.DataFrame(
+                out,
+                columns=[
+                    "product_id",
+                    "shot",
+                    "path",
+                    "_source",
+                    "_line",
+                    "_raw",
+                    "content_hash",
+                    "width",
+                    "height",
+                    "_reason",
+                    "_detail",
+                ],
+            )
 
     return images.repartition(partitions).mapInPandas(check, schema)
 
 
-def derive_price_and_first_seen(products: DataFrame, interactions: DataFrame,
-                                has_price: bool) -> DataFrame:
+def derive_price_and_first_seen(
+    products: DataFrame, interactions: DataFrame, has_price: bool
+) -> DataFrame:
     """Fill `first_seen` (first interaction) and, when the layout has no price, the median paid
     price, from all good interactions (lake and batch) of each product."""
     from pyspark.sql import functions as F
@@ -401,12 +477,14 @@ def quarantine_rows(bad: DataFrame, table: str, run_id: str, now: datetime) -> D
     from pyspark.sql import functions as F
 
     return bad.select(
-        F.lit(table).alias("table"), F.col("_source").alias("source_file"),
-        F.col("_line").alias("line"), F.col("_reason").alias("reason"),
-        F.col("_detail").alias("detail"), F.col("_raw").alias("record"),
+        F.lit(table).alias("table"),
+        F.col("_source").alias("source_file"),
+        F.col("_line").alias("line"),
+        F.col("_reason").alias("reason"),
+        F.col("_detail").alias("detail"),
+        F.col("_raw").alias("record"),
         F.lit(run_id).alias("run_id"),
-        F.lit(now.astimezone(timezone.utc).replace(tzinfo=None)).cast("timestamp")
-        .alias("quarantined_at"),
+        F.lit(now.astimezone(UTC).replace(tzinfo=None)).cast("timestamp").alias("quarantined_at"),
     )
 
 
@@ -430,12 +508,18 @@ def read_source(spark: SparkSession, path: Path) -> tuple[list[str], DataFrame]:
 def _require_columns(layout: Layout, table: str, header: list[str], path: Path) -> None:
     missing = sorted(layout.source_columns(table) - set(header))
     if missing:
-        raise IngestError(f"{path.name}: layout {layout.name!r} needs columns {missing}, "
-                          f"the file has {header}")
+        raise IngestError(
+            f"{path.name}: layout {layout.name!r} needs columns {missing}, the file has {header}"
+        )
 
 
-def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
-               spark: SparkSession | None = None, now: datetime | None = None) -> IngestReport:
+def run_ingest(
+    settings: Settings,
+    layout_name: str,
+    source_dir: Path,
+    spark: SparkSession | None = None,
+    now: datetime | None = None,
+) -> IngestReport:
     """Ingest `source_dir` (laid out as `layout_name`) into the lake; returns the report.
 
     Raises IngestError when the source cannot be read and GateFailure when a table-level check
@@ -453,7 +537,7 @@ def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
     source_dir = Path(source_dir).resolve()
     if not source_dir.is_dir():
         raise IngestError(f"source folder not found: {source_dir}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     spark = spark or get_spark(settings)
     lake = Lake(settings, spark)
@@ -483,11 +567,16 @@ def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
         ipath = source_dir / layout.files.interactions
         header, parsed = read_source(spark, ipath)
         _require_columns(layout, "interactions", header, ipath)
-        known_p = good_p.select("product_id").unionByName(lake.read_spark("products", ["product_id"]))
+        known_p = good_p.select("product_id").unionByName(
+            lake.read_spark("products", ["product_id"])
+        )
         known_c = None
         if custs is not None:
-            known_c = custs.where("_reason IS NULL").select("customer_id").unionByName(
-                lake.read_spark("customers", ["customer_id"]))
+            known_c = (
+                custs.where("_reason IS NULL")
+                .select("customer_id")
+                .unionByName(lake.read_spark("customers", ["customer_id"]))
+            )
         inter = interactions_candidates(parsed, layout, known_p, known_c, now).cache()
         step(f"interactions parsed from {ipath.name}")
 
@@ -501,8 +590,14 @@ def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
     good_p = good_p.withColumn("source", F.lit(layout.name)).cache()
     labels = labels_from_products(good_p, layout)
     shots = [
-        good_p.select("product_id", F.lit(i).cast("int").alias("shot"),
-                      image_path(t, source_dir).alias("path"), "_source", "_line", "_raw")
+        good_p.select(
+            "product_id",
+            F.lit(i).cast("int").alias("shot"),
+            image_path(t, source_dir).alias("path"),
+            "_source",
+            "_line",
+            "_raw",
+        )
         for i, t in enumerate(layout.images)
     ]
     images = None
@@ -536,8 +631,10 @@ def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
         quarantine = q if quarantine is None else quarantine.unionByName(q)
     assert quarantine is not None
     quarantine = quarantine.cache()
-    by_reason = {(r["table"], r["reason"]): r["n"] for r in
-                 quarantine.groupBy("table", "reason").agg(F.count("*").alias("n")).collect()}
+    by_reason = {
+        (r["table"], r["reason"]): r["n"]
+        for r in quarantine.groupBy("table", "reason").agg(F.count("*").alias("n")).collect()
+    }
 
     # -- table-level gates -----------------------------------------------------------------
     from expectations.gate import validate_table
@@ -555,12 +652,19 @@ def run_ingest(settings: Settings, layout_name: str, source_dir: Path,
         if counts.read and nbad / counts.read > settings.gate.max_quarantine_fraction:
             report.failures.append(
                 f"{table}: {nbad} of {counts.read} rows quarantined "
-                f"({nbad / counts.read:.0%} > {settings.gate.max_quarantine_fraction:.0%})")
+                f"({nbad / counts.read:.0%} > {settings.gate.max_quarantine_fraction:.0%})"
+            )
     references = _reference_values(frames, lake)
     for table, pdf in frames.items():
         band = (settings.gate.min_rows.get(table, 0), settings.gate.max_rows)
-        result = validate_table(settings, table, pdf, row_count_band=band,
-                                reference_values=references.get(table), now=now)
+        result = validate_table(
+            settings,
+            table,
+            pdf,
+            row_count_band=band,
+            reference_values=references.get(table),
+            now=now,
+        )
         report.failures.extend(result.failures)
     step("quality gates run")
 
@@ -600,7 +704,9 @@ def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
         for col, (parent, pcol) in contract(table).references.items():
             if parent not in frames:
                 continue
-            keys = set(frames[parent][pcol]) | set(lake.read_arrow(parent, [pcol])[pcol].to_pylist())
+            keys = set(frames[parent][pcol]) | set(
+                lake.read_arrow(parent, [pcol])[pcol].to_pylist()
+            )
             out.setdefault(table, {})[col] = sorted(keys)
     return out
 
@@ -624,16 +730,24 @@ class _Progress:
 
 def format_report(report: IngestReport) -> str:
     """The run's counts as a plain-text table (printed by the CLI and spark-submit)."""
-    lines = [f"ingest {report.layout} from {report.source} (run {report.run_id})",
-             f"{'table':<16}{'read':>9}{'good':>9}{'quar.':>7}{'ins.':>9}{'upd.':>7}  version"]
+    lines = [
+        f"ingest {report.layout} from {report.source} (run {report.run_id})",
+        f"{'table':<16}{'read':>9}{'good':>9}{'quar.':>7}{'ins.':>9}{'upd.':>7}  version",
+    ]
     for name, t in report.tables.items():
         q = sum(t.quarantined.values())
-        lines.append(f"{name:<16}{t.read:>9}{t.good:>9}{q:>7}{t.inserted:>9}{t.updated:>7}  "
-                     f"{'-' if t.version is None else t.version}")
+        lines.append(
+            f"{name:<16}{t.read:>9}{t.good:>9}{q:>7}{t.inserted:>9}{t.updated:>7}  "
+            f"{'-' if t.version is None else t.version}"
+        )
     reasons = report.quarantine_by_reason()
-    lines.append("quarantine by reason: " + (", ".join(f"{k}={v}" for k, v in sorted(reasons.items()))
-                                           if reasons else "none"))
-    lines.append("published" if report.published else "NOT published: " + "; ".join(report.failures))
+    lines.append(
+        "quarantine by reason: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) if reasons else "none")
+    )
+    lines.append(
+        "published" if report.published else "NOT published: " + "; ".join(report.failures)
+    )
     return "\n".join(lines)
 
 

@@ -78,8 +78,10 @@ def spark(tmp_path_factory):
     from atelier.settings import Settings
     from atelier.spark import get_spark
 
-    settings = Settings(workdir=tmp_path_factory.mktemp("spark"),
-                        spark={"master": "local[2]", "shuffle_partitions": 4})
+    settings = Settings(
+        workdir=tmp_path_factory.mktemp("spark"),
+        spark={"master": "local[2]", "shuffle_partitions": 4},
+    )
     session = get_spark(settings)
     yield session
     session.stop()
@@ -89,6 +91,9 @@ def spark(tmp_path_factory):
 def settings(tmp_path):
     from atelier.settings import Settings
 
-    return Settings(workdir=tmp_path / "work", image_check_partitions=2,
-                    spark={"master": "local[2]", "shuffle_partitions": 4},
-                    gate={"build_data_docs": False})
+    return Settings(
+        workdir=tmp_path / "work",
+        image_check_partitions=2,
+        spark={"master": "local[2]", "shuffle_partitions": 4},
+        gate={"build_data_docs": False},
+    )

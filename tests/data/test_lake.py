@@ -12,8 +12,13 @@ pytestmark = pytest.mark.data
 
 
 def _labels(rows):
-    return pa.table({"product_id": [r[0] for r in rows], "attribute": [r[1] for r in rows],
-                     "value": [r[2] for r in rows]})
+    return pa.table(
+        {
+            "product_id": [r[0] for r in rows],
+            "attribute": [r[1] for r in rows],
+            "value": [r[2] for r in rows],
+        }
+    )
 
 
 def _rows(lake, table="product_labels"):
@@ -73,16 +78,21 @@ def test_delta_spark_path_when_jars_present(spark, settings):
     from atelier.spark import has_delta_spark
 
     if not has_delta_spark(spark):
-        pytest.skip("delta-spark jars are not on the Spark classpath (Maven Central is "
-                    "unreachable here); set spark.jars or spark.packages in the settings to run "
-                    "the delta-spark path")
+        pytest.skip(
+            "delta-spark jars are not on the Spark classpath (Maven Central is "
+            "unreachable here); set spark.jars or spark.packages in the settings to run "
+            "the delta-spark path"
+        )
     lake = Lake(settings, spark)
-    df = spark.createDataFrame([("1", "colour", "Red")], "product_id string, attribute string, "
-                               "value string")
+    df = spark.createDataFrame(
+        [("1", "colour", "Red")], "product_id string, attribute string, value string"
+    )
     r = lake.merge("product_labels", df)
     assert r.inserted == 1
-    df2 = spark.createDataFrame([("1", "colour", "Blue"), ("2", "colour", "Red")],
-                                "product_id string, attribute string, value string")
+    df2 = spark.createDataFrame(
+        [("1", "colour", "Blue"), ("2", "colour", "Red")],
+        "product_id string, attribute string, value string",
+    )
     r = lake.merge("product_labels", df2)
     assert (r.inserted, r.updated) == (1, 1)
     assert _rows(lake) == [("1", "colour", "Blue"), ("2", "colour", "Red")]

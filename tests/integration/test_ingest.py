@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 import pytest
@@ -14,7 +14,7 @@ from tests.conftest import make_hm_slice, read_csv, write_csv
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 
-NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
 
 
 def _snapshot(lake, table):
@@ -42,7 +42,11 @@ def test_hm_slice_lands_and_rerun_changes_nothing(tmp_path, hm_dir, spark, setti
     p = products.loc[first["article_id"]]  # leading zero kept: ids are strings
     assert first["article_id"].startswith("0") and len(first["article_id"]) == 10
     assert (p["type"], p["brand"], p["division"], p["title"]) == (
-        first["product_type_name"], "H&M", first["index_group_name"], first["prod_name"])
+        first["product_type_name"],
+        "H&M",
+        first["index_group_name"],
+        first["prod_name"],
+    )
     # Price and first_seen come from the product's transactions.
     _, trows = read_csv(src / "transactions_train.csv")
     mine = [r for r in trows if r[2] == first["article_id"]]
@@ -51,11 +55,18 @@ def test_hm_slice_lands_and_rerun_changes_nothing(tmp_path, hm_dir, spark, setti
     assert prices[0] <= p["price"] <= prices[-1]
 
     labels = lake.read_pandas("product_labels")
-    mine_labels = dict(labels[labels.product_id == first["article_id"]][["attribute", "value"]]
-                       .itertuples(index=False))
+    mine_labels = dict(
+        labels[labels.product_id == first["article_id"]][["attribute", "value"]].itertuples(
+            index=False
+        )
+    )
     assert mine_labels["colour_group_name"] == first["colour_group_name"]
-    assert set(labels.attribute) <= {"graphical_appearance_name", "colour_group_name",
-                                     "perceived_colour_value_name", "perceived_colour_master_name"}
+    assert set(labels.attribute) <= {
+        "graphical_appearance_name",
+        "colour_group_name",
+        "perceived_colour_value_name",
+        "perceived_colour_master_name",
+    }
 
     before = {t: (lake.version(t), _snapshot(lake, t)) for t in expected}
     again = run_ingest(settings, "hm", src, spark=spark, now=NOW)
@@ -70,7 +81,7 @@ def _corrupt_slice(hm_dir, dst):
     ah, arows = read_csv(dst / "articles.csv")
     th, trows = read_csv(dst / "transactions_train.csv")
     ids = [r[0] for r in arows]
-    arows.append(list(arows[1]))                       # duplicate key (line 32)
+    arows.append(list(arows[1]))  # duplicate key (line 32)
     write_csv(dst / "articles.csv", ah, arows)
     with (dst / "articles.csv").open("ab") as f:
         f.write(b"0999999001,0999999,Broken row,253\n")  # malformed: 4 fields (line 33)
@@ -87,24 +98,36 @@ def _corrupt_slice(hm_dir, dst):
     (dst / "images" / corrupt[:3] / f"{corrupt}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     (dst / "images" / missing[:3] / f"{missing}.jpg").unlink()
     n_tx = len(trows)
-    neg = list(trows[0]); neg[3] = "-0.05"
-    unknown = list(trows[0]); unknown[2] = "0123456789"
-    future = list(trows[0]); future[0] = "2031-01-01"
+    neg = list(trows[0])
+    neg[3] = "-0.05"
+    unknown = list(trows[0])
+    unknown[2] = "0123456789"
+    future = list(trows[0])
+    future[0] = "2031-01-01"
     trows += [neg, unknown, future]
     write_csv(dst / "transactions_train.csv", th, trows)
     with (dst / "transactions_train.csv").open("a") as f:
         f.write("2020-01-01,onlytwo\n")
-    return {
-        ("products", "duplicate_key", 32), ("products", "malformed_row", 33),
-        ("products", "invalid_utf8", 34),
-        ("product_images", "image_corrupt", 2 + 3), ("product_images", "image_missing", 2 + 4),
-        ("interactions", "negative_price", n_tx + 2), ("interactions", "unknown_product", n_tx + 3),
-        ("interactions", "future_timestamp", n_tx + 4), ("interactions", "malformed_row", n_tx + 5),
-    }, len(ids), n_tx
+    return (
+        {
+            ("products", "duplicate_key", 32),
+            ("products", "malformed_row", 33),
+            ("products", "invalid_utf8", 34),
+            ("product_images", "image_corrupt", 2 + 3),
+            ("product_images", "image_missing", 2 + 4),
+            ("interactions", "negative_price", n_tx + 2),
+            ("interactions", "unknown_product", n_tx + 3),
+            ("interactions", "future_timestamp", n_tx + 4),
+            ("interactions", "malformed_row", n_tx + 5),
+        },
+        len(ids),
+        n_tx,
+    )
 
 
 def test_corrupted_slice_quarantines_each_bad_row_and_keeps_every_good_one(
-        tmp_path, hm_dir, spark, settings):
+    tmp_path, hm_dir, spark, settings
+):
     from atelier.lake import Lake
     from spark_jobs.ingest import run_ingest
 
@@ -117,9 +140,15 @@ def test_corrupted_slice_quarantines_each_bad_row_and_keeps_every_good_one(
     got = {(r.table, r.reason, r.line) for r in q.itertuples()}
     assert got == expected
     assert set(q.source_file.map(lambda s: s.rsplit("/", 1)[-1])) == {
-        "articles.csv", "transactions_train.csv"}
+        "articles.csv",
+        "transactions_train.csv",
+    }
     assert report.tables["interactions"].quarantined == {
-        "negative_price": 1, "unknown_product": 1, "future_timestamp": 1, "malformed_row": 1}
+        "negative_price": 1,
+        "unknown_product": 1,
+        "future_timestamp": 1,
+        "malformed_row": 1,
+    }
     # Every good row arrived: all original products (images bad or not), all original purchases.
     assert lake.read_arrow("products").num_rows == n_products
     assert lake.read_arrow("product_images").num_rows == n_products - 2
@@ -142,8 +171,9 @@ def test_table_level_failure_leaves_previous_version(tmp_path, hm_dir, spark, se
     h, rows = read_csv(src / "articles.csv")
     rows[0][2] = "Renamed product"
     write_csv(src / "articles.csv", h, rows)
-    strict = settings.model_copy(update={"gate": settings.gate.model_copy(
-        update={"min_rows": {"products": 10_000}})})
+    strict = settings.model_copy(
+        update={"gate": settings.gate.model_copy(update={"min_rows": {"products": 10_000}})}
+    )
     with pytest.raises(GateFailure) as err:
         run_ingest(strict, "hm", src, spark=spark, now=NOW)
     assert any("products" in f and "row_count" in f for f in err.value.failures)
@@ -191,7 +221,10 @@ def test_fashion_images_slice(tmp_path, fashion_dir, spark, settings):
     row = dict(zip(header, rows[0]))  # 15970: "Turtle Check Men Navy Blue Shirt"
     p = products.loc[row["id"]]
     assert (p["type"], p["division"], p["title"]) == (
-        row["articleType"], row["gender"], row["productDisplayName"])
+        row["articleType"],
+        row["gender"],
+        row["productDisplayName"],
+    )
     assert row["productDisplayName"].startswith(p["brand"] + " ")
     assert pd.isna(p["price"]) and pd.isna(p["first_seen"])  # no sales in this layout
     brands = dict(products["brand"])
@@ -213,7 +246,7 @@ def test_missing_column_is_a_clear_error(tmp_path, hm_dir, spark, settings):
     make_hm_slice(hm_dir, src, n_articles=5)
     h, rows = read_csv(src / "articles.csv")
     i = h.index("product_type_name")
-    write_csv(src / "articles.csv", h[:i] + h[i + 1:], [r[:i] + r[i + 1:] for r in rows])
+    write_csv(src / "articles.csv", h[:i] + h[i + 1 :], [r[:i] + r[i + 1 :] for r in rows])
     with pytest.raises(IngestError, match="product_type_name"):
         run_ingest(settings, "hm", src, spark=spark, now=NOW)
     shutil.rmtree(src)

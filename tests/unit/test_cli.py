@@ -9,8 +9,18 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-HEAVY = ("pyspark", "tensorflow", "great_expectations", "pandas", "mlflow", "feast", "deltalake",
-         "pyarrow", "keras", "numpy")
+HEAVY = (
+    "pyspark",
+    "tensorflow",
+    "great_expectations",
+    "pandas",
+    "mlflow",
+    "feast",
+    "deltalake",
+    "pyarrow",
+    "keras",
+    "numpy",
+)
 
 
 def test_help_imports_nothing_heavy():

@@ -24,10 +24,15 @@ def test_defaults_put_everything_under_the_workdir(monkeypatch, tmp_path):
 def test_yaml_then_env_then_flags(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "atelier.yaml").write_text(
-        "workdir: from-yaml\nseed: 7\nspark:\n  master: local[3]\n  shuffle_partitions: 3\n")
+        "workdir: from-yaml\nseed: 7\nspark:\n  master: local[3]\n  shuffle_partitions: 3\n"
+    )
     s = load_settings()
     assert (s.workdir, s.seed, s.spark.master, s.spark.shuffle_partitions) == (
-        tmp_path / "from-yaml", 7, "local[3]", 3)
+        tmp_path / "from-yaml",
+        7,
+        "local[3]",
+        3,
+    )
     monkeypatch.setenv("ATELIER_SEED", "8")
     monkeypatch.setenv("ATELIER_SPARK__MASTER", "local[1]")
     s = load_settings()

@@ -1,0 +1,4 @@
+"""Feast feature repository (entities, sources, feature views, feature services).
+
+Filled by the features issue; kept importable and declarative.
+"""

@@ -1,0 +1,1 @@
+"""FastAPI service and web gallery over Feast online features (the serving issue)."""
