@@ -642,10 +642,11 @@ def run_ingest(
     frames = {}
     for table, df in staged.items():
         c = contract(table)
-        pdf = df.select(*c.column_names).toArrow().cast(c.schema()).to_pandas()
-        frames[table] = pdf
+        # Arrow, not pandas: keeps NaN apart from null for the gate, and delta-rs writes it as is.
+        arrow = df.select(*c.column_names).toArrow().cast(c.schema())
+        frames[table] = arrow
         counts = report.tables.setdefault(table, TableCounts())
-        counts.good = len(pdf)
+        counts.good = arrow.num_rows
         counts.quarantined = {r: n for (t, r), n in by_reason.items() if t == table}
         counts.read = read.get(table, counts.good + sum(counts.quarantined.values()))
         nbad = sum(counts.quarantined.values())
@@ -655,12 +656,12 @@ def run_ingest(
                 f"({nbad / counts.read:.0%} > {settings.gate.max_quarantine_fraction:.0%})"
             )
     references = _reference_values(frames, lake)
-    for table, pdf in frames.items():
+    for table, arrow in frames.items():
         band = (settings.gate.min_rows.get(table, 0), settings.gate.max_rows)
         result = validate_table(
             settings,
             table,
-            pdf,
+            arrow,
             row_count_band=band,
             reference_values=references.get(table),
             now=now,
@@ -704,7 +705,7 @@ def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
         for col, (parent, pcol) in contract(table).references.items():
             if parent not in frames:
                 continue
-            keys = set(frames[parent][pcol]) | set(
+            keys = set(frames[parent][pcol].to_pylist()) | set(
                 lake.read_arrow(parent, [pcol])[pcol].to_pylist()
             )
             out.setdefault(table, {})[col] = sorted(keys)
