@@ -63,6 +63,9 @@ _SPARK = {
     "float64": "DOUBLE",
     "timestamp": "TIMESTAMP",
     "date": "DATE",
+    "list<float32>": "ARRAY<FLOAT>",
+    "list<int32>": "ARRAY<INT>",
+    "list<string>": "ARRAY<STRING>",
 }
 
 
@@ -77,6 +80,9 @@ def _arrow_type(name: str):
         # Delta stores microseconds in UTC; Spark's TIMESTAMP maps to this.
         "timestamp": pa.timestamp("us", tz="UTC"),
         "date": pa.date32(),
+        "list<float32>": pa.list_(pa.float32()),
+        "list<int32>": pa.list_(pa.int32()),
+        "list<string>": pa.list_(pa.string()),
     }
     return types[name]
 
@@ -183,7 +189,111 @@ QUARANTINE = TableContract(
 )
 
 CANONICAL = (PRODUCTS, PRODUCT_IMAGES, PRODUCT_LABELS, CUSTOMERS, INTERACTIONS)
-ALL = {t.name: t for t in (*CANONICAL, QUARANTINE)}
+
+# -- feature tables (written by the feature jobs, served by Feast) --------------------------
+# Every feature row carries `event_timestamp` (when the value became true: what Feast's
+# point-in-time joins use) and `created_timestamp` (when it was written: breaks ties).
+# Content features (image, text) of a product hold from the product's first_seen (or the epoch
+# when unknown): the content existed before it was embedded, so training events may see it.
+_STAMPS = (
+    _c("event_timestamp", "timestamp", False, "when the value became true"),
+    _c("created_timestamp", "timestamp", False, "when the row was written"),
+)
+
+IMAGE_EMBEDDINGS = TableContract(
+    name="image_embeddings",
+    doc="VGG16 last-conv-block global-max-pooled features, one row per product shot.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("shot", "int32", False),
+        _c("content_hash", "string", False, "sha256 of the image embedded (incremental key)"),
+        _c("weights", "string", False, "'imagenet', 'file:<sha256>' or 'random:<seed>'"),
+        _c("input_size", "string", False, "HxW fed to the network"),
+        _c("embedding", "list<float32>", False, "512 floats"),
+        *_STAMPS,
+    ),
+    key=("product_id", "shot"),
+    references={"product_id": ("products", "product_id")},
+)
+
+VOCABULARY = TableContract(
+    name="vocabulary",
+    doc="Versioned text vocabulary: ids 0 (padding) and 1 (out of vocabulary) are reserved.",
+    columns=(
+        _c("version", "string", False, "hash of the build parameters and corpus"),
+        _c("token", "string", False),
+        _c("token_id", "int32", False),
+        _c("count", "int64", False, "occurrences in the corpus"),
+        _c("document_frequency", "int64", False, "products whose text holds the token"),
+    ),
+    key=("version", "token"),
+)
+
+TEXT_FEATURES = TableContract(
+    name="text_features",
+    doc="Normalised tokens of title + description as fixed-length ids and TF-IDF.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("vocab_version", "string", False),
+        _c("token_ids", "list<int32>", False, "fixed length, 0-padded, 1 = out of vocabulary"),
+        _c("n_tokens", "int32", False, "tokens before padding/truncation"),
+        _c("tfidf", "list<float32>", False, "L2-normalised TF-IDF over the vocabulary's top terms"),
+        *_STAMPS,
+    ),
+    key=("product_id",),
+    references={"product_id": ("products", "product_id")},
+)
+
+CATEGORY_INDEX = TableContract(
+    name="category_index",
+    doc="Index of each categorical value (type, brand, division); 0 is the unknown index.",
+    columns=(
+        _c("column", "string", False),
+        _c("value", "string", False),
+        _c("idx", "int32", False),
+    ),
+    key=("column", "value"),
+)
+
+PRODUCT_FEATURES = TableContract(
+    name="product_features",
+    doc="Metadata features, one row per product per time its values changed (point in time).",
+    columns=(
+        _c("product_id", "string", False),
+        _c("type_idx", "int32", False),
+        _c("brand_idx", "int32", False),
+        _c("division_idx", "int32", False),
+        _c("log_price", "float64", True, "standardised log(1 + price)"),
+        _c("first_seen", "timestamp", True),
+        _c("recency_days", "float64", True, "days since first_seen at event_timestamp"),
+        _c("popularity_7d", "int64", False, "interactions in the 7 days up to event_timestamp"),
+        _c("popularity_30d", "int64", False),
+        _c("popularity_90d", "int64", False),
+        *_STAMPS,
+    ),
+    key=("product_id", "event_timestamp"),
+    non_negative=("popularity_7d", "popularity_30d", "popularity_90d"),
+    references={"product_id": ("products", "product_id")},
+)
+
+CUSTOMER_HISTORY = TableContract(
+    name="customer_history",
+    doc="The customer's last N products (most recent first) as of each day they interacted.",
+    columns=(
+        _c("customer_id", "string", False),
+        _c("history", "list<string>", False, "product ids, most recent first"),
+        _c("history_length", "int32", False),
+        *_STAMPS,
+    ),
+    key=("customer_id", "event_timestamp"),
+    references={"customer_id": ("customers", "customer_id")},
+)
+
+FEATURES = (IMAGE_EMBEDDINGS, TEXT_FEATURES, PRODUCT_FEATURES, CUSTOMER_HISTORY)
+ALL = {
+    t.name: t
+    for t in (*CANONICAL, QUARANTINE, *FEATURES, VOCABULARY, CATEGORY_INDEX)
+}
 
 
 def contract(name: str) -> TableContract:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -46,6 +46,48 @@ class GateSettings(BaseModel):
     build_data_docs: bool = True
 
 
+class EmbedSettings(BaseModel):
+    """Image embeddings (VGG16 without its top, last conv block, global max-pool)."""
+
+    # "imagenet" (Keras' download cache) or a path to a local VGG16 no-top weights file.
+    weights: str = "imagenet"
+    # Seeded random weights when no real weights exist: only when explicitly allowed.
+    allow_random_weights: bool = False
+    random_seed: int = 20181
+    # "native": each image's own size, padded up to a multiple of 32; "224": the paper's 224x224.
+    input_size: Literal["native", "224"] = "native"
+    batch_size: int = Field(16, ge=1)
+    # TensorFlow threads per Spark worker: workers x threads should not exceed the cores.
+    tf_threads: int = Field(1, ge=1)
+    partitions: int = Field(2, ge=1)
+
+
+class TextSettings(BaseModel):
+    """Text features: vocabulary, token-id sequences and TF-IDF."""
+
+    min_count: int = Field(2, ge=1)
+    max_vocab: int = Field(20_000, ge=10)
+    sequence_length: int = Field(48, ge=4)
+    tfidf_dim: int = Field(1024, ge=8)
+
+
+class ProductFeatureSettings(BaseModel):
+    """Metadata and customer-history features."""
+
+    popularity_windows_days: list[int] = Field(default_factory=lambda: [7, 30, 90])
+    history_length: int = Field(20, ge=1)
+
+
+class FeastSettings(BaseModel):
+    """Feast profile: `embedded` (duckdb, sqlite, file registry) or `scale` (Spark, Redis, SQL)."""
+
+    profile: Literal["embedded", "scale"] = "embedded"
+    project: str = "atelier"
+    redis: str = "localhost:6379"
+    registry_url: str = "postgresql+psycopg://feast@localhost:5432/feast"
+    online_sqlite: str = ""  # default: <workdir>/feast/online.db
+
+
 class Settings(BaseSettings):
     """Everything a run needs; every artefact lives under `workdir`."""
 
@@ -61,6 +103,10 @@ class Settings(BaseSettings):
     layouts_dir: Path | None = None
     # Image checks decode every file; bound the parallelism of that step.
     image_check_partitions: int = Field(8, ge=1)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    text: TextSettings = Field(default_factory=TextSettings)
+    product_features: ProductFeatureSettings = Field(default_factory=ProductFeatureSettings)
+    feast: FeastSettings = Field(default_factory=FeastSettings)
 
     @field_validator("workdir")
     @classmethod

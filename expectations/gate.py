@@ -67,23 +67,32 @@ def validate_table(
     row_count_band: tuple[int, int],
     reference_values: dict[str, list] | None = None,
     now: datetime | None = None,
+    list_checks: dict | None = None,
 ) -> GateResult:
     """Validate `df` (pandas, pyarrow.Table or Spark DataFrame) against `table`'s contract.
 
     row_count_band: inclusive (min, max) rows. reference_values: column -> the keys of the
     referenced table (see `expectations.suites.build_suite`). now: timezone-aware instant
-    timestamps must not exceed (default: the current time).
+    timestamps must not exceed (default: the current time). list_checks: list column ->
+    `expectations.suites.ListCheck` (e.g. embedding length 512 and finite).
     """
     from atelier.contracts import contract
-    from expectations.suites import build_suite, with_reference_checks
+    from expectations.suites import build_suite, with_list_checks, with_reference_checks
 
     spec = contract(table)
     suite = build_suite(
-        spec, row_count_band=row_count_band, reference_values=reference_values, now=now
+        spec,
+        row_count_band=row_count_band,
+        reference_values=reference_values,
+        now=now,
+        list_checks=list_checks,
     )
     spark = _is_spark(df)
+    if spark and list_checks:
+        df = df.toPandas()  # list statistics are computed row-wise in pandas
+        spark = False
     if not spark:
-        df = _as_pandas(df)
+        df = with_list_checks(_as_pandas(df), list_checks)
     df = with_reference_checks(df, spec, reference_values)
 
     with _quiet():

@@ -20,6 +20,7 @@ NaN and infinity. GX's column-map expectations skip values that pandas calls nul
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ def build_suite(
     row_count_band: tuple[int, int],
     reference_values: Mapping[str, Sequence] | None = None,
     now: datetime | None = None,
+    list_checks: Mapping[str, ListCheck] | None = None,
 ) -> gx.ExpectationSuite:
     """The expectation suite named `contract.name` that enforces the contract.
 
@@ -50,6 +52,8 @@ def build_suite(
         (`expectations.gate.validate_table` does).
     now: the instant past timestamps are compared to (default: the current UTC time); must
         be timezone-aware. `FUTURE_TOLERANCE` is added to absorb clock skew.
+    list_checks: list column -> `ListCheck` (length, value bounds, finiteness); like
+        references, they run on derived columns added by `with_list_checks`.
     """
     import great_expectations as gx
     import great_expectations.expectations as gxe
@@ -124,11 +128,68 @@ def build_suite(
                     notes=f"Values of {col} missing from {ref_table}.{ref_col}.",
                 )
             )
+    for col, check in (list_checks or {}).items():
+        if col not in names:
+            raise ValueError(f"{contract.name}: list check on unknown column {col!r}")
+        if check.length is not None:
+            add(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=f"{col}__length", min_value=check.length, max_value=check.length
+                )
+            )
+        if check.finite:
+            add(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=f"{col}__non_finite", min_value=0, max_value=0
+                )
+            )
+        if check.min is not None:
+            add(gxe.ExpectColumnValuesToBeBetween(column=f"{col}__min", min_value=check.min))
+        if check.max is not None:
+            add(gxe.ExpectColumnValuesToBeBetween(column=f"{col}__max", max_value=check.max))
     return gx.ExpectationSuite(
         name=contract.name,
         expectations=expectations,
         notes=f"Derived from atelier.contracts.{contract.name}. {contract.doc}".strip(),
     )
+
+
+@dataclass(frozen=True)
+class ListCheck:
+    """Rules for a list column (embeddings, token ids): every row's length, value bounds and
+    whether every element must be finite. None means "not checked"."""
+
+    length: int | None = None
+    min: float | None = None
+    max: float | None = None
+    finite: bool = False
+
+
+def with_list_checks(df: Any, list_checks: Mapping[str, ListCheck] | None) -> Any:
+    """`df` (pandas) plus `<col>__length`, `__non_finite`, `__min`, `__max` per checked column.
+
+    GX has no list-aware expectations: the per-row statistics become scalar columns that the
+    suite bounds. An empty list has null min/max (its length is what fails).
+    """
+    import numpy as np
+
+    if not list_checks:
+        return df
+    out = df.copy(deep=False)
+    for col, check in list_checks.items():
+        if col not in out.columns:
+            continue
+        arrays = [None if v is None else np.asarray(v, dtype="float64") for v in out[col]]
+        out[f"{col}__length"] = [None if a is None else len(a) for a in arrays]
+        if check.finite:
+            out[f"{col}__non_finite"] = [
+                None if a is None else int((~np.isfinite(a)).sum()) for a in arrays
+            ]
+        if check.min is not None:
+            out[f"{col}__min"] = [None if a is None or not len(a) else a.min() for a in arrays]
+        if check.max is not None:
+            out[f"{col}__max"] = [None if a is None or not len(a) else a.max() for a in arrays]
+    return out
 
 
 def reference_check_column(column: str, ref_table: str) -> str:
