@@ -1,0 +1,432 @@
+"""Feast for atelier: the store of the configured profile, apply, gated materialisation, lookups.
+
+Profiles (`settings.feast.profile`), one definition set (`feature_repo/definitions.py`):
+- `embedded` (`feature_repo/feature_store.yaml`): duckdb offline store over the lake's Delta
+  tables, sqlite online store `<workdir>/feast/online.db` (or `settings.feast.online_sqlite`),
+  file registry `<workdir>/feast/registry.db`;
+- `scale` (`feature_repo/feature_store.scale.yaml`): Spark offline store (`SparkSource`, Delta
+  table format), Redis online store (`settings.feast.redis`), SQL registry
+  (`settings.feast.registry_url`); Spark master, jars and conf come from `settings.spark`.
+
+The yaml files use `${ATELIER_WORKDIR}`, `${ATELIER_FEAST__REDIS}` and
+`${ATELIER_FEAST__REGISTRY_URL}`, the variables Settings itself reads, so the `feast` CLI works
+on the same files. Here they are filled from the Settings object (`feast_env`) without touching
+`os.environ`: a process may use several workdirs (tests do), and a leaked `ATELIER_WORKDIR`
+would change every later `Settings()`.
+
+The duckdb store reads Delta with DuckDB's `delta` extension, which cannot be downloaded here:
+`feature_store` points the extension directory of ibis' default DuckDB connection (the one the
+store uses) at the copy shipped by the PyPI package `duckdb-ext-delta`.
+
+Feast is imported inside the functions: `atelier --help` must stay instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from atelier.settings import Settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+
+log = logging.getLogger(__name__)
+
+FEATURE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+PROFILE_YAML = {"embedded": "feature_store.yaml", "scale": "feature_store.scale.yaml"}
+# Lake feature table -> the feature view that serves it (see feature_repo/definitions.py).
+VIEWS = {
+    "image_embeddings": "image_embedding",
+    "text_features": "text_features",
+    "product_features": "product_features",
+    "customer_history": "customer_history",
+}
+MAIN_SHOT = 0  # feature_repo.definitions.MAIN_SHOT; repeated to keep feast out of this import
+EMBEDDING_DIM = 512
+DEFAULT_ONLINE_FEATURES = "attributes_v1"
+STATE_FILE = "materialized.json"
+
+_VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
+
+
+# -- configuration ---------------------------------------------------------------------------
+def feast_env(settings: Settings) -> dict[str, str]:
+    """The variables the feature repository reads (yaml and definitions), from `settings`."""
+    return {
+        "ATELIER_WORKDIR": str(settings.workdir),
+        "ATELIER_FEAST__PROFILE": settings.feast.profile,
+        "ATELIER_FEAST__REDIS": settings.feast.redis,
+        "ATELIER_FEAST__REGISTRY_URL": settings.feast.registry_url,
+    }
+
+
+def repo_config(settings: Settings, overrides: Mapping[str, Any] | None = None) -> RepoConfig:
+    """The profile's feature_store.yaml, variables filled from `settings`, as a RepoConfig.
+
+    overrides: merged into the yaml (nested dicts merge; a section naming another `type` replaces
+    the yaml's), e.g. `{"online_store": {"type":
+    "redis", "connection_string": "127.0.0.1:6390"}}` to use Redis with the embedded profile.
+    """
+    import yaml
+    from feast.repo_config import RepoConfig
+
+    profile = settings.feast.profile
+    path = FEATURE_REPO / PROFILE_YAML[profile]
+    raw = yaml.safe_load(_expand(path.read_text(), feast_env(settings)))
+    raw["project"] = settings.feast.project
+    if profile == "embedded" and settings.feast.online_sqlite:
+        raw["online_store"]["path"] = str(Path(settings.feast.online_sqlite).expanduser().resolve())
+    if profile == "scale":
+        conf = raw["offline_store"].setdefault("spark_conf", {})
+        conf["spark.master"] = settings.spark.master
+        if settings.spark.packages:
+            conf["spark.jars.packages"] = ",".join(settings.spark.packages)
+        if settings.spark.jars:
+            conf["spark.jars"] = ",".join(settings.spark.jars)
+        conf.update(settings.spark.conf)
+    raw = _merge(raw, overrides or {})
+    config = RepoConfig(**raw)
+    config.repo_path = FEATURE_REPO
+    return config
+
+
+def feature_store(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FeatureStore:
+    """A FeatureStore for `settings` (profile, workdir, Redis/registry URLs); see `repo_config`."""
+    from feast import FeatureStore
+
+    config = repo_config(settings, overrides)
+    if config.registry.registry_type == "file":
+        settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    if config.offline_store.type == "duckdb":
+        ensure_duckdb_delta()
+    return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
+
+
+def ensure_duckdb_delta() -> Path:
+    """Make ibis' default DuckDB connection load `delta` from the duckdb-ext-delta package.
+
+    Feast's duckdb store calls `ibis.read_delta`, which INSTALLs (downloads) the extension when
+    DuckDB does not find it in its extension directory. Returns that directory.
+    """
+    import importlib.metadata
+
+    import duckdb
+
+    try:
+        import ibis
+    except ImportError:
+        raise RuntimeError(
+            "Feast's duckdb offline store needs ibis: pip install 'ibis-framework[duckdb]' "
+            "(the feast[duckdb] extra)"
+        ) from None
+    try:
+        root = Path(
+            importlib.metadata.distribution("duckdb-ext-delta").locate_file("duckdb_ext/extensions")
+        )
+    except importlib.metadata.PackageNotFoundError:
+        raise RuntimeError(
+            "the duckdb offline store needs the PyPI package duckdb-ext-delta (DuckDB's delta "
+            "extension, which cannot be downloaded at run time): pip install duckdb-ext-delta"
+        ) from None
+    found = sorted(root.glob(f"v{duckdb.__version__}/*/delta.duckdb_extension"))
+    if not found:
+        raise RuntimeError(
+            f"no delta extension for duckdb {duckdb.__version__} under {root}; "
+            "duckdb-ext-delta pins the duckdb version it ships the extension for"
+        )
+    con = ibis.get_backend()
+    con.raw_sql(f"SET extension_directory = '{root}'")
+    con.raw_sql("SET autoinstall_known_extensions = false")
+    con.raw_sql("LOAD delta")
+    return root
+
+
+# -- apply -----------------------------------------------------------------------------------
+def definitions(settings: Settings) -> dict[str, Any]:
+    """The repository's Feast objects for `settings` (sources under `settings.lake_dir`)."""
+    from feature_repo.definitions import build
+
+    return build(settings.lake_dir, settings.feast.profile)
+
+
+def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, list[str]]:
+    """`feast apply`, programmatic: register the definitions, delete registered objects that
+    are no longer defined, create the online tables. Returns {"changed": [...], "deleted": [...]}
+    (names of objects added or updated, and removed).
+    """
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.diff.property_diff import TransitionType
+    from feast.diff.registry_diff import diff_between
+    from feast.repo_contents import RepoContents
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    store = store or feature_store(settings)
+    objects = list(definitions(settings).values())
+    repo = RepoContents(
+        projects=[],
+        data_sources=[o for o in objects if isinstance(o, DataSource)],
+        feature_views=[o for o in objects if isinstance(o, FeatureView)],
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[o for o in objects if isinstance(o, Entity)],
+        feature_services=[o for o in objects if isinstance(o, FeatureService)],
+        permissions=[],
+    )
+    diff = diff_between(store.registry, store.project, repo)
+    _, to_delete, _, _ = extract_objects_for_apply_delete(store.project, store.registry, repo)
+    # Every object, not only the changed ones: apply also creates the online tables, and the
+    # online store may be new while the registry is not (another sqlite file, a Redis).
+    store.apply(objects, objects_to_delete=to_delete, partial=False)
+    changed = {
+        d.name
+        for d in diff.feast_object_diffs
+        if d.transition_type in (TransitionType.CREATE, TransitionType.UPDATE)
+    }
+    return {"changed": sorted(changed), "deleted": sorted({o.name for o in to_delete})}
+
+
+# -- materialisation -------------------------------------------------------------------------
+def gate_checks(settings: Settings, table: str) -> dict[str, Any]:
+    """The list checks a feature table must pass before it is served."""
+    from expectations.suites import ListCheck
+
+    if table == "image_embeddings":
+        return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
+    if table == "text_features":
+        return {
+            "token_ids": ListCheck(length=settings.text.sequence_length, min=0),
+            "tfidf": ListCheck(finite=True),
+        }
+    return {}
+
+
+def materialize(
+    settings: Settings,
+    end: datetime | None = None,
+    tables: Iterable[str] | None = None,
+    store: FeatureStore | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Gate every feature table that exists, then load the passing ones into the online store.
+
+    end: the latest event time to load (default now, UTC). tables: lake feature tables
+    (default all four). Returns {view: {"table", "status", "failures", ...}}: status is
+    "materialized" (with "mode", "start", "end", "rows", "version"), "up_to_date", "missing"
+    (no Delta table yet) or "gate_failed" ("failures" says why; the online store keeps what
+    it had). Needs `apply` first.
+
+    A view loads incrementally (`materialize_incremental(end)`: event times after the last
+    run's end) while its Delta table is unchanged since the last run. When the table changed,
+    it loads the whole TTL window up to `end` instead: rows replaced in place keep their event
+    time (content features carry first_seen), so an incremental window would never see them.
+    """
+    from atelier.lake import Lake
+    from expectations.gate import validate_table
+
+    end = _utc(end or datetime.now(UTC))
+    wanted = list(tables or VIEWS)
+    unknown = sorted(set(wanted) - set(VIEWS))
+    if unknown:
+        raise ValueError(f"not feature tables: {unknown}; known: {sorted(VIEWS)}")
+    store = store or feature_store(settings)
+    lake = Lake(settings)
+    state_path = settings.feast_dir / STATE_FILE
+    state = _read_state(state_path)
+    scope = _online_scope(store)
+    result: dict[str, dict[str, Any]] = {}
+    references = _reference_values(lake)
+    for table in wanted:
+        view = VIEWS[table]
+        if not lake.exists(table):
+            result[view] = {"table": table, "status": "missing", "failures": []}
+            continue
+        data = lake.read_arrow(table)
+        version = lake.version(table)
+        gate = validate_table(
+            settings,
+            table,
+            data,
+            row_count_band=(1, settings.gate.max_rows),
+            reference_values=_references_for(table, references),
+            list_checks=gate_checks(settings, table),
+        )
+        if not gate.success:
+            log.warning("%s: not materialised, the gate failed: %s", view, gate.failures)
+            result[view] = {
+                "table": table,
+                "status": "gate_failed",
+                "version": version,
+                "failures": list(gate.failures),
+            }
+            continue
+        fv = _registered_view(store, view)
+        key = f"{scope}|{view}"
+        previous = state.get(key)
+        last_end = _utc(fv.most_recent_end_time) if fv.most_recent_end_time else None
+        entry: dict[str, Any] = {
+            "table": table,
+            "version": version,
+            "rows": data.num_rows,
+            "end": end.isoformat(),
+            "failures": [],
+        }
+        if previous and previous.get("version") == version and last_end is not None:
+            if end <= last_end:
+                result[view] = {**entry, "status": "up_to_date", "end": last_end.isoformat()}
+                continue
+            entry.update(mode="incremental", start=last_end.isoformat())
+            store.materialize_incremental(end_date=end, feature_views=[view])
+        else:
+            start = end - fv.ttl
+            entry.update(mode="window", start=start.isoformat())
+            store.materialize(start_date=start, end_date=end, feature_views=[view])
+        state[key] = {"version": version, "end": end.isoformat()}
+        _write_state(state_path, state)
+        result[view] = {**entry, "status": "materialized"}
+    return result
+
+
+# -- lookups ---------------------------------------------------------------------------------
+def online_features(
+    settings: Settings,
+    product_ids: Sequence[str],
+    features: str | Sequence[str] | None = None,
+    store: FeatureStore | None = None,
+) -> dict[str, list]:
+    """Online values for products: {name: [value per product]} (plus the key columns).
+
+    features: a feature service name (default `attributes_v1`) or refs "view:feature". The
+    image embedding is the main shot's (shot 0). Unknown products get None values.
+    """
+    store = store or feature_store(settings)
+    refs = _feature_arg(store, features or DEFAULT_ONLINE_FEATURES)
+    rows = [{"product_id": str(p)} for p in product_ids]
+    if _needs_shot(store, refs):
+        for row in rows:
+            row["shot"] = MAIN_SHOT
+    return store.get_online_features(features=refs, entity_rows=rows).to_dict()
+
+
+def historical_features(
+    settings: Settings,
+    entity_df: pd.DataFrame,
+    features: str | Sequence[str] = "attributes_v1",
+    store: FeatureStore | None = None,
+    full_feature_names: bool = False,
+) -> pd.DataFrame:
+    """Point-in-time correct training frame: `entity_df` (keys + `event_timestamp`, UTC)
+    joined with each feature's latest value whose event time is <= the row's and within the
+    view's TTL. A `shot` column (0, the main image) is added when the image view is used.
+    """
+    store = store or feature_store(settings)
+    refs = _feature_arg(store, features)
+    if "shot" not in entity_df.columns and _needs_shot(store, refs):
+        entity_df = entity_df.assign(shot=MAIN_SHOT)
+    job = store.get_historical_features(
+        entity_df=entity_df, features=refs, full_feature_names=full_feature_names
+    )
+    return job.to_df()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _expand(text: str, values: Mapping[str, str]) -> str:
+    """`${VAR}`/`$VAR` from `values`, else the process environment; unknown ones stay."""
+    import os
+
+    def sub(m: re.Match) -> str:
+        name = m.group(1) or m.group(2)
+        return values.get(name, os.environ.get(name, m.group(0)))
+
+    return _VAR.sub(sub, text)
+
+
+def _merge(base: dict, extra: Mapping[str, Any]) -> dict:
+    """`base` updated by `extra`; nested dicts merge unless `extra` names another store type."""
+    out = dict(base)
+    for k, v in extra.items():
+        old = out.get(k)
+        if (
+            isinstance(v, Mapping)
+            and isinstance(old, dict)
+            and v.get("type", old.get("type")) == (old.get("type"))
+        ):
+            out[k] = _merge(old, v)
+        else:
+            out[k] = dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+def _registered_view(store: FeatureStore, name: str):
+    from feast.errors import FeatureViewNotFoundException
+
+    try:
+        return store.get_feature_view(name)
+    except FeatureViewNotFoundException:
+        raise RuntimeError(
+            f"feature view {name!r} is not in the Feast registry: apply the definitions first "
+            "(atelier.feast_store.apply, or `feast apply` in feature_repo/)"
+        ) from None
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _feature_arg(store: FeatureStore, features: str | Sequence[str]):
+    if isinstance(features, str):
+        if ":" in features:
+            return [features]
+        return store.get_feature_service(features)
+    return list(features)
+
+
+def _needs_shot(store: FeatureStore, refs) -> bool:
+    if isinstance(refs, list):
+        return any(r.split(":", 1)[0] == VIEWS["image_embeddings"] for r in refs)
+    return any(p.name == VIEWS["image_embeddings"] for p in refs.feature_view_projections)
+
+
+def _online_scope(store: FeatureStore) -> str:
+    """Identifies the online store a materialisation wrote to (its state is kept per store)."""
+    online = store.config.online_store
+    where = getattr(online, "path", None) or getattr(online, "connection_string", "")
+    return f"{store.project}|{online.type}|{where}"
+
+
+def _reference_values(lake) -> dict[str, list]:
+    """Keys of the referenced canonical tables that exist (a missing one is not checked)."""
+    out = {}
+    for table, column in (("products", "product_id"), ("customers", "customer_id")):
+        if lake.exists(table):
+            out[column] = lake.read_arrow(table, [column])[column].to_pylist()
+    return out
+
+
+def _references_for(table: str, references: Mapping[str, list]) -> dict[str, list] | None:
+    from atelier.contracts import contract
+
+    picked = {c: references[c] for c in contract(table).references if c in references}
+    return picked or None
+
+
+def _read_state(path: Path) -> dict[str, dict]:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(path: Path, state: Mapping[str, dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
+    tmp.replace(path)

@@ -1,0 +1,258 @@
+"""Feast definitions: entities, Delta sources, feature views and versioned feature services.
+
+Declarative and safe to import: the only thing it does at import is read two environment
+variables, the same ones `atelier.settings.Settings` reads:
+
+- `ATELIER_WORKDIR` — the workdir whose `lake/<table>` Delta tables the sources point at
+  (default: `<repo>/workspace`, the CLI's default workdir when run from the repository root);
+- `ATELIER_FEAST__PROFILE` — `embedded` (default: `FileSource` in the Delta format, read by the
+  duckdb offline store) or `scale` (`SparkSource` with the Delta table format, read by the Spark
+  offline store).
+
+Source paths are absolute: the duckdb store resolves relative paths against the current
+directory, and Spark workers against theirs. `atelier.feast_store` does not rely on the module
+globals (a process may serve several workdirs): it calls `build(lake_dir, profile)` itself.
+
+Time semantics (see `atelier.contracts`): every row carries `event_timestamp` (when the value
+became true: the point-in-time joins use it) and `created_timestamp` (when it was written: among
+rows with the same event time, the latest write wins).
+
+TTLs (how far back a point-in-time join looks for a view's latest row; also where the first
+materialisation window starts): effectively unlimited for every view (`NO_EXPIRY`, 100 years),
+each for its own reason:
+- content (image embedding, text) holds from the product's first_seen, or the epoch when that
+  is unknown, however old;
+- product_features is a complete timeline: a row at the product's anchor (first_seen, else the
+  epoch) and at every time a popularity window count changes, including when a sale leaves a
+  window. The latest row is exact until the next one, so a TTL would only turn true zeros and
+  the category indices (inputs of `attributes_v1`) into nulls — for every product that never
+  sold, at once (its only row is the anchor). recency_days is as of the row's event time;
+- customer_history: a customer's last N products remain their history until they buy again.
+  A cut-off (e.g. 365 days: "silent for a year = cold start") is a modelling choice; it would
+  also empty the online store here, where the catalogues are historical (H&M ends in 2020, the
+  demo starts in 2019) and materialisation windows end now.
+Not 0: Feast's `materialize_incremental` reads a TTL of 0 as "start one year ago" and would
+never load anything older.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import DeltaFormat
+from feast.types import Array, Float32, Float64, Int32, Int64, String, UnixTimestamp
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WORKDIR = REPO_ROOT / "workspace"
+
+NO_EXPIRY = timedelta(days=36_500)
+CONTENT_TTL = NO_EXPIRY
+PRODUCT_FEATURES_TTL = NO_EXPIRY
+CUSTOMER_HISTORY_TTL = NO_EXPIRY
+
+# The main image of a product. image_embeddings holds one row per (product, shot); the view is
+# keyed by both, and callers ask for shot 0 (`atelier.feast_store` adds it to entity rows and
+# entity frames that lack it). Other shots are served by the same view with shot=k; a
+# multi-shot model would request several shots per product (or pool them in a Spark job into
+# a per-product table with its own view) rather than a second view over the same table.
+MAIN_SHOT = 0
+
+FEATURE_TABLES = ("image_embeddings", "text_features", "product_features", "customer_history")
+
+product = Entity(
+    name="product",
+    join_keys=["product_id"],
+    value_type=ValueType.STRING,
+    description="A catalogue product (source id kept as a string: leading zeros matter).",
+)
+shot = Entity(
+    name="shot",
+    join_keys=["shot"],
+    value_type=ValueType.INT32,
+    description="Image number of a product; 0 is the main packshot.",
+)
+customer = Entity(
+    name="customer",
+    join_keys=["customer_id"],
+    value_type=ValueType.STRING,
+    description="A customer.",
+)
+
+
+def _source(name: str, lake_dir: Path, profile: str):
+    """The Delta table `lake_dir/name` as a batch source of the profile's offline store."""
+    path = str(Path(lake_dir) / name)
+    common = dict(
+        name=f"{name}_source",
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+        description=f"Delta table {name} (atelier.contracts.{name.upper()})",
+    )
+    if profile == "scale":
+        import warnings
+
+        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import (
+            SparkSource,
+        )
+        from feast.table_format import DeltaFormat as DeltaTableFormat
+
+        with warnings.catch_warnings():
+            # "The spark data source API is an experimental feature in alpha development."
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return SparkSource(path=path, table_format=DeltaTableFormat(), **common)
+    if profile != "embedded":
+        raise ValueError(f"unknown Feast profile {profile!r}; expected 'embedded' or 'scale'")
+    # DeltaFormat, never plain Parquet: a Parquet reader would see every file version of the
+    # table (rows replaced by later Delta commits included) instead of the current snapshot.
+    return FileSource(path=path, file_format=DeltaFormat(), **common)
+
+
+def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
+    """Every Feast object of the repository, by name, with sources under `lake_dir`."""
+    images = _source("image_embeddings", lake_dir, profile)
+    texts = _source("text_features", lake_dir, profile)
+    products = _source("product_features", lake_dir, profile)
+    histories = _source("customer_history", lake_dir, profile)
+
+    image_embedding = FeatureView(
+        name="image_embedding",
+        entities=[product, shot],
+        ttl=CONTENT_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(name="shot", dtype=Int32),
+            Field(name="embedding", dtype=Array(Float32), description="VGG16 features, 512"),
+            Field(name="weights", dtype=String, description="weights that produced it"),
+        ],
+        source=images,
+        online=True,
+        description="Image embedding per product shot; request shot 0 for the main image.",
+        tags={"kind": "content"},
+    )
+    text_features = FeatureView(
+        name="text_features",
+        entities=[product],
+        ttl=CONTENT_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(name="token_ids", dtype=Array(Int32), description="0-padded token ids"),
+            Field(name="n_tokens", dtype=Int32),
+            Field(name="tfidf", dtype=Array(Float32), description="L2-normalised TF-IDF"),
+            Field(name="vocab_version", dtype=String),
+        ],
+        source=texts,
+        online=True,
+        description="Title + description as token ids and TF-IDF.",
+        tags={"kind": "content"},
+    )
+    product_features = FeatureView(
+        name="product_features",
+        entities=[product],
+        ttl=PRODUCT_FEATURES_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(name="type_idx", dtype=Int32),
+            Field(name="brand_idx", dtype=Int32),
+            Field(name="division_idx", dtype=Int32),
+            Field(name="log_price", dtype=Float64),
+            Field(name="first_seen", dtype=UnixTimestamp),
+            Field(name="recency_days", dtype=Float64),
+            Field(name="popularity_7d", dtype=Int64),
+            Field(name="popularity_30d", dtype=Int64),
+            Field(name="popularity_90d", dtype=Int64),
+        ],
+        source=products,
+        online=True,
+        description="Metadata, price, recency and popularity as of each change.",
+        tags={"kind": "timeseries"},
+    )
+    customer_history = FeatureView(
+        name="customer_history",
+        entities=[customer],
+        ttl=CUSTOMER_HISTORY_TTL,
+        schema=[
+            Field(name="customer_id", dtype=String),
+            Field(name="history", dtype=Array(String), description="most recent first"),
+            Field(name="history_length", dtype=Int32),
+        ],
+        source=histories,
+        online=True,
+        description="The customer's last products as of each day they interacted.",
+        tags={"kind": "timeseries"},
+    )
+
+    attributes_v1 = FeatureService(
+        name="attributes_v1",
+        features=[
+            image_embedding[["embedding"]],
+            text_features[["token_ids"]],
+            product_features[["type_idx", "brand_idx", "division_idx"]],
+        ],
+        description="Inputs of the multi-task attribute model (version 1).",
+        tags={"model": "attributes", "version": "1"},
+    )
+    recommender_v1 = FeatureService(
+        name="recommender_v1",
+        features=[
+            product_features[
+                [
+                    "type_idx",
+                    "brand_idx",
+                    "division_idx",
+                    "log_price",
+                    "recency_days",
+                    "popularity_7d",
+                    "popularity_30d",
+                    "popularity_90d",
+                ]
+            ],
+            text_features[["tfidf"]],
+            image_embedding[["embedding"]],
+            customer_history[["history", "history_length"]],
+        ],
+        description="Item and user features of the hybrid recommender (version 1).",
+        tags={"model": "recommender", "version": "1"},
+    )
+    return {
+        "product": product,
+        "shot": shot,
+        "customer": customer,
+        "image_embeddings_source": images,
+        "text_features_source": texts,
+        "product_features_source": products,
+        "customer_history_source": histories,
+        "image_embedding": image_embedding,
+        "text_features": text_features,
+        "product_features": product_features,
+        "customer_history": customer_history,
+        "attributes_v1": attributes_v1,
+        "recommender_v1": recommender_v1,
+    }
+
+
+def workdir_from_env() -> Path:
+    """`ATELIER_WORKDIR` as an absolute path, or `<repo>/workspace` when it is unset."""
+    value = os.environ.get("ATELIER_WORKDIR")
+    return Path(value).expanduser().resolve() if value else DEFAULT_WORKDIR
+
+
+def profile_from_env() -> str:
+    return os.environ.get("ATELIER_FEAST__PROFILE", "embedded")
+
+
+# What `feast apply` (the CLI) collects: the module's Feast objects, built from the env.
+_objects = build(workdir_from_env() / "lake", profile_from_env())
+image_embeddings_source = _objects["image_embeddings_source"]
+text_features_source = _objects["text_features_source"]
+product_features_source = _objects["product_features_source"]
+customer_history_source = _objects["customer_history_source"]
+image_embedding = _objects["image_embedding"]
+text_features = _objects["text_features"]
+product_features = _objects["product_features"]
+customer_history = _objects["customer_history"]
+attributes_v1 = _objects["attributes_v1"]
+recommender_v1 = _objects["recommender_v1"]
+del _objects
