@@ -17,10 +17,12 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from spark_jobs.common import EPOCH, changed_rows, micros_lit, timestamp_lit
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -31,7 +33,6 @@ log = logging.getLogger("atelier.product_features")
 
 CATEGORICAL = ("type", "brand", "division")
 UNKNOWN = 0
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DAY_US = 86_400_000_000
 # log1p(price) is summed as integers of this many units: exact, so independent of partitioning.
 _PRICE_SCALE = 10**9
@@ -157,10 +158,10 @@ def popularity_timeline(
     cols = [f"popularity_{w}d" for w in windows]
     anchors = products.select(
         "product_id",
-        F.coalesce(F.col("first_seen"), _timestamp(EPOCH)).alias("_anchor"),
+        F.coalesce(F.col("first_seen"), timestamp_lit(EPOCH)).alias("_anchor"),
     )
     us = F.unix_micros("timestamp")
-    sales = interactions.where(F.col("timestamp") <= _timestamp(now)).select(
+    sales = interactions.where(F.col("timestamp") <= timestamp_lit(now)).select(
         "product_id", us.alias("_us")
     )
     # Signed deltas: +1 in every window at the sale, -1 in window w at the sale + w days.
@@ -193,7 +194,7 @@ def popularity_timeline(
         .agg(*[F.sum(c).alias(c) for c in cols])
         .select("product_id", "t", *[F.sum(c).over(running).cast("long").alias(c) for c in cols])
         .join(anchors, "product_id")
-        .where((F.col("t") >= F.unix_micros("_anchor")) & (F.col("t") <= _micros(now)))
+        .where((F.col("t") >= F.unix_micros("_anchor")) & (F.col("t") <= micros_lit(now)))
         .select("product_id", F.timestamp_micros("t").alias("event_timestamp"), *cols)
     )
 
@@ -237,7 +238,7 @@ def customer_histories(interactions: DataFrame, length: int, now: datetime) -> D
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ev = interactions.where(F.col("timestamp") <= _timestamp(now)).withColumn(
+    ev = interactions.where(F.col("timestamp") <= timestamp_lit(now)).withColumn(
         "_day", F.floor(F.unix_micros("timestamp") / F.lit(DAY_US))
     )
     # Chronological order is (timestamp, product_id desc): its reverse is "most recent first,
@@ -279,41 +280,6 @@ def customer_histories(interactions: DataFrame, length: int, now: datetime) -> D
             F.col("timestamp").alias("event_timestamp"),
         )
     )
-
-
-def changed_rows(new: DataFrame, existing: DataFrame, key: Sequence[str], now: datetime):
-    """Rows of `new` that are absent from `existing` or differ from it, stamped
-    created_timestamp = `now`. Unchanged rows are dropped, so they keep their old stamp and a
-    rerun writes nothing."""
-    from pyspark.sql import functions as F
-
-    types = dict(existing.dtypes)
-    new = new.select(*[F.col(c).cast(types[c]).alias(c) for c in new.columns])
-    values = [c for c in new.columns if c not in key]
-    old = existing.select(
-        *key, *[F.col(c).alias(f"_old_{c}") for c in values], F.lit(True).alias("_exists")
-    )
-    same = F.lit(True)
-    for c in values:
-        same = same & F.col(c).eqNullSafe(F.col(f"_old_{c}"))
-    return (
-        new.join(old, list(key), "left")
-        .where(F.col("_exists").isNull() | ~same)
-        .select(*new.columns, _timestamp(now).alias("created_timestamp"))
-    )
-
-
-def _micros(t: datetime) -> Column:
-    from pyspark.sql import functions as F
-
-    return F.lit((t.astimezone(UTC) - EPOCH) // timedelta(microseconds=1))
-
-
-def _timestamp(t: datetime) -> Column:
-    """A TIMESTAMP literal that does not depend on the session or machine time zone."""
-    from pyspark.sql import functions as F
-
-    return F.timestamp_micros(_micros(t))
 
 
 # ---------------------------------------------------------------------------------------------

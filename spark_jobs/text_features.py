@@ -20,14 +20,16 @@ import sys
 import time
 import unicodedata
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from spark_jobs.common import EPOCH, changed_rows, timestamp_lit
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pyarrow as pa
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from atelier.settings import Settings
 
@@ -37,7 +39,6 @@ PAD, OOV = 0, 1
 FIRST_ID = 2
 # Bump when `normalise` changes: the same corpus then tokenises differently.
 TOKENIZER = "nfkc-lower-alnum-v1"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _WORD = r"[^\W_]"  # a letter or a digit, in any script
 _TOKEN = re.compile(rf"{_WORD}+")
@@ -135,7 +136,7 @@ def tokenise(products: DataFrame) -> DataFrame:
     return products.select(
         "product_id",
         _normalise(text).alias("tokens"),
-        F.coalesce(F.col("first_seen"), _timestamp(EPOCH)).alias("event_timestamp"),
+        F.coalesce(F.col("first_seen"), timestamp_lit(EPOCH)).alias("event_timestamp"),
     )
 
 
@@ -192,36 +193,6 @@ def encode(
         _tfidf("tokens").alias("tfidf"),
         "event_timestamp",
     )
-
-
-def changed_rows(new: DataFrame, existing: DataFrame, key: Sequence[str], now: datetime):
-    """Rows of `new` that are absent from `existing` or differ from it, stamped
-    created_timestamp = `now`. Unchanged rows are dropped, so they keep their old stamp and a
-    rerun writes nothing."""
-    from pyspark.sql import functions as F
-
-    types = dict(existing.dtypes)
-    new = new.select(*[F.col(c).cast(types[c]).alias(c) for c in new.columns])
-    values = [c for c in new.columns if c not in key]
-    old = existing.select(
-        *key, *[F.col(c).alias(f"_old_{c}") for c in values], F.lit(True).alias("_exists")
-    )
-    same = F.lit(True)
-    for c in values:
-        same = same & F.col(c).eqNullSafe(F.col(f"_old_{c}"))
-    return (
-        new.join(old, list(key), "left")
-        .where(F.col("_exists").isNull() | ~same)
-        .select(*new.columns, _timestamp(now).alias("created_timestamp"))
-    )
-
-
-def _timestamp(t: datetime) -> Column:
-    """A TIMESTAMP literal that does not depend on the session or machine time zone."""
-    from pyspark.sql import functions as F
-
-    micros = (t.astimezone(UTC) - EPOCH) // timedelta(microseconds=1)
-    return F.timestamp_micros(F.lit(micros))
 
 
 # ---------------------------------------------------------------------------------------------
