@@ -91,20 +91,105 @@ def ingest_cmd(
     typer.echo(format_report(report))
 
 
+@app.command("embed")
+def embed_cmd(
+    allow_random_weights: bool = typer.Option(
+        False,
+        "--allow-random-weights",
+        help="Use seeded random VGG16 weights when no ImageNet weights are available "
+        "(offline demo and tests); recorded as weights='random:<seed>'.",
+    ),
+) -> None:
+    """Embed product images not embedded yet (the job of `spark-submit spark_jobs/embed.py`)."""
+    from spark_jobs.embed import GateFailure, format_report, run_embed
+
+    settings = _settings()
+    if allow_random_weights:
+        settings.embed.allow_random_weights = True
+    try:
+        report = run_embed(settings)
+    except GateFailure as e:
+        typer.echo(format_report(e.report))
+        raise typer.Exit(2) from None
+    except (ValueError, RuntimeError) as e:  # e.g. no weights and random ones not allowed
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
+
+
+@app.command("features")
+def features_cmd() -> None:
+    """Build text features (vocabulary, token ids, TF-IDF) and product/customer features."""
+    from atelier.spark import get_spark
+    from spark_jobs.product_features import run_product_features
+    from spark_jobs.text_features import run_text_features
+
+    settings = _settings()
+    spark = get_spark(settings)
+    _echo_dict("text features", _run(lambda: run_text_features(settings, spark=spark)))
+    _echo_dict("product features", _run(lambda: run_product_features(settings, spark=spark)))
+
+
+@app.command("materialize")
+def materialize_cmd() -> None:
+    """Gate every feature table, `feast apply`, then materialise the passing ones incrementally."""
+    from atelier.feast_store import apply, materialize
+
+    settings = _settings()
+    _run(lambda: apply(settings))
+    result = _run(lambda: materialize(settings))
+    _echo_dict("materialize", result)
+    if any(isinstance(v, dict) and v.get("failures") for v in result.values()):
+        raise typer.Exit(2)
+
+
+@app.command("online")
+def online_cmd(
+    product_id: str = typer.Argument(..., help="Product whose online features to print."),
+) -> None:
+    """Print a product's online features from the Feast online store."""
+    from atelier.feast_store import online_features
+
+    settings = _settings()
+    row = _run(lambda: online_features(settings, [product_id]))
+    for name, values in row.items():
+        typer.echo(f"  {name}: {_short(values[0])}")
+
+
+def _run(fn):
+    """Run a stage; a known error becomes a one-line message and exit code 1."""
+    try:
+        return fn()
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _echo_dict(title: str, d: dict) -> None:
+    typer.echo(f"{title}:")
+    for k, v in d.items():
+        typer.echo(f"  {k}: {v}")
+
+
 @app.command("demo")
 def demo_cmd(
     seed: int = typer.Option(0, "--seed"),
     products: int = typer.Option(2400, "--products", min=50),
     customers: int = typer.Option(600, "--customers", min=10),
 ) -> None:
-    """Generate the demo catalogue under the workdir and run every stage on it."""
+    """Generate the demo catalogue under the workdir and run every stage on it.
+
+    Offline by design: VGG16 uses seeded random weights unless ImageNet weights are available.
+    """
     from atelier.demo import generate_demo
+    from atelier.spark import get_spark
     from spark_jobs.ingest import GateFailure, format_report, run_ingest
 
     settings = _settings()
+    steps = 6
     source = settings.workdir / "demo-source"
     if not (source / "articles.csv").is_file():
-        typer.echo(f"[1/2] generating the demo catalogue in {source}")
+        typer.echo(f"[1/{steps}] generating the demo catalogue in {source}")
         generate_demo(
             source,
             seed,
@@ -113,18 +198,54 @@ def demo_cmd(
             progress=lambda m: typer.echo("  " + m, err=True),
         )
     else:
-        typer.echo(f"[1/2] demo catalogue already in {source}")
-    typer.echo("[2/2] ingesting it into the lake")
+        typer.echo(f"[1/{steps}] demo catalogue already in {source}")
+
+    typer.echo(f"[2/{steps}] ingesting it into the lake")
+    spark = get_spark(settings)
     try:
-        report = run_ingest(settings, "hm", source)
+        report = run_ingest(settings, "hm", source, spark=spark)
     except GateFailure as e:
         typer.echo(format_report(e.report))
         raise typer.Exit(2) from None
     typer.echo(format_report(report))
+
+    from atelier.feast_store import apply, materialize, online_features
+    from spark_jobs.embed import format_report as format_embed
+    from spark_jobs.embed import run_embed
+    from spark_jobs.product_features import run_product_features
+    from spark_jobs.text_features import run_text_features
+
+    typer.echo(f"[3/{steps}] embedding product images (VGG16)")
+    settings.embed.allow_random_weights = True  # the demo is offline; recorded in `weights`
+    typer.echo(format_embed(_run(lambda: run_embed(settings, spark=spark))))
+    typer.echo(f"[4/{steps}] text and product features")
+    _echo_dict("text features", _run(lambda: run_text_features(settings, spark=spark)))
+    _echo_dict("product features", _run(lambda: run_product_features(settings, spark=spark)))
+    typer.echo(f"[5/{steps}] feast apply + gated materialisation")
+    _run(lambda: apply(settings))
+    _echo_dict("materialize", _run(lambda: materialize(settings)))
+
+    from atelier.lake import Lake
+
+    pid = Lake(settings).read_arrow("products", ["product_id"])["product_id"][0].as_py()
+    typer.echo(f"[6/{steps}] online features of product {pid}")
+    row = _run(lambda: online_features(settings, [pid]))
+    for name, values in row.items():
+        typer.echo(f"  {name}: {_short(values[0])}")
     typer.echo(
         f"\nlake: {settings.lake_dir}\nGX Data Docs: "
-        f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}"
+        f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}\n"
+        "feature repo: cd feature_repo && "
+        f"ATELIER_WORKDIR={settings.workdir} feast feature-views list"
     )
+
+
+def _short(v) -> str:
+    """A value for the terminal: long vectors shortened to their first few numbers."""
+    if isinstance(v, list) and len(v) > 8:
+        head = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:6])
+        return f"[{head}, ...] ({len(v)} values)"
+    return str(v)
 
 
 @app.command("tables")
