@@ -59,7 +59,8 @@ import sys, time, json
 import pyarrow as pa
 from deltalake import DeltaTable
 from spark_jobs.embed import configure_tensorflow, build_model, load_image, batch_plan, WeightsSpec
-lake, mode, seed, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+lake, mode = sys.argv[1], sys.argv[2]
+seed, threads, batch = (int(v) for v in sys.argv[3:6])
 t0 = time.perf_counter()
 configure_tensorflow(threads)
 import numpy as np

@@ -1,0 +1,215 @@
+"""The multi-modal, multi-task attribute network (paper Section 2, Figure 2).
+
+Image shots, text and metadata are encoded, merged with product-type conditioning, passed through
+a shared trunk, and read out by one softmax head per attribute (hard parameter sharing: every layer
+but the heads is shared). Losses and the training step live in `train_step`, not here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+IMAGE = "image"
+IMAGE_MASK = "image_mask"
+TOKEN_IDS = "token_ids"
+TYPE_IDX = "type_idx"
+BRAND_IDX = "brand_idx"
+DIVISION_IDX = "division_idx"
+INPUT_NAMES = (IMAGE, IMAGE_MASK, TOKEN_IDS, TYPE_IDX, BRAND_IDX, DIVISION_IDX)
+HEAD_PREFIX = "head_"
+
+# Heads become layer names `head_<attribute>`; keep names that Keras and MLflow metric keys accept.
+_ATTRIBUTE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def head_name(attribute: str) -> str:
+    """Name of the output layer of `attribute`."""
+    return f"{HEAD_PREFIX}{attribute}"
+
+
+@dataclass(frozen=True)
+class AttributeModelConfig:
+    """Sizes and switches of the attribute network; checked on construction.
+
+    `n_types`, `n_brands`, `n_divisions` are index sizes with the unknown index 0 included
+    (max index + 1). `heads` maps attribute → number of classes (>= 2). `use_image`, `use_text`,
+    `use_metadata` are the paper's ablations (Figure 5): a disabled modality is not connected to
+    the outputs at all. Without metadata nothing conditions the shot merge or the fusion on type.
+    """
+
+    vocab_size: int
+    sequence_length: int
+    n_types: int
+    n_brands: int
+    n_divisions: int
+    heads: dict[str, int]
+    image_dim: int = 512
+    token_embedding_dim: int = 64
+    text_filters: int = 128
+    text_units: int = 128
+    type_embedding_dim: int = 16
+    brand_embedding_dim: int = 16
+    division_embedding_dim: int = 8
+    image_units: int = 128
+    attention_units: int = 64
+    fusion_units: int = 256
+    trunk_units: tuple[int, ...] = (256,)
+    dropout: float = 0.2
+    use_image: bool = True
+    use_text: bool = True
+    use_metadata: bool = True
+    oov_id: int = 1
+
+    def __post_init__(self):
+        sizes = (
+            "sequence_length",
+            "n_types",
+            "n_brands",
+            "n_divisions",
+            "image_dim",
+            "token_embedding_dim",
+            "text_filters",
+            "text_units",
+            "type_embedding_dim",
+            "brand_embedding_dim",
+            "division_embedding_dim",
+            "image_units",
+            "attention_units",
+            "fusion_units",
+        )
+        for name in sizes:
+            _check_int(name, getattr(self, name), minimum=1)
+        # 0 is padding and 1 out-of-vocabulary: a vocabulary needs both.
+        _check_int("vocab_size", self.vocab_size, minimum=2)
+        _check_int("oov_id", self.oov_id, minimum=1)
+        if self.oov_id >= self.vocab_size:
+            raise ValueError(f"oov_id must be < vocab_size={self.vocab_size}, got {self.oov_id!r}")
+        trunk = self.trunk_units
+        if isinstance(trunk, int) or not isinstance(trunk, list | tuple) or not trunk:
+            raise ValueError(f"trunk_units must be a non-empty sequence of ints, got {trunk!r}")
+        for units in trunk:
+            _check_int("trunk_units", units, minimum=1)
+        object.__setattr__(self, "trunk_units", tuple(trunk))
+        dropout = self.dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float):
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        for name in ("use_image", "use_text", "use_metadata"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not (self.use_image or self.use_text or self.use_metadata):
+            raise ValueError("at least one of use_image, use_text, use_metadata must be True")
+        if not isinstance(self.heads, dict) or not self.heads:
+            raise ValueError(
+                f"heads must be a non-empty dict of attribute -> classes, got {self.heads!r}"
+            )
+        for attribute, classes in self.heads.items():
+            if not isinstance(attribute, str) or not _ATTRIBUTE_NAME.match(attribute):
+                raise ValueError(
+                    f"attribute names must match {_ATTRIBUTE_NAME.pattern}, got {attribute!r}"
+                )
+            _check_int(f"heads[{attribute!r}]", classes, minimum=2)
+        object.__setattr__(self, "heads", dict(self.heads))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict; `from_dict` reads it back."""
+        out = asdict(self)
+        out["trunk_units"] = list(self.trunk_units)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AttributeModelConfig:
+        """Inverse of `to_dict`; unknown keys raise so a stale config is noticed."""
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown AttributeModelConfig keys: {unknown!r}")
+        return cls(**values)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def build_attribute_model(config: AttributeModelConfig):
+    """The attribute network as a functional `keras.Model`.
+
+    Inputs (a dict): `image` (batch, shots, image_dim) float, `image_mask` (batch, shots) 1/0,
+    `token_ids` (batch, sequence_length) int (0 = padding), `type_idx`, `brand_idx`,
+    `division_idx` (batch,) int (0 = unknown). The number of shots may vary between calls.
+    Outputs: a dict attribute → class probabilities (batch, heads[attribute]), from the layer
+    `head_<attribute>`.
+    """
+    import keras
+
+    from training.attributes.layers import CategoricalEmbedding, ShotMerge, TextCNN
+
+    if not isinstance(config, AttributeModelConfig):
+        raise ValueError(f"config must be an AttributeModelConfig, got {type(config).__name__}")
+    c = config
+    inputs = {
+        IMAGE: keras.Input((None, c.image_dim), name=IMAGE, dtype="float32"),
+        IMAGE_MASK: keras.Input((None,), name=IMAGE_MASK, dtype="float32"),
+        TOKEN_IDS: keras.Input((c.sequence_length,), name=TOKEN_IDS, dtype="int32"),
+        TYPE_IDX: keras.Input((), name=TYPE_IDX, dtype="int32"),
+        BRAND_IDX: keras.Input((), name=BRAND_IDX, dtype="int32"),
+        DIVISION_IDX: keras.Input((), name=DIVISION_IDX, dtype="int32"),
+    }
+
+    type_vector = None
+    if c.use_metadata:
+        type_vector = CategoricalEmbedding(c.n_types, c.type_embedding_dim, name="type_embedding")(
+            inputs[TYPE_IDX]
+        )
+
+    # Visual and text features are fused with the type embedding (the paper uses type in both
+    # merges); brand and division join later, in the trunk.
+    fused_parts = []
+    if c.use_image:
+        merge_inputs = [inputs[IMAGE], inputs[IMAGE_MASK]]
+        if type_vector is not None:
+            merge_inputs.append(type_vector)
+        merge = ShotMerge(c.image_units, c.attention_units, name="shot_merge")
+        fused_parts.append(merge(merge_inputs))
+    if c.use_text:
+        text = TextCNN(
+            c.vocab_size,
+            c.token_embedding_dim,
+            c.text_filters,
+            c.text_units,
+            oov_id=c.oov_id,
+            name="text_cnn",
+        )
+        fused_parts.append(text(inputs[TOKEN_IDS]))
+    if type_vector is not None:
+        fused_parts.append(type_vector)
+    fused = _concat(fused_parts, "fusion_input")
+    x = keras.layers.Dense(c.fusion_units, activation="relu", name="fusion")(fused)
+
+    if c.use_metadata:
+        brand = CategoricalEmbedding(c.n_brands, c.brand_embedding_dim, name="brand_embedding")
+        division = CategoricalEmbedding(
+            c.n_divisions, c.division_embedding_dim, name="division_embedding"
+        )
+        x = _concat([x, brand(inputs[BRAND_IDX]), division(inputs[DIVISION_IDX])], "trunk_input")
+    for i, units in enumerate(c.trunk_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"trunk_{i}")(x)
+        if c.dropout > 0:
+            x = keras.layers.Dropout(c.dropout, name=f"trunk_dropout_{i}")(x)
+
+    outputs = {
+        attribute: keras.layers.Dense(classes, activation="softmax", name=head_name(attribute))(x)
+        for attribute, classes in c.heads.items()
+    }
+    return keras.Model(inputs=inputs, outputs=outputs, name="attribute_model")
+
+
+def _concat(parts, name):
+    import keras
+
+    if len(parts) == 1:
+        return parts[0]
+    return keras.layers.Concatenate(name=name)(parts)

@@ -1,0 +1,166 @@
+"""One training step of the paper: plain SGD on one attribute head plus the shared layers.
+
+The loss is computed from that head's output only, through a sub-model that shares the full
+model's layers but holds only the path from the inputs to that head. Other heads are not in the
+sub-model, so they get no gradient and their weights stay bit-for-bit unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from training.attributes.model import (
+    BRAND_IDX,
+    DIVISION_IDX,
+    IMAGE,
+    IMAGE_MASK,
+    INPUT_NAMES,
+    TOKEN_IDS,
+    TYPE_IDX,
+)
+
+_DTYPES = {
+    IMAGE: np.float32,
+    IMAGE_MASK: np.float32,
+    TOKEN_IDS: np.int32,
+    TYPE_IDX: np.int32,
+    BRAND_IDX: np.int32,
+    DIVISION_IDX: np.int32,
+}
+
+
+def head_loss(labels, probabilities, sample_weight=None):
+    """Sparse categorical cross-entropy of one head, averaged over the batch.
+
+    labels (batch,) int, probabilities (batch, classes), sample_weight (batch,) or None. Weighted
+    terms are divided by the batch size, not the weight sum, so class weights with mean 1 keep
+    the loss on the unweighted scale.
+    """
+    import keras
+    from keras import ops
+
+    losses = keras.losses.sparse_categorical_crossentropy(labels, probabilities)
+    if sample_weight is not None:
+        losses = losses * ops.cast(sample_weight, losses.dtype)
+    return ops.mean(losses)
+
+
+def as_model_inputs(inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """The six model inputs as numpy arrays of the dtypes the model was built with.
+
+    Checks that every input is present and that all share one batch size.
+    """
+    missing = [name for name in INPUT_NAMES if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs lack {missing!r}; got keys {sorted(inputs)!r}")
+    arrays = {name: np.asarray(inputs[name], dtype=_DTYPES[name]) for name in INPUT_NAMES}
+    sizes = {name: a.shape[0] if a.ndim else None for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"inputs must share one batch size, got {sizes!r}")
+    return arrays
+
+
+class TrainStep:
+    """`step(attribute, inputs, labels, sample_weight=None) -> loss`: one SGD step on one head.
+
+    Built by `make_train_step`. Uses TensorFlow's GradientTape, one `tf.function` per head.
+    Under JAX the same step would be a `jax.value_and_grad` over the head sub-model's
+    `stateless_call` with its trainable variables passed explicitly.
+    """
+
+    def __init__(self, model, learning_rate: float = 0.01):
+        import keras
+
+        if keras.backend.backend() != "tensorflow":
+            raise NotImplementedError(
+                f"the attribute train step needs the tensorflow backend, got "
+                f"{keras.backend.backend()!r}"
+            )
+        lr = learning_rate
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
+            raise ValueError(f"learning_rate must be a positive number, got {lr!r}")
+        if lr <= 0:
+            raise ValueError(f"learning_rate must be a positive number, got {lr!r}")
+        if not isinstance(model.output, dict):
+            raise ValueError(
+                f"model must output a dict attribute -> probabilities, got "
+                f"{type(model.output).__name__}"
+            )
+        self.model = model
+        self.learning_rate = float(lr)
+        self.heads = {a: int(t.shape[-1]) for a, t in model.output.items()}
+        # Plain SGD, constant rate, no momentum: the paper found adaptive optimisers and even
+        # momentum unstable when heads take turns on the shared layers.
+        self.optimizer = keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=0.0)
+        # Built on every variable once, so each head's step can update its own subset.
+        self.optimizer.build(model.trainable_variables)
+        self._steps: dict[str, object] = {}
+
+    def _step_for(self, attribute: str):
+        if attribute not in self._steps:
+            import keras
+            import tensorflow as tf
+
+            head = keras.Model(self.model.input, self.model.output[attribute])
+            variables = head.trainable_variables
+            optimizer = self.optimizer
+
+            @tf.function(reduce_retracing=True)
+            def step(inputs, labels, sample_weight):
+                with tf.GradientTape() as tape:
+                    probabilities = head(inputs, training=True)
+                    loss = head_loss(labels, probabilities, sample_weight)
+                grads = tape.gradient(loss, variables)
+                optimizer.apply_gradients(zip(grads, variables))
+                return loss
+
+            self._steps[attribute] = step
+        return self._steps[attribute]
+
+    def __call__(self, attribute: str, inputs, labels, sample_weight=None) -> float:
+        if attribute not in self.heads:
+            raise ValueError(f"unknown attribute {attribute!r}; heads are {sorted(self.heads)!r}")
+        arrays = as_model_inputs(inputs)
+        labels = np.asarray(labels)
+        batch = arrays[IMAGE].shape[0]
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {labels.shape!r}")
+        classes = self.heads[attribute]
+        # An unlabelled product (-1) must never reach a head: it would train it on a wrong class.
+        bad = labels[(labels < 0) | (labels >= classes)]
+        if bad.size:
+            raise ValueError(
+                f"labels of {attribute!r} must be in [0, {classes}), got {bad[0].item()!r}"
+            )
+        if sample_weight is None:
+            weights = np.ones(batch, np.float32)
+        else:
+            weights = np.asarray(sample_weight, np.float32)
+            if weights.shape != (batch,):
+                raise ValueError(f"sample_weight must have shape ({batch},), got {weights.shape!r}")
+        loss = self._step_for(attribute)(arrays, labels.astype(np.int32), weights)
+        return float(loss)
+
+
+def make_train_step(model, learning_rate: float = 0.01) -> TrainStep:
+    """A callable taking one plain-SGD step on one head of `model` (see `TrainStep`)."""
+    return TrainStep(model, learning_rate)
+
+
+def predict_proba(model, inputs: Mapping[str, object], batch_size: int = 1024) -> dict:
+    """Class probabilities per attribute: dict attribute → (n, classes) float32 numpy array."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    arrays = as_model_inputs(inputs)
+    n = arrays[IMAGE].shape[0]
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
+        for attribute, probs in model(batch, training=False).items():
+            chunks.setdefault(attribute, []).append(np.asarray(probs))
+    if not chunks:  # no rows: still one (0, classes) array per head
+        return {a: np.zeros((0, int(t.shape[-1])), np.float32) for a, t in model.output.items()}
+    return {a: np.concatenate(parts) for a, parts in chunks.items()}
