@@ -156,6 +156,69 @@ def online_cmd(
         typer.echo(f"  {name}: {_short(values[0])}")
 
 
+predict_app = typer.Typer(help="Batch predictions for the whole catalogue.", no_args_is_help=True)
+app.add_typer(predict_app, name="predict")
+
+
+@predict_app.command("attributes")
+def predict_attributes_cmd(
+    model_uri: Optional[str] = typer.Option(
+        None,
+        "--model-uri",
+        help="MLflow model URI (default: the champion of the attribute model in the settings).",
+    ),
+) -> None:
+    """Fill every product's missing attributes with the model; known labels are kept.
+
+    The job of `spark-submit spark_jobs/predict_attributes.py`: writes predicted_attributes
+    and attribute_vectors (materialise the latter for Feast with `atelier materialize`).
+    """
+    from spark_jobs.predict_attributes import (
+        GateFailure,
+        PredictError,
+        format_report,
+        run_predict_attributes,
+    )
+
+    settings = _settings()
+    try:
+        report = run_predict_attributes(settings, model_uri=model_uri)
+    except GateFailure as e:
+        typer.echo(format_report(e.report))
+        raise typer.Exit(2) from None
+    except (PredictError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
+
+
+@app.command("promote")
+def promote_cmd(
+    model: str = typer.Argument(
+        ...,
+        help="Registered model name (e.g. atelier-attributes); 'attributes' and 'recommender' "
+        "stand for the names in the settings.",
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Promote the challenger even when it does not beat the champion."
+    ),
+) -> None:
+    """Move the `champion` alias to the `challenger` version when its metric is better."""
+    from training.registry import RegistryError, format_decision, promote
+
+    settings = _settings()
+    shorthand = {
+        "attributes": settings.mlflow.attributes_model,
+        "recommender": settings.mlflow.recommender_model,
+    }
+    try:
+        decision = promote(settings, shorthand.get(model, model), force=force)
+    except RegistryError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_decision(decision))
+
+
 def _run(fn):
     """Run a stage; a known error becomes a one-line message and exit code 1."""
     try:
@@ -186,7 +249,7 @@ def demo_cmd(
     from spark_jobs.ingest import GateFailure, format_report, run_ingest
 
     settings = _settings()
-    steps = 6
+    steps = 9
     source = settings.workdir / "demo-source"
     if not (source / "articles.csv").is_file():
         typer.echo(f"[1/{steps}] generating the demo catalogue in {source}")
@@ -225,18 +288,48 @@ def demo_cmd(
     _run(lambda: apply(settings))
     _echo_dict("materialize", _run(lambda: materialize(settings)))
 
+    from spark_jobs.predict_attributes import format_report as format_predict
+    from spark_jobs.predict_attributes import run_predict_attributes
+    from training.attributes.evaluation import markdown_table
+    from training.attributes.pipeline import train_attributes
+    from training.registry import format_decision, promote
+
+    typer.echo(
+        f"[6/{steps}] training the attribute model (Feast {settings.attributes.feature_service})"
+    )
+    # The demo shows the pipeline, not the Figure 5 study: ablations are for `train attributes`.
+    settings.attributes.ablations = False
+    trained = _run(lambda: train_attributes(settings, progress=lambda m: typer.echo("  " + m)))
+    typer.echo(markdown_table(trained["report"]))
+    typer.echo(f"[7/{steps}] promotion of {settings.mlflow.attributes_model}")
+    typer.echo(format_decision(_run(lambda: promote(settings, settings.mlflow.attributes_model))))
+    typer.echo(f"[8/{steps}] predicting missing attributes for the whole catalogue")
+    typer.echo(format_predict(_run(lambda: run_predict_attributes(settings, spark=spark))))
+    _echo_dict("materialize", _run(lambda: materialize(settings)))
+
     from atelier.lake import Lake
 
     pid = Lake(settings).read_arrow("products", ["product_id"])["product_id"][0].as_py()
-    typer.echo(f"[6/{steps}] online features of product {pid}")
+    typer.echo(f"[9/{steps}] online features of product {pid}")
     row = _run(lambda: online_features(settings, [pid]))
+    row.update(
+        _run(
+            lambda: online_features(
+                settings,
+                [pid],
+                ["predicted_attributes:attribute_values", "predicted_attributes:model_version"],
+            )
+        )
+    )
     for name, values in row.items():
         typer.echo(f"  {name}: {_short(values[0])}")
     typer.echo(
         f"\nlake: {settings.lake_dir}\nGX Data Docs: "
         f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}\n"
         "feature repo: cd feature_repo && "
-        f"ATELIER_WORKDIR={settings.workdir} feast feature-views list"
+        f"ATELIER_WORKDIR={settings.workdir} feast feature-views list\n"
+        f"attribute report: {trained['report_dir']}\n"
+        f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}"
     )
 
 
@@ -262,6 +355,78 @@ def tables_cmd() -> None:
             )
         else:
             typer.echo(f"{name:<16} (absent)")
+
+
+train_app = typer.Typer(
+    help="Train a model, evaluate it, log it to MLflow, register it.", no_args_is_help=True
+)
+evaluate_app = typer.Typer(help="Evaluate a registered model on other data.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(evaluate_app, name="evaluate")
+
+
+@train_app.command("attributes")
+def train_attributes_cmd(
+    report: Optional[Path] = typer.Option(
+        None,
+        "--report",
+        help="Folder for attributes.json/.md and the figures "
+        "(default <workdir>/reports/attributes).",
+    ),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Round-robin SGD steps."),
+    no_ablations: bool = typer.Option(False, "--no-ablations", help="Skip the Figure 5 runs."),
+) -> None:
+    """Train the multi-task attribute model from Feast, evaluate it (Table 2, baselines,
+    ablations, figures), log everything to MLflow and register it as `challenger`."""
+    from training.attributes.evaluation import markdown_table
+    from training.attributes.pipeline import train_attributes
+
+    settings = _settings()
+    if steps is not None:
+        settings.attributes.steps = steps
+    if no_ablations:
+        settings.attributes.ablations = False
+    out = _run(lambda: train_attributes(settings, report, progress=typer.echo))
+    typer.echo(markdown_table(out["report"]))
+    typer.echo(f"ablations: {_fmt_scores(out['report'].get('ablations', {}))}")
+    typer.echo(
+        f"report: {out['report_dir']}\nMLflow run {out['run_id']}, "
+        f"{settings.mlflow.attributes_model} version {out['model_version']} (challenger)"
+    )
+
+
+@evaluate_app.command("attributes")
+def evaluate_attributes_cmd(
+    source: Path = typer.Argument(..., help="Folder of a labelled catalogue."),
+    layout: str = typer.Option(..., "--layout", help="Its layout: hm or fashion-images."),
+    report: Path = typer.Option(..., "--report", help="Folder for the evaluation report."),
+    model_uri: Optional[str] = typer.Option(
+        None, "--model-uri", help="Model to score (default: the champion)."
+    ),
+    allow_random_weights: bool = typer.Option(
+        False,
+        "--allow-random-weights",
+        help="Embed the catalogue with seeded random VGG16 weights (as the model was, offline).",
+    ),
+) -> None:
+    """Score the registered attribute model on a catalogue it has never seen."""
+    from training.attributes.evaluation import markdown_table
+    from training.attributes.pipeline import evaluate_attributes
+
+    settings = _settings()
+    if allow_random_weights:
+        settings.embed.allow_random_weights = True
+    result = _run(
+        lambda: evaluate_attributes(
+            settings, source, layout, report, model_uri, progress=typer.echo
+        )
+    )
+    typer.echo(markdown_table(result))
+    typer.echo(f"report: {report}")
+
+
+def _fmt_scores(scores: dict) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "-"
 
 
 def run() -> None:  # console-script entry point

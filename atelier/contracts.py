@@ -32,6 +32,8 @@ class TableContract:
     non_negative: tuple[str, ...] = ()
     # Timestamp columns that must not lie in the future.
     past_timestamps: tuple[str, ...] = ()
+    # Probability columns (confidences): finite and within [0, 1].
+    unit_interval: tuple[str, ...] = ()
     # Foreign keys: column -> (table, column).
     references: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -289,7 +291,61 @@ CUSTOMER_HISTORY = TableContract(
     references={"customer_id": ("customers", "customer_id")},
 )
 
-FEATURES = (IMAGE_EMBEDDINGS, TEXT_FEATURES, PRODUCT_FEATURES, CUSTOMER_HISTORY)
+# -- predicted attributes (written by spark_jobs/predict_attributes.py) ---------------------
+# Known labels are kept verbatim; the champion model fills the gaps. Both tables hold from the
+# product's first_seen (or the epoch), like the content features they are computed from.
+PREDICTED_ATTRIBUTES = TableContract(
+    name="predicted_attributes",
+    doc="Every attribute of every product: the known label, else the model's prediction.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("attribute", "string", False),
+        _c("value", "string", False, "the label as ingested, or the most probable class"),
+        _c("confidence", "float64", False, "probability of `value`; 1.0 for a known label"),
+        _c(
+            "probabilities",
+            "list<float32>",
+            False,
+            "the head's class probabilities (one-hot for a label that maps to a class, "
+            "empty when it maps to none)",
+        ),
+        _c("source", "string", False, "'label' (known) or 'predicted'"),
+        _c("model_version", "string", False, "'<registered model>/<version>' that encoded it"),
+        *_STAMPS,
+    ),
+    key=("product_id", "attribute"),
+    unit_interval=("confidence",),
+    references={"product_id": ("products", "product_id")},
+)
+
+ATTRIBUTE_VECTORS = TableContract(
+    name="attribute_vectors",
+    doc="Every attribute of a product as one vector, in the model's attribute order (for Feast).",
+    columns=(
+        _c("product_id", "string", False),
+        _c(
+            "attribute_vector",
+            "list<float32>",
+            False,
+            "each attribute's probabilities end to end: one-hot for a known label, zeros for "
+            "an attribute that does not apply",
+        ),
+        _c("attribute_values", "list<string>", False, "value per attribute, '' when none"),
+        _c("model_version", "string", False, "'<registered model>/<version>' that encoded it"),
+        *_STAMPS,
+    ),
+    key=("product_id",),
+    references={"product_id": ("products", "product_id")},
+)
+
+FEATURES = (
+    IMAGE_EMBEDDINGS,
+    TEXT_FEATURES,
+    PRODUCT_FEATURES,
+    CUSTOMER_HISTORY,
+    PREDICTED_ATTRIBUTES,
+    ATTRIBUTE_VECTORS,
+)
 ALL = {
     t.name: t
     for t in (*CANONICAL, QUARANTINE, *FEATURES, VOCABULARY, CATEGORY_INDEX)

@@ -48,6 +48,7 @@ VIEWS = {
     "text_features": "text_features",
     "product_features": "product_features",
     "customer_history": "customer_history",
+    "attribute_vectors": "predicted_attributes",
 }
 MAIN_SHOT = 0  # feature_repo.definitions.MAIN_SHOT; repeated to keep feast out of this import
 EMBEDDING_DIM = 512
@@ -196,10 +197,20 @@ def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, li
 
 
 # -- materialisation -------------------------------------------------------------------------
-def gate_checks(settings: Settings, table: str) -> dict[str, Any]:
-    """The list checks a feature table must pass before it is served."""
+def gate_checks(settings: Settings, table: str, vector_size: int | None = None) -> dict[str, Any]:
+    """The list checks a feature table must pass before it is served.
+
+    vector_size: the length every `attribute_vectors.attribute_vector` must have (the model's
+    `AttributeBundle.vector_size`); None checks values only.
+    """
     from expectations.suites import ListCheck
 
+    if table == "predicted_attributes":
+        # Empty for a label that maps to no class of the model: no length check, and the
+        # sum is checked on non-empty vectors only.
+        return {"probabilities": ListCheck(min=0.0, max=1.0, finite=True, total=1.0)}
+    if table == "attribute_vectors":
+        return {"attribute_vector": ListCheck(length=vector_size, min=0.0, max=1.0, finite=True)}
     if table == "image_embeddings":
         return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
     if table == "text_features":
@@ -219,7 +230,7 @@ def materialize(
     """Gate every feature table that exists, then load the passing ones into the online store.
 
     end: the latest event time to load (default now, UTC). tables: lake feature tables
-    (default all four). Returns {view: {"table", "status", "failures", ...}}: status is
+    (default all of `VIEWS`). Returns {view: {"table", "status", "failures", ...}}: status is
     "materialized" (with "mode", "start", "end", "rows", "version"), "up_to_date", "missing"
     (no Delta table yet) or "gate_failed" ("failures" says why; the online store keeps what
     it had). Needs `apply` first.
@@ -257,7 +268,7 @@ def materialize(
             data,
             row_count_band=(1, settings.gate.max_rows),
             reference_values=_references_for(table, references),
-            list_checks=gate_checks(settings, table),
+            list_checks=gate_checks(settings, table, vector_size=_vector_size(table, data)),
         )
         if not gate.success:
             log.warning("%s: not materialised, the gate failed: %s", view, gate.failures)
@@ -393,6 +404,17 @@ def _needs_shot(store: FeatureStore, refs) -> bool:
     if isinstance(refs, list):
         return any(r.split(":", 1)[0] == VIEWS["image_embeddings"] for r in refs)
     return any(p.name == VIEWS["image_embeddings"] for p in refs.feature_view_projections)
+
+
+def _vector_size(table: str, data) -> int | None:
+    """The length `attribute_vectors` rows must share: the commonest one in the table (the
+    model's vector size is not known here; the job gates each batch against the model's)."""
+    if table != "attribute_vectors" or data.num_rows == 0:
+        return None
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(pc.list_value_length(data.column("attribute_vector"))).to_pylist()
+    return max(counts, key=lambda c: (c["counts"], c["values"] or 0))["values"]
 
 
 def _online_scope(store: FeatureStore) -> str:

@@ -88,6 +88,61 @@ class FeastSettings(BaseModel):
     online_sqlite: str = ""  # default: <workdir>/feast/online.db
 
 
+class AttributeModelSettings(BaseModel):
+    """Layer sizes of the attribute network (training.attributes.model.AttributeModelConfig)."""
+
+    token_embedding_dim: int = Field(64, ge=1)
+    text_filters: int = Field(128, ge=1)
+    text_units: int = Field(128, ge=1)
+    type_embedding_dim: int = Field(16, ge=1)
+    brand_embedding_dim: int = Field(16, ge=1)
+    division_embedding_dim: int = Field(8, ge=1)
+    image_units: int = Field(128, ge=1)
+    attention_units: int = Field(64, ge=1)
+    fusion_units: int = Field(256, ge=1)
+    trunk_units: list[int] = Field(default_factory=lambda: [256])
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class AttributeSettings(BaseModel):
+    """Training the multi-task attribute model the paper's way (plain SGD, round robin)."""
+
+    feature_service: str = "attributes_v1"
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    learning_rate: float = Field(0.01, gt=0.0)
+    # Inverse-frequency class weights per head (mean 1), as the paper's optional loss weights.
+    loss_weights: bool = False
+    # Values with fewer training samples are grouped into "other" (or dropped); paper: 500.
+    min_value_count: int = Field(20, ge=1)
+    # An attribute applies to a product type when at least this share of the type is labelled.
+    applicability_min_fraction: float = Field(0.05, gt=0.0, le=1.0)
+    # Share of products held out for evaluation (by product, seeded).
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Training labels hidden per attribute when the catalogue's labels are complete, so the
+    # missing-label path is exercised (the paper's dresses miss ~70%). "auto": only then.
+    hide_label_fraction: float = Field(0.7, ge=0.0, lt=1.0)
+    hide_labels: Literal["auto", "always", "never"] = "auto"
+    # Image shots per product fed to the shot merge (shot 0 is the main image).
+    max_shots: int = Field(4, ge=1)
+    # Train/test weighted F1 is measured this often for the learning curves (Figure 3).
+    eval_every: int = Field(250, ge=1)
+    # Figure 5 ablations (no image / no text / no metadata) and the TF-IDF + LR baseline.
+    ablations: bool = True
+    baseline: bool = True
+    model: AttributeModelSettings = Field(default_factory=AttributeModelSettings)
+
+
+class MlflowSettings(BaseModel):
+    """Tracking and registry; empty URIs mean the embedded sqlite store under the workdir."""
+
+    tracking_uri: str = ""
+    registry_uri: str = ""
+    experiment: str = "atelier"
+    attributes_model: str = "atelier-attributes"
+    recommender_model: str = "atelier-recommender"
+
+
 class Settings(BaseSettings):
     """Everything a run needs; every artefact lives under `workdir`."""
 
@@ -107,6 +162,8 @@ class Settings(BaseSettings):
     text: TextSettings = Field(default_factory=TextSettings)
     product_features: ProductFeatureSettings = Field(default_factory=ProductFeatureSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
+    attributes: AttributeSettings = Field(default_factory=AttributeSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @field_validator("workdir")
     @classmethod
@@ -152,6 +209,21 @@ class Settings(BaseSettings):
     @property
     def mlflow_dir(self) -> Path:
         return self.workdir / "mlflow"
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the setting, else sqlite under `mlflow_dir`."""
+        return self.mlflow.tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def registry_uri(self) -> str:
+        """MLflow registry URI: the setting, else the tracking URI."""
+        return self.mlflow.registry_uri or self.tracking_uri
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where the embedded MLflow store keeps run artifacts."""
+        return self.mlflow_dir / "artifacts"
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -81,6 +81,7 @@ def build_suite(
         ("key", contract.key),
         ("non_negative", contract.non_negative),
         ("past_timestamps", contract.past_timestamps),
+        ("unit_interval", contract.unit_interval),
     ):
         missing = sorted(set(cols) - names)
         if missing:
@@ -104,6 +105,10 @@ def build_suite(
 
     for col in contract.non_negative:
         add(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0, max_value=MAX_VALUE))
+
+    # Probabilities: NaN and +/-inf fail the closed bounds like any other value outside them.
+    for col in contract.unit_interval:
+        add(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=0.0, max_value=1.0))
 
     latest = now.astimezone(UTC) + FUTURE_TOLERANCE
     for col in contract.past_timestamps:
@@ -147,6 +152,12 @@ def build_suite(
             add(gxe.ExpectColumnValuesToBeBetween(column=f"{col}__min", min_value=check.min))
         if check.max is not None:
             add(gxe.ExpectColumnValuesToBeBetween(column=f"{col}__max", max_value=check.max))
+        if check.total is not None:
+            add(
+                gxe.ExpectColumnValuesToBeBetween(
+                    column=f"{col}__total_error", min_value=0, max_value=check.total_tolerance
+                )
+            )
     return gx.ExpectationSuite(
         name=contract.name,
         expectations=expectations,
@@ -156,20 +167,24 @@ def build_suite(
 
 @dataclass(frozen=True)
 class ListCheck:
-    """Rules for a list column (embeddings, token ids): every row's length, value bounds and
-    whether every element must be finite. None means "not checked"."""
+    """Rules for a list column (embeddings, token ids, probabilities): every row's length,
+    value bounds, whether every element must be finite and what a non-empty row must add up to
+    (within `total_tolerance`). None means "not checked"."""
 
     length: int | None = None
     min: float | None = None
     max: float | None = None
     finite: bool = False
+    total: float | None = None
+    total_tolerance: float = 1e-4
 
 
 def with_list_checks(df: Any, list_checks: Mapping[str, ListCheck] | None) -> Any:
-    """`df` (pandas) plus `<col>__length`, `__non_finite`, `__min`, `__max` per checked column.
+    """`df` (pandas) plus `<col>__length`, `__non_finite`, `__min`, `__max`, `__total_error`
+    per checked column.
 
     GX has no list-aware expectations: the per-row statistics become scalar columns that the
-    suite bounds. An empty list has null min/max (its length is what fails).
+    suite bounds. An empty list has null min/max/total error (its length is what fails).
     """
     import numpy as np
 
@@ -189,6 +204,11 @@ def with_list_checks(df: Any, list_checks: Mapping[str, ListCheck] | None) -> An
             out[f"{col}__min"] = [None if a is None or not len(a) else a.min() for a in arrays]
         if check.max is not None:
             out[f"{col}__max"] = [None if a is None or not len(a) else a.max() for a in arrays]
+        if check.total is not None:
+            out[f"{col}__total_error"] = [
+                None if a is None or not len(a) else abs(float(a.sum()) - check.total)
+                for a in arrays
+            ]
     return out
 
 

@@ -21,7 +21,9 @@ TTLs (how far back a point-in-time join looks for a view's latest row; also wher
 materialisation window starts): effectively unlimited for every view (`NO_EXPIRY`, 100 years),
 each for its own reason:
 - content (image embedding, text) holds from the product's first_seen, or the epoch when that
-  is unknown, however old;
+  is unknown, however old; so do the predicted attributes (`predicted_attributes`), which are
+  computed from that content and keep its event time: the latest model's values replace them in
+  place (a later created_timestamp);
 - product_features is a complete timeline: a row at the product's anchor (first_seen, else the
   epoch) and at every time a popularity window count changes, including when a sale leaves a
   window. The latest row is exact until the next one, so a TTL would only turn true zeros and
@@ -52,6 +54,7 @@ NO_EXPIRY = timedelta(days=36_500)
 CONTENT_TTL = NO_EXPIRY
 PRODUCT_FEATURES_TTL = NO_EXPIRY
 CUSTOMER_HISTORY_TTL = NO_EXPIRY
+PREDICTED_ATTRIBUTES_TTL = CONTENT_TTL
 
 # The main image of a product. image_embeddings holds one row per (product, shot); the view is
 # keyed by both, and callers ask for shot 0 (`atelier.feast_store` adds it to entity rows and
@@ -60,7 +63,13 @@ CUSTOMER_HISTORY_TTL = NO_EXPIRY
 # a per-product table with its own view) rather than a second view over the same table.
 MAIN_SHOT = 0
 
-FEATURE_TABLES = ("image_embeddings", "text_features", "product_features", "customer_history")
+FEATURE_TABLES = (
+    "image_embeddings",
+    "text_features",
+    "product_features",
+    "customer_history",
+    "attribute_vectors",
+)
 
 product = Entity(
     name="product",
@@ -116,6 +125,7 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
     texts = _source("text_features", lake_dir, profile)
     products = _source("product_features", lake_dir, profile)
     histories = _source("customer_history", lake_dir, profile)
+    attribute_vectors = _source("attribute_vectors", lake_dir, profile)
 
     image_embedding = FeatureView(
         name="image_embedding",
@@ -183,6 +193,30 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         description="The customer's last products as of each day they interacted.",
         tags={"kind": "timeseries"},
     )
+    predicted_attributes = FeatureView(
+        name="predicted_attributes",
+        entities=[product],
+        ttl=PREDICTED_ATTRIBUTES_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(
+                name="attribute_vector",
+                dtype=Array(Float32),
+                description="every attribute's class probabilities end to end, in the model's "
+                "attribute order; known labels one-hot, non-applicable attributes zeros",
+            ),
+            Field(
+                name="attribute_values",
+                dtype=Array(String),
+                description="value per attribute ('' when none)",
+            ),
+            Field(name="model_version", dtype=String, description="model that encoded it"),
+        ],
+        source=attribute_vectors,
+        online=True,
+        description="Known and predicted attributes of a product as one vector.",
+        tags={"kind": "prediction"},
+    )
 
     attributes_v1 = FeatureService(
         name="attributes_v1",
@@ -216,6 +250,12 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         description="Item and user features of the hybrid recommender (version 1).",
         tags={"model": "recommender", "version": "1"},
     )
+    predicted_attributes_v1 = FeatureService(
+        name="predicted_attributes_v1",
+        features=[predicted_attributes[["attribute_vector", "attribute_values", "model_version"]]],
+        description="The champion attribute model's output per product (version 1).",
+        tags={"model": "attributes", "version": "1"},
+    )
     return {
         "product": product,
         "shot": shot,
@@ -224,12 +264,15 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         "text_features_source": texts,
         "product_features_source": products,
         "customer_history_source": histories,
+        "attribute_vectors_source": attribute_vectors,
         "image_embedding": image_embedding,
         "text_features": text_features,
         "product_features": product_features,
         "customer_history": customer_history,
+        "predicted_attributes": predicted_attributes,
         "attributes_v1": attributes_v1,
         "recommender_v1": recommender_v1,
+        "predicted_attributes_v1": predicted_attributes_v1,
     }
 
 
@@ -249,10 +292,13 @@ image_embeddings_source = _objects["image_embeddings_source"]
 text_features_source = _objects["text_features_source"]
 product_features_source = _objects["product_features_source"]
 customer_history_source = _objects["customer_history_source"]
+attribute_vectors_source = _objects["attribute_vectors_source"]
 image_embedding = _objects["image_embedding"]
 text_features = _objects["text_features"]
 product_features = _objects["product_features"]
 customer_history = _objects["customer_history"]
+predicted_attributes = _objects["predicted_attributes"]
 attributes_v1 = _objects["attributes_v1"]
 recommender_v1 = _objects["recommender_v1"]
+predicted_attributes_v1 = _objects["predicted_attributes_v1"]
 del _objects

@@ -15,15 +15,14 @@ import hashlib
 import json
 import logging
 import math
-import re
 import sys
 import time
-import unicodedata
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atelier.text import FIRST_ID, TOKENIZER, normalise, token_ids
 from spark_jobs.common import EPOCH, changed_rows, timestamp_lit
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,30 +34,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("atelier.text_features")
 
-PAD, OOV = 0, 1
-FIRST_ID = 2
-# Bump when `normalise` changes: the same corpus then tokenises differently.
-TOKENIZER = "nfkc-lower-alnum-v1"
-
-_WORD = r"[^\W_]"  # a letter or a digit, in any script
-_TOKEN = re.compile(rf"{_WORD}+")
-# Apostrophes and hyphens inside a word are dropped rather than split on, so "T-shirt" stays
-# one token ("tshirt") instead of losing its "t" to the 1-character rule.
-_JOINER = re.compile(rf"(?<={_WORD})['\u2019\u02bc\u002d\u2010](?={_WORD})")
-
 
 # ---------------------------------------------------------------------------------------------
-# Pure Python (also run inside Spark workers)
+# Pure Python (also run inside Spark workers); tokenisation itself lives in atelier.text
 # ---------------------------------------------------------------------------------------------
-def normalise(text: str | None) -> list[str]:
-    """Tokens of `text`: NFKC, lowercase, in-word apostrophes/hyphens dropped, split on anything
-    that is not a letter or digit, 1-character tokens dropped. None or "" -> []."""
-    if not text:
-        return []
-    text = _JOINER.sub("", unicodedata.normalize("NFKC", text).lower())
-    return [t for t in _TOKEN.findall(text) if len(t) > 1]
-
-
 def vocabulary_version(
     entries: Iterable[tuple[str, int, int]], min_count: int, max_vocab: int, n_documents: int
 ) -> str:
@@ -95,12 +74,6 @@ def tfidf_terms(
     return {
         tok: (j, math.log((1 + n_documents) / (1 + df)) + 1.0) for j, (tok, _, df) in enumerate(top)
     }
-
-
-def token_ids(tokens: Sequence[str], ids: dict[str, int], length: int) -> list[int]:
-    """The first `length` tokens as ids (1 when out of vocabulary), 0-padded to `length`."""
-    out = [ids.get(t, OOV) for t in list(tokens)[:length]]
-    return out + [PAD] * (length - len(out))
 
 
 def tfidf_vector(

@@ -71,6 +71,18 @@ def make_hm_slice(src: Path, dst: Path, n_articles: int = 40) -> dict[str, int]:
     return {"products": len(arows), "interactions": len(trows), "customers": len(crows)}
 
 
+def make_fashion_slice(src: Path, dst: Path, rows: slice) -> int:
+    """Copy the `rows` slice of Fashion Product Images' styles.csv (products with an image);
+    images are symlinked to the read-only originals. Returns the number of products."""
+    header, all_rows = read_csv(src / "styles.csv")
+    picked = [r for r in all_rows if (src / "images" / f"{r[0]}.jpg").is_file()][rows]
+    write_csv(dst / "styles.csv", header, picked)
+    (dst / "images").mkdir(parents=True, exist_ok=True)
+    for r in picked:
+        (dst / "images" / f"{r[0]}.jpg").symlink_to(src / "images" / f"{r[0]}.jpg")
+    return len(picked)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """One local SparkSession for the whole run (starting one costs seconds)."""

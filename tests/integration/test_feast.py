@@ -31,7 +31,13 @@ REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2020, 3, 1, tzinfo=UTC)
 END = T0 + timedelta(days=30)
 DIM = 512
-VIEWS = {"image_embedding", "text_features", "product_features", "customer_history"}
+VIEWS = {
+    "image_embedding",
+    "text_features",
+    "product_features",
+    "customer_history",
+    "predicted_attributes",
+}
 
 
 # -- table builders (contract schemas) -------------------------------------------------------
@@ -353,4 +359,4 @@ def test_scale_profile_spark_delta_sources_sql_registry_and_redis(settings, redi
         services = {s.name for s in store.list_feature_services()}
     assert stored.table_format.format_type.value == "delta"
     assert stored.path == source.path
-    assert services == {"attributes_v1", "recommender_v1"}
+    assert services == {"attributes_v1", "recommender_v1", "predicted_attributes_v1"}

@@ -66,6 +66,10 @@ def test_hm_slice_lands_and_rerun_changes_nothing(tmp_path, hm_dir, spark, setti
         "colour_group_name",
         "perceived_colour_value_name",
         "perceived_colour_master_name",
+        "garment_group_name",
+        "section_name",
+        "product_group_name",
+        "department_name",
     }
 
     before = {t: (lake.version(t), _snapshot(lake, t)) for t in expected}

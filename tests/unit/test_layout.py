@@ -20,6 +20,10 @@ def test_builtin_layouts():
         "colour_group_name",
         "perceived_colour_value_name",
         "perceived_colour_master_name",
+        "garment_group_name",
+        "section_name",
+        "product_group_name",
+        "department_name",
     ]
     assert hm.images == ["images/{id[:3]}/{id}.jpg"]
     assert "article_id" in hm.source_columns("interactions")

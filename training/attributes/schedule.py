@@ -169,7 +169,7 @@ def applicability(
             )
         hits = np.bincount(inverse, weights=labelled, minlength=values.size)
         keep = hits >= min_fraction * per_type
-        result[attribute] = {v.item() for v in values[keep]}
+        result[attribute] = {v.item() if hasattr(v, "item") else v for v in values[keep]}
     return result
 
 

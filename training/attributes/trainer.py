@@ -1,0 +1,205 @@
+"""The paper's training loop: round robin over attributes, one plain-SGD step per visit.
+
+Pure in-memory work on a `TrainingSet` and `LabelPlan` (no Feast, no MLflow): the pipeline in
+`training.attributes.pipeline` feeds it and logs what it returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from training.attributes.data import LabelPlan, TrainingSet
+from training.attributes.evaluation import attribute_metrics
+from training.attributes.model import AttributeModelConfig, build_attribute_model
+from training.attributes.schedule import (
+    MISSING,
+    MiniBatchSampler,
+    loss_weights_from_frequencies,
+    round_robin,
+)
+
+log = logging.getLogger("atelier.attributes")
+
+# Learning curves score at most this many training products per attribute: enough for a
+# stable weighted F1, cheap enough to measure often.
+CURVE_TRAIN_SAMPLE = 2000
+
+
+@dataclass
+class TrainResult:
+    """A trained model and how training went."""
+
+    model: object
+    config: AttributeModelConfig
+    steps: int
+    seconds: float
+    curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
+    visits: dict[str, int] = field(default_factory=dict)
+    final_loss: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else float("nan")
+
+
+def model_config(
+    ts: TrainingSet, plan: LabelPlan, sizes: dict, **switches: bool
+) -> AttributeModelConfig:
+    """The network's config for this data: index sizes from the bundle's lookups, one head per
+    planned attribute, layer sizes from settings, ablation switches (use_image/text/metadata)."""
+
+    def index_size(column: str) -> int:
+        return max([0, *ts.categories.get(column, {}).values()]) + 1
+
+    return AttributeModelConfig(
+        vocab_size=max([1, *ts.vocabulary.values()]) + 1,
+        sequence_length=ts.sequence_length,
+        n_types=index_size("type"),
+        n_brands=index_size("brand"),
+        n_divisions=index_size("division"),
+        heads={a: len(c) for a, c in plan.classes.items()},
+        image_dim=int(ts.inputs["image"].shape[-1]),
+        **sizes,
+        **switches,
+    )
+
+
+def predict_classes(model, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> dict:
+    """Arg-max class id per attribute head: dict attribute → (n,) int64."""
+    from training.attributes.train_step import predict_proba
+
+    return {a: p.argmax(axis=1) for a, p in predict_proba(model, inputs, batch_size).items()}
+
+
+def evaluate(model, ts: TrainingSet, plan: LabelPlan) -> tuple[dict[str, dict], dict]:
+    """Table 2 metrics on the test split: ({attribute: metrics}, {attribute: (y_true, y_pred)})."""
+    rows = np.flatnonzero(np.any([plan.test[a] >= 0 for a in plan.classes], axis=0))
+    predicted = predict_classes(model, ts.rows(rows))
+    metrics, pairs = {}, {}
+    for attribute, classes in plan.classes.items():
+        y_true = plan.test[attribute][rows]
+        keep = y_true != MISSING
+        if not keep.any():
+            continue
+        y_pred = predicted[attribute][keep]
+        metrics[attribute] = attribute_metrics(
+            y_true[keep], y_pred, len(classes), train_labels=plan.train[attribute]
+        )
+        pairs[attribute] = (y_true[keep], y_pred)
+    return metrics, pairs
+
+
+def _weighted_f1(model, ts: TrainingSet, labels: dict[str, np.ndarray], rows_by_attr) -> dict:
+    from sklearn.metrics import f1_score
+
+    rows = np.unique(np.concatenate(list(rows_by_attr.values())))
+    if rows.size == 0:
+        return {}
+    predicted = predict_classes(model, ts.rows(rows))
+    position = {r: i for i, r in enumerate(rows)}
+    out = {}
+    for attribute, attr_rows in rows_by_attr.items():
+        if attr_rows.size == 0:
+            continue
+        idx = [position[r] for r in attr_rows]
+        out[attribute] = float(
+            f1_score(
+                labels[attribute][attr_rows],
+                predicted[attribute][idx],
+                average="weighted",
+                zero_division=0,
+            )
+        )
+    return out
+
+
+def train_model(
+    ts: TrainingSet,
+    plan: LabelPlan,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    sizes: dict,
+    loss_weights: bool = False,
+    eval_every: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    **switches: bool,
+) -> TrainResult:
+    """Train a fresh network for `steps` round-robin steps; seeded, so reruns are identical.
+
+    Every `eval_every` steps (and at the end) the train and test weighted F1 of each attribute
+    are recorded for the learning curves; `eval_every=None` skips them (ablations).
+    """
+    import keras
+
+    from training.attributes.train_step import make_train_step
+
+    keras.utils.set_random_seed(seed)
+    config = model_config(ts, plan, sizes, **switches)
+    model = build_attribute_model(config)
+    step = make_train_step(model, learning_rate)
+    attributes = list(plan.classes)
+    samplers = {
+        a: MiniBatchSampler(plan.train[a], batch_size, seed=seed + i)
+        for i, a in enumerate(attributes)
+    }
+    class_weights = (
+        {
+            a: loss_weights_from_frequencies(plan.train[a], len(plan.classes[a])).astype(np.float32)
+            for a in attributes
+        }
+        if loss_weights
+        else {}
+    )
+    schedule = round_robin({a: samplers[a].size for a in attributes}, steps, seed)
+
+    rng = np.random.default_rng(seed)
+    curve_train = {}
+    for a in attributes:
+        labelled = np.flatnonzero(plan.train[a] >= 0)
+        if labelled.size > CURVE_TRAIN_SAMPLE:
+            labelled = np.sort(rng.choice(labelled, CURVE_TRAIN_SAMPLE, replace=False))
+        curve_train[a] = labelled
+    curve_test = {a: np.flatnonzero(plan.test[a] >= 0) for a in attributes}
+
+    result = TrainResult(model=model, config=config, steps=steps, seconds=0.0)
+    say = progress or log.info
+    visits = dict.fromkeys(attributes, 0)
+    losses: dict[str, list[float]] = {a: [] for a in attributes}
+    t0 = time.perf_counter()
+    eval_seconds = 0.0
+    report_every = max(1, steps // 10)
+    for i, attribute in enumerate(schedule, start=1):
+        rows = samplers[attribute].next()
+        labels = plan.train[attribute][rows]
+        weights = class_weights[attribute][labels] if loss_weights else None
+        losses[attribute].append(step(attribute, ts.rows(rows), labels, weights))
+        visits[attribute] += 1
+        if eval_every and (i % eval_every == 0 or i == steps):
+            e0 = time.perf_counter()
+            train_f1 = _weighted_f1(model, ts, plan.train, curve_train)
+            test_f1 = _weighted_f1(model, ts, plan.test, curve_test)
+            for a in attributes:
+                if a in train_f1 and a in test_f1:
+                    result.curves.setdefault(a, []).append((i, train_f1[a], test_f1[a]))
+            eval_seconds += time.perf_counter() - e0
+        if i % report_every == 0 or i == steps:
+            elapsed = time.perf_counter() - t0 - eval_seconds
+            recent = {a: np.mean(v[-20:]) for a, v in losses.items() if v}
+            say(
+                f"step {i}/{steps} ({100 * i / steps:.0f}%), {i / max(elapsed, 1e-9):.1f} steps/s, "
+                + "loss "
+                + ", ".join(f"{a} {v:.3f}" for a, v in recent.items())
+            )
+    # Training speed excludes the time spent measuring curves.
+    result.seconds = time.perf_counter() - t0 - eval_seconds
+    result.visits = visits
+    result.final_loss = {a: float(np.mean(v[-20:])) for a, v in losses.items() if v}
+    return result
