@@ -30,11 +30,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
 
-def fashion_slice(src: Path, dst: Path, limit: int) -> Path:
-    """The first `limit` products of a Fashion-Images folder that have an image (symlinked)."""
+def fashion_slice(src: Path, dst: Path, limit: int, start: int = 0) -> Path:
+    """Products [start, start + limit) of a Fashion-Images folder among those with an image
+    (symlinked)."""
     with (src / "styles.csv").open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
-    picked = [r for r in rows[1:] if (src / "images" / f"{r[0]}.jpg").is_file()][:limit]
+    picked = [r for r in rows[1:] if (src / "images" / f"{r[0]}.jpg").is_file()]
+    picked = picked[start : start + limit]
     (dst / "images").mkdir(parents=True, exist_ok=True)
     with (dst / "styles.csv").open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([rows[0], *picked])
@@ -174,6 +176,19 @@ def render(results: list[dict]) -> str:
             f"single-task Keras `train_on_batch` {r['speed']['single_task_steps_per_s']} steps/s "
             f"(`{r['speed']['single_task_attribute']}`): ratio **{r['speed']['ratio']}**.\n",
         ]
+        if r.get("unseen"):
+            u = r["unseen"]
+            out.append(
+                f"`atelier evaluate attributes` on {u['products']} fashion-small products left "
+                f"out of training ({u['seconds']}s, ingest + embed in a scratch workdir + "
+                f"scoring): mean weighted F1 **{u['mean_weighted_f1']:.3f}**; "
+                + ", ".join(
+                    f"{a} {m['weighted_f1']:.3f} (acc {m['accuracy']:.3f} vs majority "
+                    f"{m['baseline_accuracy']:.3f})"
+                    for a, m in u["attributes"].items()
+                )
+                + ".\n"
+            )
         if r.get("notes"):
             out.append(r["notes"] + "\n")
     return "\n".join(out)
@@ -190,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-value-count", type=int, default=50)
     p.add_argument("--speed-steps", type=int, default=300)
     p.add_argument("--notes", default="", help="a sentence to print under the results")
+    p.add_argument(
+        "--unseen",
+        type=int,
+        default=0,
+        help="fashion-images: also evaluate the champion on the N products after --limit",
+    )
     args = p.parse_args(argv)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
@@ -211,6 +232,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = train_attributes(settings, args.workdir / "report", progress=print)
     train_seconds = time.perf_counter() - t0
+    unseen = None
+    if args.unseen and args.layout == "fashion-images":
+        from training.attributes.pipeline import evaluate_attributes
+        from training.registry import promote
+
+        promote(settings, settings.mlflow.attributes_model)
+        part = fashion_slice(args.source, args.workdir / "unseen-source", args.unseen, args.limit)
+        t1 = time.perf_counter()
+        ev = evaluate_attributes(settings, part, "fashion-images", args.workdir / "unseen-report")
+        unseen = {
+            "products": ev["catalogue"]["products"],
+            "seconds": round(time.perf_counter() - t1),
+            "mean_weighted_f1": ev["mean_weighted_f1"],
+            "attributes": ev["attributes"],
+            "coverage": ev["coverage"],
+        }
     speed = step_speed(settings, args.speed_steps)
     result = {
         "catalogue": args.catalogue,
@@ -221,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": speed,
         "report": {k: v for k, v in out["report"].items() if k != "curves"},
         "notes": args.notes,
+        "unseen": unseen,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"attributes-{args.catalogue}.json").write_text(json.dumps(result, indent=2))
