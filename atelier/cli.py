@@ -7,6 +7,7 @@ so `atelier --help` answers at once.
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -154,6 +155,32 @@ def online_cmd(
     row = _run(lambda: online_features(settings, [product_id]))
     for name, values in row.items():
         typer.echo(f"  {name}: {_short(values[0])}")
+
+
+@app.command("similar")
+def similar_cmd(
+    product_id: str = typer.Argument(..., help="Product whose similar products to list."),
+    variant: str = typer.Option("hybrid", "--variant", help="Item tower: cf, content or hybrid."),
+    n: int = typer.Option(10, "--n", min=1, help="Number of neighbours."),
+    model_uri: Optional[str] = typer.Option(
+        None, "--model-uri", help="Compute the vectors with this model instead of the lake's."
+    ),
+) -> None:
+    """List a product's nearest neighbours by cosine similarity of item vectors.
+
+    Vectors come from the lake's item_vectors table (the champion's, written by
+    spark_jobs/item_vectors.py); with --model-uri, or when the table has none of the variant
+    but the champion is of it, they are computed here from Feast's content features.
+    """
+    from spark_jobs.item_vectors import ItemVectorError, similar_lines
+
+    settings = _settings()
+    try:
+        lines = similar_lines(settings, product_id, variant, n, model_uri)
+    except (ItemVectorError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("\n".join(lines))
 
 
 predict_app = typer.Typer(help="Batch predictions for the whole catalogue.", no_args_is_help=True)
@@ -420,6 +447,78 @@ def evaluate_attributes_cmd(
         lambda: evaluate_attributes(
             settings, source, layout, report, model_uri, progress=typer.echo
         )
+    )
+    typer.echo(markdown_table(result))
+    typer.echo(f"report: {report}")
+
+
+@train_app.command("recommender")
+def train_recommender_cmd(
+    train_end: Optional[datetime] = typer.Option(
+        None,
+        "--train-end",
+        formats=["%Y-%m-%d"],
+        help="Last day of the training window (inclusive); default: the lake's last "
+        "interaction day minus the test period.",
+    ),
+    variants: str = typer.Option(
+        "popularity,cf,content,hybrid", "--variants", help="Comma-separated variants to run."
+    ),
+    runs: Optional[int] = typer.Option(
+        None, "--runs", min=1, help="Seeded runs per learned variant (default: the setting)."
+    ),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Most epochs per run."),
+    report: Optional[Path] = typer.Option(
+        None,
+        "--report",
+        help="Folder for recommender.json/.md/.png (default <workdir>/reports/recommender).",
+    ),
+) -> None:
+    """Train the recommender variants, evaluate them on the following period (Table 3), log
+    everything to MLflow and register the best hybrid run as `challenger`."""
+    from training.recommender.evaluation import markdown_table
+    from training.recommender.pipeline import train_recommender
+
+    settings = _settings()
+    if epochs is not None:
+        settings.recommender.epochs = epochs
+    end = train_end.date() if train_end is not None else None
+    out = _run(
+        lambda: train_recommender(
+            settings, end, variants.split(","), runs, report, progress=typer.echo
+        )
+    )
+    typer.echo(markdown_table(out["report"]))
+    version = out["model_version"]
+    typer.echo(
+        f"report: {out['report_dir']}\nMLflow run {out['run_id']}"
+        + (
+            f", {settings.mlflow.recommender_model} version {version} (challenger)"
+            if version is not None
+            else " (no hybrid run: nothing registered)"
+        )
+    )
+
+
+@evaluate_app.command("recommender")
+def evaluate_recommender_cmd(
+    interactions: Path = typer.Option(
+        ...,
+        "--interactions",
+        help="Purchases of a later period in the H&M transactions_train.csv layout.",
+    ),
+    report: Path = typer.Option(..., "--report", help="Folder for the evaluation report."),
+    model_uri: Optional[str] = typer.Option(
+        None, "--model-uri", help="Model to score (default: the champion and the challenger)."
+    ),
+) -> None:
+    """Score the registered recommender(s) on a later period; histories come from the lake."""
+    from training.recommender.evaluation import markdown_table
+    from training.recommender.pipeline import evaluate_recommender
+
+    settings = _settings()
+    result = _run(
+        lambda: evaluate_recommender(settings, interactions, report, model_uri, typer.echo)
     )
     typer.echo(markdown_table(result))
     typer.echo(f"report: {report}")

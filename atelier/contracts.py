@@ -338,6 +338,33 @@ ATTRIBUTE_VECTORS = TableContract(
     references={"product_id": ("products", "product_id")},
 )
 
+# -- item vectors (written by spark_jobs/item_vectors.py) -----------------------------------
+# The champion recommender's item-tower output for every product, never-bought ones included.
+# Unlike the attribute vectors these depend on popularity and recency as of the run, so a row
+# holds from the run that computed it (event_timestamp = the run's as-of time, not
+# first_seen): a point-in-time join for an earlier time must not see it. One row per product:
+# a run rewrites only products whose vector changed (new champion, changed features).
+ITEM_VECTORS = TableContract(
+    name="item_vectors",
+    doc="The champion recommender's k-dim item vector of every product (for Feast serving).",
+    columns=(
+        _c("product_id", "string", False),
+        _c(
+            "vector",
+            "list<float32>",
+            False,
+            "k floats in the model's dot-product space (not unit norm): score(customer, "
+            "product) = mean of the history's vectors . vector; zeros when the model cannot "
+            "represent the product (cf variant, never bought in training)",
+        ),
+        _c("variant", "string", False, "item tower variant: 'cf', 'content' or 'hybrid'"),
+        _c("model_version", "string", False, "'<registered model>/<version>' that computed it"),
+        *_STAMPS,
+    ),
+    key=("product_id",),
+    references={"product_id": ("products", "product_id")},
+)
+
 FEATURES = (
     IMAGE_EMBEDDINGS,
     TEXT_FEATURES,
@@ -345,6 +372,7 @@ FEATURES = (
     CUSTOMER_HISTORY,
     PREDICTED_ATTRIBUTES,
     ATTRIBUTE_VECTORS,
+    ITEM_VECTORS,
 )
 ALL = {
     t.name: t

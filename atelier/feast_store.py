@@ -49,6 +49,7 @@ VIEWS = {
     "product_features": "product_features",
     "customer_history": "customer_history",
     "attribute_vectors": "predicted_attributes",
+    "item_vectors": "item_vectors",
 }
 MAIN_SHOT = 0  # feature_repo.definitions.MAIN_SHOT; repeated to keep feast out of this import
 EMBEDDING_DIM = 512
@@ -200,8 +201,9 @@ def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, li
 def gate_checks(settings: Settings, table: str, vector_size: int | None = None) -> dict[str, Any]:
     """The list checks a feature table must pass before it is served.
 
-    vector_size: the length every `attribute_vectors.attribute_vector` must have (the model's
-    `AttributeBundle.vector_size`); None checks values only.
+    vector_size: the length every `attribute_vectors.attribute_vector` (the model's
+    `AttributeBundle.vector_size`) or `item_vectors.vector` (the recommender's k) must have;
+    None checks values only.
     """
     from expectations.suites import ListCheck
 
@@ -211,6 +213,8 @@ def gate_checks(settings: Settings, table: str, vector_size: int | None = None) 
         return {"probabilities": ListCheck(min=0.0, max=1.0, finite=True, total=1.0)}
     if table == "attribute_vectors":
         return {"attribute_vector": ListCheck(length=vector_size, min=0.0, max=1.0, finite=True)}
+    if table == "item_vectors":
+        return {"vector": ListCheck(length=vector_size, finite=True)}
     if table == "image_embeddings":
         return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
     if table == "text_features":
@@ -406,14 +410,20 @@ def _needs_shot(store: FeatureStore, refs) -> bool:
     return any(p.name == VIEWS["image_embeddings"] for p in refs.feature_view_projections)
 
 
+# The vector column whose rows must share one length, per table (see `_vector_size`).
+_VECTOR_COLUMNS = {"attribute_vectors": "attribute_vector", "item_vectors": "vector"}
+
+
 def _vector_size(table: str, data) -> int | None:
-    """The length `attribute_vectors` rows must share: the commonest one in the table (the
-    model's vector size is not known here; the job gates each batch against the model's)."""
-    if table != "attribute_vectors" or data.num_rows == 0:
+    """The length `attribute_vectors` / `item_vectors` rows must share: the commonest one in
+    the table (the model's size is not known here; the jobs gate each batch against the
+    model's). A new model rewrites every row of its table, so one length is expected."""
+    if table not in _VECTOR_COLUMNS or data.num_rows == 0:
         return None
     import pyarrow.compute as pc
 
-    counts = pc.value_counts(pc.list_value_length(data.column("attribute_vector"))).to_pylist()
+    column = data.column(_VECTOR_COLUMNS[table])
+    counts = pc.value_counts(pc.list_value_length(column)).to_pylist()
     return max(counts, key=lambda c: (c["counts"], c["values"] or 0))["values"]
 
 

@@ -133,6 +133,38 @@ class AttributeSettings(BaseModel):
     model: AttributeModelSettings = Field(default_factory=AttributeModelSettings)
 
 
+class RecommenderSettings(BaseModel):
+    """The hybrid recommender (paper Section 3) and its temporal evaluation."""
+
+    feature_service: str = "recommender_v1"
+    # Item tower: k-dim vectors; the content network's hidden layers (the paper fixes neither).
+    k: int = Field(200, ge=1)
+    hidden_units: list[int] = Field(default_factory=lambda: [256])
+    optimizer: Literal["adagrad", "adam"] = "adagrad"
+    learning_rate: float = Field(0.05, gt=0.0)
+    # WMRB with |Z| sampled negatives, up to `epochs` with early stopping on the validation
+    # customers' loss (`patience` epochs without improvement).
+    n_negatives: int = Field(100, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(100, ge=1)
+    patience: int = Field(5, ge=1)
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # Training examples: positives in the last `positive_days` of the window, `n_inputs` random
+    # earlier interactions as inputs, customers with fewer than `min_interactions` left out.
+    positive_days: int = Field(30, ge=1)
+    n_inputs: int = Field(5, ge=1)
+    min_interactions: int = Field(6, ge=1)
+    # Training window: the last `train_days` up to train_end (None: all history).
+    train_days: int | None = Field(None, ge=1)
+    # Test period: (train_end, train_end + test_days]; N seeded runs per learned variant.
+    test_days: int = Field(30, ge=1)
+    runs: int = Field(1, ge=1)
+    # Popularity baseline: most bought in the last `popularity_days` of the window.
+    popularity_days: int = Field(30, ge=1)
+    # Drop products a customer already bought from their recommendations.
+    exclude_seen: bool = False
+
+
 class MlflowSettings(BaseModel):
     """Tracking and registry; empty URIs mean the embedded sqlite store under the workdir."""
 
@@ -163,6 +195,7 @@ class Settings(BaseSettings):
     product_features: ProductFeatureSettings = Field(default_factory=ProductFeatureSettings)
     feast: FeastSettings = Field(default_factory=FeastSettings)
     attributes: AttributeSettings = Field(default_factory=AttributeSettings)
+    recommender: RecommenderSettings = Field(default_factory=RecommenderSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @field_validator("workdir")

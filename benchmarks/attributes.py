@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 def fashion_slice(src: Path, dst: Path, limit: int, start: int = 0) -> Path:
     """Products [start, start + limit) of a Fashion-Images folder among those with an image
     (symlinked)."""
+    src = src.resolve()  # symlink targets must not depend on the link's folder
     with (src / "styles.csv").open(encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f))
     picked = [r for r in rows[1:] if (src / "images" / f"{r[0]}.jpg").is_file()]
@@ -44,6 +45,21 @@ def fashion_slice(src: Path, dst: Path, limit: int, start: int = 0) -> Path:
         link = dst / "images" / f"{r[0]}.jpg"
         if not link.exists():
             link.symlink_to(src / "images" / f"{r[0]}.jpg")
+    return dst
+
+
+def hm_slice(src: Path, dst: Path, limit: int) -> Path:
+    """The first `limit` articles of an H&M-layout folder with their purchases and customers
+    (images symlinked): the slice the features benchmark uses."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_features", ROOT / "benchmarks" / "features.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not (dst / "articles.csv").is_file():
+        module.make_slice(src.resolve(), dst, limit)
     return dst
 
 
@@ -200,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layout", required=True, choices=["hm", "fashion-images"])
     p.add_argument("--source", type=Path, required=True)
     p.add_argument("--workdir", type=Path, required=True)
-    p.add_argument("--limit", type=int, default=0, help="fashion-images: first N products only")
+    p.add_argument("--limit", type=int, default=0, help="first N products only")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--min-value-count", type=int, default=50)
     p.add_argument("--speed-steps", type=int, default=300)
@@ -228,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     source = args.source
     if args.limit and args.layout == "fashion-images":
         source = fashion_slice(args.source, args.workdir / "source", args.limit)
+    elif args.limit:
+        source = hm_slice(args.source, args.workdir / "source", args.limit)
     feature_seconds = build_features(settings, args.layout, source)
     t0 = time.perf_counter()
     out = train_attributes(settings, args.workdir / "report", progress=print)

@@ -32,7 +32,10 @@ each for its own reason:
 - customer_history: a customer's last N products remain their history until they buy again.
   A cut-off (e.g. 365 days: "silent for a year = cold start") is a modelling choice; it would
   also empty the online store here, where the catalogues are historical (H&M ends in 2020, the
-  demo starts in 2019) and materialisation windows end now.
+  demo starts in 2019) and materialisation windows end now;
+- item_vectors: the champion recommender's vector of a product holds from the run that
+  computed it (event time = that run's as-of time: it depends on popularity then) until a
+  later run replaces it (new champion, changed features); it does not go stale by age.
 Not 0: Feast's `materialize_incremental` reads a TTL of 0 as "start one year ago" and would
 never load anything older.
 """
@@ -55,6 +58,7 @@ CONTENT_TTL = NO_EXPIRY
 PRODUCT_FEATURES_TTL = NO_EXPIRY
 CUSTOMER_HISTORY_TTL = NO_EXPIRY
 PREDICTED_ATTRIBUTES_TTL = CONTENT_TTL
+ITEM_VECTORS_TTL = NO_EXPIRY
 
 # The main image of a product. image_embeddings holds one row per (product, shot); the view is
 # keyed by both, and callers ask for shot 0 (`atelier.feast_store` adds it to entity rows and
@@ -69,6 +73,7 @@ FEATURE_TABLES = (
     "product_features",
     "customer_history",
     "attribute_vectors",
+    "item_vectors",
 )
 
 product = Entity(
@@ -126,6 +131,7 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
     products = _source("product_features", lake_dir, profile)
     histories = _source("customer_history", lake_dir, profile)
     attribute_vectors = _source("attribute_vectors", lake_dir, profile)
+    item_vector_rows = _source("item_vectors", lake_dir, profile)
 
     image_embedding = FeatureView(
         name="image_embedding",
@@ -217,6 +223,26 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         description="Known and predicted attributes of a product as one vector.",
         tags={"kind": "prediction"},
     )
+    item_vectors = FeatureView(
+        name="item_vectors",
+        entities=[product],
+        ttl=ITEM_VECTORS_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(
+                name="vector",
+                dtype=Array(Float32),
+                description="k floats, dot-product space (not unit norm); zeros when the "
+                "model cannot represent the product",
+            ),
+            Field(name="variant", dtype=String, description="cf, content or hybrid"),
+            Field(name="model_version", dtype=String, description="model that computed it"),
+        ],
+        source=item_vector_rows,
+        online=True,
+        description="The champion recommender's item vector of every product.",
+        tags={"kind": "prediction"},
+    )
 
     attributes_v1 = FeatureService(
         name="attributes_v1",
@@ -256,6 +282,16 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         description="The champion attribute model's output per product (version 1).",
         tags={"model": "attributes", "version": "1"},
     )
+    serving_v1 = FeatureService(
+        name="serving_v1",
+        features=[
+            item_vectors[["vector"]],
+            customer_history[["history"]],
+        ],
+        description="Online recommendation (version 1): a customer's vector is the mean of the "
+        "item vectors of their history; scores are dot products with every item vector.",
+        tags={"model": "recommender", "version": "1"},
+    )
     return {
         "product": product,
         "shot": shot,
@@ -265,14 +301,17 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         "product_features_source": products,
         "customer_history_source": histories,
         "attribute_vectors_source": attribute_vectors,
+        "item_vectors_source": item_vector_rows,
         "image_embedding": image_embedding,
         "text_features": text_features,
         "product_features": product_features,
         "customer_history": customer_history,
         "predicted_attributes": predicted_attributes,
+        "item_vectors": item_vectors,
         "attributes_v1": attributes_v1,
         "recommender_v1": recommender_v1,
         "predicted_attributes_v1": predicted_attributes_v1,
+        "serving_v1": serving_v1,
     }
 
 
@@ -293,12 +332,15 @@ text_features_source = _objects["text_features_source"]
 product_features_source = _objects["product_features_source"]
 customer_history_source = _objects["customer_history_source"]
 attribute_vectors_source = _objects["attribute_vectors_source"]
+item_vectors_source = _objects["item_vectors_source"]
 image_embedding = _objects["image_embedding"]
 text_features = _objects["text_features"]
 product_features = _objects["product_features"]
 customer_history = _objects["customer_history"]
 predicted_attributes = _objects["predicted_attributes"]
+item_vectors = _objects["item_vectors"]
 attributes_v1 = _objects["attributes_v1"]
 recommender_v1 = _objects["recommender_v1"]
 predicted_attributes_v1 = _objects["predicted_attributes_v1"]
+serving_v1 = _objects["serving_v1"]
 del _objects

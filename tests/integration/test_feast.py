@@ -37,6 +37,7 @@ VIEWS = {
     "product_features",
     "customer_history",
     "predicted_attributes",
+    "item_vectors",
 }
 
 
@@ -359,4 +360,9 @@ def test_scale_profile_spark_delta_sources_sql_registry_and_redis(settings, redi
         services = {s.name for s in store.list_feature_services()}
     assert stored.table_format.format_type.value == "delta"
     assert stored.path == source.path
-    assert services == {"attributes_v1", "recommender_v1", "predicted_attributes_v1"}
+    assert services == {
+        "attributes_v1",
+        "recommender_v1",
+        "predicted_attributes_v1",
+        "serving_v1",
+    }
