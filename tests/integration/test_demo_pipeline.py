@@ -24,10 +24,17 @@ def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
     text = out.stdout
     assert "quarantine by reason: none" in text
     assert re.search(r"embedded\D+150\b", text), text
-    # The online lookup of step 6 prints the product's 512-d embedding and its token ids.
-    step6 = text[text.index("[6/6]"):]
-    assert "(512 values)" in step6
-    assert "token_ids" in step6 and "type_idx" in step6
+    # Steps 6-8: the attribute model is trained (short Table 2), promoted, and fills the gaps.
+    assert "| attribute | #samples |" in text and "Mean weighted F1:" in text
+    assert re.search(r"PROMOTED version 1 to champion", text), text
+    assert re.search(r"labels kept \d+, predicted [1-9]\d*", text), text
+    # The online lookup of step 9 prints the product's 512-d embedding, its token ids and the
+    # attribute values served from the predicted_attributes view.
+    step9 = text[text.index("[9/9]"):]
+    assert "(512 values)" in step9
+    assert "token_ids" in step9 and "type_idx" in step9
+    assert "model_version: atelier-attributes/1" in step9
+    assert re.search(r"attribute_values: \['", step9), step9
     # A second demo run on the same workdir embeds nothing new.
     again = subprocess.run(
         [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "embed",
