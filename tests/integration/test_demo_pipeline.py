@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, ATELIER_LOG_LEVEL="WARNING",
-               ATELIER_GATE__BUILD_DATA_DOCS="false")
+               ATELIER_GATE__BUILD_DATA_DOCS="false", ATELIER_ATTRIBUTES__STEPS="600")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "demo",
          "--products", "150", "--customers", "40", "--seed", "3"],
