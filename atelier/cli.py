@@ -7,7 +7,7 @@ so `atelier --help` answers at once.
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Optional
 
@@ -219,6 +219,48 @@ def predict_attributes_cmd(
     typer.echo(format_report(report))
 
 
+@predict_app.command("item-vectors")
+def predict_item_vectors_cmd(
+    model_uri: Optional[str] = typer.Option(
+        None,
+        "--model-uri",
+        help="MLflow model URI (default: the champion of the recommender model in the settings).",
+    ),
+    as_of: Optional[datetime] = typer.Option(
+        None,
+        "--as-of",
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="Time the content features (popularity, recency) are taken at, UTC "
+        "(default: today 00:00 UTC; give the catalogue's last day for historical data).",
+    ),
+) -> None:
+    """Write the recommender's vector of every product, never-bought ones included.
+
+    The job of `spark-submit spark_jobs/item_vectors.py`: merges the changed vectors into
+    item_vectors (materialise them for serving with `atelier materialize`).
+    """
+    from datetime import UTC
+
+    from spark_jobs.item_vectors import (
+        GateFailure,
+        ItemVectorError,
+        format_report,
+        run_item_vectors,
+    )
+
+    settings = _settings()
+    when = None if as_of is None else as_of.replace(tzinfo=UTC)
+    try:
+        report = run_item_vectors(settings, model_uri=model_uri, as_of=when)
+    except GateFailure as e:
+        typer.echo(format_report(e.report))
+        raise typer.Exit(2) from None
+    except (ItemVectorError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
+
+
 @app.command("promote")
 def promote_cmd(
     model: str = typer.Argument(
@@ -276,7 +318,7 @@ def demo_cmd(
     from spark_jobs.ingest import GateFailure, format_report, run_ingest
 
     settings = _settings()
-    steps = 9
+    steps = 12
     source = settings.workdir / "demo-source"
     if not (source / "articles.csv").is_file():
         typer.echo(f"[1/{steps}] generating the demo catalogue in {source}")
@@ -341,26 +383,49 @@ def demo_cmd(
     typer.echo(format_predict(_run(lambda: run_predict_attributes(settings, spark=spark))))
     _echo_dict("materialize", _run(lambda: materialize(settings)))
 
-    pid = Lake(settings).read_arrow("products", ["product_id"])["product_id"][0].as_py()
-    typer.echo(f"[9/{steps}] online features of product {pid}")
-    row = _run(lambda: online_features(settings, [pid]))
-    row.update(
-        _run(
-            lambda: online_features(
-                settings,
-                [pid],
-                ["predicted_attributes:attribute_values", "predicted_attributes:model_version"],
-            )
-        )
+    from spark_jobs.item_vectors import format_report as format_vectors
+    from spark_jobs.item_vectors import run_item_vectors, similar_lines
+    from training.recommender.evaluation import markdown_table as table3_markdown
+    from training.recommender.pipeline import train_recommender
+
+    typer.echo(
+        f"[9/{steps}] training the recommender: popularity, cf, content, hybrid "
+        f"(Feast {settings.recommender.feature_service}, predicted attributes included)"
     )
+    recommender = _run(lambda: train_recommender(settings, progress=lambda m: typer.echo("  " + m)))
+    typer.echo(table3_markdown(recommender["report"]))
+    typer.echo(f"[10/{steps}] promotion of {settings.mlflow.recommender_model}")
+    typer.echo(format_decision(_run(lambda: promote(settings, settings.mlflow.recommender_model))))
+    # The catalogue is historical: take popularity and recency as of the day after its last
+    # purchase, not today (when every popularity window would be empty).
+    as_of = datetime.fromisoformat(recommender["report"]["period"]["lake_last_interaction"])
+    as_of = as_of.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    typer.echo(f"[11/{steps}] item vectors of every product (champion, as of {as_of.date()})")
+    typer.echo(format_vectors(_run(lambda: run_item_vectors(settings, spark=spark, as_of=as_of))))
+    _echo_dict("materialize", _run(lambda: materialize(settings)))
+
+    pid = Lake(settings).read_arrow("products", ["product_id"])["product_id"][0].as_py()
+    typer.echo(f"[12/{steps}] online features of product {pid}")
+    row = _run(lambda: online_features(settings, [pid]))
+    # One call per view: both name a feature model_version (Feast refuses the collision).
+    for view, features in (
+        ("predicted_attributes", ("attribute_values", "model_version")),
+        ("item_vectors", ("vector", "model_version")),
+    ):
+        refs = [f"{view}:{f}" for f in features]
+        found = _run(lambda refs=refs: online_features(settings, [pid], refs))
+        row.update({f"{view}.{n}": v for n, v in found.items() if n != "product_id"})
     for name, values in row.items():
         typer.echo(f"  {name}: {_short(values[0])}")
+    typer.echo(f"similar products of {pid} (hybrid item vectors, cosine):")
+    typer.echo("\n".join(_run(lambda: similar_lines(settings, pid, "hybrid", 5, None))))
     typer.echo(
         f"\nlake: {settings.lake_dir}\nGX Data Docs: "
         f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}\n"
         "feature repo: cd feature_repo && "
         f"ATELIER_WORKDIR={settings.workdir} feast feature-views list\n"
         f"attribute report: {trained['report_dir']}\n"
+        f"recommender report (Table 3, Figure 7): {recommender['report_dir']}\n"
         f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}"
     )
 
@@ -527,6 +592,38 @@ def evaluate_recommender_cmd(
     )
     typer.echo(markdown_table(result))
     typer.echo(f"report: {report}")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    poll_seconds: float = typer.Option(
+        30.0,
+        "--poll-seconds",
+        min=0.0,
+        help="Reload when the champion or the lake's tables changed, this often (0: never).",
+    ),
+) -> None:
+    """Serve the recommendation API (the champion over Feast online features)."""
+    import uvicorn
+
+    from serving.app import configure_access_log, create_app
+
+    settings = _settings()
+    base = f"http://{host}:{port}"
+    typer.echo(
+        f"atelier serving {settings.workdir} on {base} (docs {base}/docs, metrics {base}/metrics)\n"
+        f"  curl {base}/ready\n"
+        f"  curl -X POST {base}/recommendations -H 'content-type: application/json' "
+        """-d '{"customer_id": "CUSTOMER", "k": 5, "explain": true}'\n"""
+        f"  curl {base}/products/PRODUCT/similar?k=5\n"
+        f"  curl {base}/products/PRODUCT/attributes\n"
+        f"  curl -X POST {base}/admin/reload"
+    )
+    configure_access_log()
+    app_ = create_app(settings, poll_seconds=poll_seconds or None)
+    uvicorn.run(app_, host=host, port=port, access_log=False, log_level="warning")
 
 
 def _fmt_scores(scores: dict) -> str:

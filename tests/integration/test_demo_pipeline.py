@@ -15,7 +15,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, ATELIER_LOG_LEVEL="WARNING",
-               ATELIER_GATE__BUILD_DATA_DOCS="false", ATELIER_ATTRIBUTES__STEPS="600")
+               ATELIER_GATE__BUILD_DATA_DOCS="false", ATELIER_ATTRIBUTES__STEPS="600",
+               # A small recommender keeps the demo test short; `make demo` uses the defaults.
+               ATELIER_RECOMMENDER__K="16", ATELIER_RECOMMENDER__EPOCHS="4")
     out = subprocess.run(
         [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "demo",
          "--products", "150", "--customers", "40", "--seed", "3"],
@@ -28,13 +30,24 @@ def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
     assert "| attribute | #samples |" in text and "Mean weighted F1:" in text
     assert re.search(r"PROMOTED version 1 to champion", text), text
     assert re.search(r"labels kept \d+, predicted [1-9]\d*", text), text
-    # The online lookup of step 9 prints the product's 512-d embedding, its token ids and the
-    # attribute values served from the predicted_attributes view.
-    step9 = text[text.index("[9/9]"):]
-    assert "(512 values)" in step9
-    assert "token_ids" in step9 and "type_idx" in step9
-    assert "model_version: atelier-attributes/1" in step9
-    assert re.search(r"attribute_values: \['", step9), step9
+    # Steps 9-11: Table 3 of the four variants, the hybrid registered and promoted, the
+    # champion's vector of every product written and materialised.
+    assert "| variant | runs | precision@10 | recall@10 |" in text
+    for variant in ("popularity", "cf", "content", "hybrid"):
+        assert re.search(rf"\| {variant} \| 1 \| 0\.\d+", text), text
+    assert "Figure 7" in text
+    assert "atelier-recommender: PROMOTED version 1 to champion" in text
+    assert re.search(r"products 150: scored 150", text), text
+    # The online lookup of step 12 prints the product's 512-d embedding, its token ids, the
+    # attribute values served from the predicted_attributes view and its 16-d item vector.
+    step12 = text[text.index("[12/12]"):]
+    assert "(512 values)" in step12
+    assert "token_ids" in step12 and "type_idx" in step12
+    assert "predicted_attributes.model_version: atelier-attributes/1" in step12
+    assert re.search(r"predicted_attributes.attribute_values: \['", step12), step12
+    assert re.search(r"item_vectors.vector: \[.*\(16 values\)", step12), step12
+    assert "item_vectors.model_version: atelier-recommender/1" in step12
+    assert "similar products of" in step12
     # A second demo run on the same workdir embeds nothing new.
     again = subprocess.run(
         [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "embed",

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,6 +67,7 @@ RECALL = f"recall_at_{K}"
 LEARNED = ("cf", "content", "hybrid")
 REGISTERED_VARIANT = "hybrid"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "recommender.json", "recommender.md", "recommender.png"
+FIGURE7 = "figure7.png"
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -254,6 +255,51 @@ def plot_report(report: Mapping, path) -> Path:
     return path
 
 
+def similar_figure(
+    settings: Settings,
+    models: Mapping[str, object],
+    features: ContentFeatures,
+    interactions: pd.DataFrame,
+    end,
+    start,
+    catalogue: Sequence,
+    path,
+    n: int = 5,
+) -> dict:
+    """Figure 7 at `path`: the most, median and least popular product of the training window
+    (among the recommendable ones every variant can represent) and their `n` nearest
+    neighbours under each trained variant (`models`: variant → TrainedRecommender). Returns the
+    seeds and neighbours (JSON-safe) for the report."""
+    from atelier.lake import Lake
+    from training.recommender.similar import figure7, main_image_paths, plot_similar_grid
+    from training.recommender.trainer import product_vectors
+
+    rows = features.rows(np.asarray(list(catalogue), dtype=object))
+    ids = [features.product_ids[r] for r in rows]
+    variants = {}
+    for variant, trained in models.items():
+        vectors = product_vectors(trained, features)[rows]
+        # A zero vector (cf: never bought) has no neighbours; keep such products out of the
+        # seeds so every row of the grid shows the same seed under each variant.
+        keep = np.linalg.norm(vectors, axis=1) > 0
+        variants[variant] = ([p for p, k in zip(ids, keep) if k], vectors[keep])
+    counts = events(interactions, end, start)["product_id"].value_counts()
+    seeds, neighbours = figure7(variants, counts.to_dict(), n=n)
+    wanted = set(seeds.values()) | {
+        p for by_seed in neighbours.values() for items in by_seed.values() for p, _ in items
+    }
+    images = Lake(settings).read_pandas("product_images", ["product_id", "shot", "path"])
+    images = images[images["product_id"].isin(wanted)]
+    plot_similar_grid(seeds, neighbours, main_image_paths(images.to_dict("records")), path, n)
+    return {
+        "seeds": seeds,
+        "neighbours": {
+            v: {s: [[p, round(float(c), 4)] for p, c in items] for s, items in by_seed.items()}
+            for v, by_seed in neighbours.items()
+        },
+    }
+
+
 def write_report(out_dir: Path, report: Mapping) -> list[Path]:
     """recommender.json, recommender.md and recommender.png in `out_dir`."""
     out_dir = Path(out_dir)
@@ -401,6 +447,7 @@ def train_recommender(
             say(f"popularity: {METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
 
         best = None  # (precision, run, trained, main)
+        first_runs: dict[str, object] = {}  # variant → its first run's model, for Figure 7
         examples_per_run = []
         for r in range(runs if learned else 0):
             seed = settings.seed + r
@@ -471,6 +518,8 @@ def train_recommender(
                 tell(f"{METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
                 if variant == REGISTERED_VARIANT and (best is None or main.precision > best[0]):
                     best = (main.precision, r, trained, main)
+                if r == 0:
+                    first_runs[variant] = trained
 
         report = table3(runs_by_variant, _cold_runs(cold_by_variant), K)
         report["period"] = {
@@ -551,6 +600,21 @@ def train_recommender(
             mlflow.log_metric(METRIC, precision)
             mlflow.log_metric(RECALL, main.recall)
         report_dir = Path(report_dir or settings.reports_dir / "recommender")
+        if first_runs:
+            try:
+                report["similar"] = similar_figure(
+                    settings,
+                    first_runs,
+                    features,
+                    interactions,
+                    end,
+                    start,
+                    catalogue,
+                    report_dir / FIGURE7,
+                )
+                say(f"Figure 7 (similar products by variant): {report_dir / FIGURE7}")
+            except ValueError as e:  # e.g. no product every variant can represent
+                log.warning("no Figure 7: %s", e)
         write_report(report_dir, report)
         mlflow.log_metrics(flat_metrics(report))
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
