@@ -338,6 +338,15 @@ def test_paired_test_numpy_matches_scipy():
     assert math.isnan(t) and math.isnan(p)
 
 
+def test_paired_test_treats_rounding_noise_as_no_spread():
+    # 0.15 - 0.1 and 0.1 - 0.05 differ in the last bits; the differences are constant.
+    result = paired_test([0.15, 0.1], [0.1, 0.05])
+    assert result["t"] == math.inf and result["p_value"] == 0.0
+    assert result["mean_diff"] == pytest.approx(0.05)
+    same = paired_test([0.3, 0.2], [0.3, 0.2])
+    assert math.isnan(same["t"]) and math.isnan(same["p_value"]) and same["mean_diff"] == 0.0
+
+
 def test_paired_test_errors():
     with pytest.raises(ValueError, match="equal length, got \\(2,\\) and \\(3,\\)"):
         paired_test([1, 2], [1, 2, 3])

@@ -197,6 +197,13 @@ def paired_test(a_runs, b_runs) -> dict:
         raise ValueError(f"a paired t-test needs at least 2 runs, got {a.size}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError(f"runs must be finite, got {a.tolist()!r} and {b.tolist()!r}")
+    # Differences equal up to float rounding (e.g. 0.1 - 0.05 vs 0.15 - 0.1) have no spread:
+    # round them so a constant difference gives an undefined t, not t = 1e16.
+    diff = np.round(a - b, 12)
+    if np.all(diff == diff[0]):  # as scipy: t = ±inf, p = 0; all zero: both nan
+        mean = float(diff[0])
+        t, p = (math.nan, math.nan) if mean == 0.0 else (math.copysign(math.inf, mean), 0.0)
+        return {"t": t, "p_value": p, "mean_diff": mean, "n": int(a.size)}
     try:
         from scipy import stats
     except ImportError:  # pragma: no cover - scipy is installed in the dev environment
