@@ -406,3 +406,35 @@ def test_materialize_serves_the_vectors_online(published):
     service = feast_store.definitions(settings)["serving_v1"]
     served = {f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features}
     assert served == {"item_vectors:vector", "customer_history:history"}
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_spark_submit_and_cli_rerun_write_nothing(published):
+    """The job as users type it (`spark-submit`, `atelier predict item-vectors`) on the same
+    workdir: the champion and content are unchanged, so nothing is rewritten."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    settings, lake, *_ = published
+    version = lake.version("item_vectors")
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
+               ATELIER_GATE__BUILD_DATA_DOCS="false")
+    for command in (
+        [str(bin_dir / "spark-submit"), "--master", "local[2]", "spark_jobs/item_vectors.py",
+         "--workdir", str(settings.workdir), "--as-of", AS_OF.isoformat()],
+        [str(bin_dir / "atelier"), "--workdir", str(settings.workdir), "predict",
+         "item-vectors", "--as-of", AS_OF.strftime("%Y-%m-%d")],
+    ):
+        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env,
+                             timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "products 5: scored 5" in out.stdout, out.stdout
+        assert "item_vectors          written 0 (ins. 0, upd. 0)" in out.stdout, out.stdout
+        assert "published" in out.stdout
+    assert lake.version("item_vectors") == version
