@@ -42,6 +42,9 @@ PROMOTIONS_FILE = "promotions.jsonl"
 TAG_METRIC = "metric_name"
 TAG_VALUE = "metric_value"
 TAG_GREATER = "greater_is_better"
+# What the metric was measured on (e.g. the recommender's test period "2020-05-31..2020-06-30"):
+# two versions tagged with different evaluations have incomparable metrics.
+TAG_EVALUATION = "evaluation"
 
 
 class RegistryError(ValueError):
@@ -193,7 +196,8 @@ def _metric(mv: ModelVersion) -> tuple[str | None, float | None, bool]:
 
 def promote(settings: Settings, name: str, force: bool = False) -> Decision:
     """Move `champion` to the `challenger` version when its metric beats the champion's, when
-    there is no champion yet, or when forced; otherwise leave it. Equal values do not promote.
+    there is no champion yet, or when forced; otherwise leave it. Equal values do not promote,
+    nor do values measured on different evaluations (`TAG_EVALUATION` tags that differ).
 
     RegistryError when the model is unknown or has no challenger. The decision is returned and
     logged (promotions run, challenger version tags, reports/promotions.jsonl).
@@ -209,8 +213,12 @@ def promote(settings: Settings, name: str, force: bool = False) -> Decision:
     metric_name, new, greater = _metric(challenger)
     old = None
     old_metric = None
+    new_eval = challenger.tags.get(TAG_EVALUATION)
+    old_eval = None
     if champion_before is not None:
-        old_metric, old, _ = _metric(client.get_model_version(name, str(champion_before)))
+        champion = client.get_model_version(name, str(champion_before))
+        old_metric, old, _ = _metric(champion)
+        old_eval = champion.tags.get(TAG_EVALUATION)
 
     cv = int(challenger.version)
     promoted = False
@@ -229,6 +237,13 @@ def promote(settings: Settings, name: str, force: bool = False) -> Decision:
         reason = (
             f"cannot compare challenger version {cv} ({_fmt(metric_name, new)}) with champion "
             f"version {champion_before} ({_fmt(old_metric, old)}); use --force to promote anyway"
+        )
+    elif new_eval and old_eval and new_eval != old_eval:
+        reason = (
+            f"cannot compare challenger version {cv} ({_fmt(metric_name, new)} on {new_eval}) "
+            f"with champion version {champion_before} ({_fmt(old_metric, old)} on {old_eval}): "
+            "the metrics come from different evaluations; score both on one period (atelier "
+            "evaluate recommender) or use --force"
         )
     else:
         better = new > old if greater else new < old

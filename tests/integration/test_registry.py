@@ -184,6 +184,24 @@ def test_better_challenger_is_promoted(settings, models):
     assert tags["promotion_decision"] == "promoted"
 
 
+def test_metrics_of_different_evaluations_are_not_compared(settings, models):
+    from training.registry import promote, register
+
+    name = "periods"
+    register(settings, models["one"], name, "precision_at_10", 0.1,
+             tags={"evaluation": "2020-04-30..2020-05-30"})
+    promote(settings, name)
+    register(settings, models["two"], name, "precision_at_10", 0.3,
+             tags={"evaluation": "2020-05-31..2020-06-30"})
+    d = promote(settings, name)
+    assert not d.promoted and d.outcome == "refused" and d.champion_after == 1
+    assert "different evaluations" in d.reason and "2020-04-30..2020-05-30" in d.reason
+    register(settings, models["two"], name, "precision_at_10", 0.2,
+             tags={"evaluation": "2020-04-30..2020-05-30"})
+    d = promote(settings, name)
+    assert d.promoted and d.champion_after == 3 and "0.2 vs 0.1" in d.reason
+
+
 def test_lower_is_better_metric(settings, models):
     from training.registry import promote, register
 
