@@ -242,8 +242,8 @@ def promote(settings: Settings, name: str, force: bool = False) -> Decision:
         reason = (
             f"cannot compare challenger version {cv} ({_fmt(metric_name, new)} on {new_eval}) "
             f"with champion version {champion_before} ({_fmt(old_metric, old)} on {old_eval}): "
-            "the metrics come from different evaluations; score both on one period (atelier "
-            "evaluate recommender) or use --force"
+            "the metrics come from different evaluations; compare both on one period (atelier "
+            "evaluate recommender) and use --force to promote"
         )
     else:
         better = new > old if greater else new < old
