@@ -109,3 +109,30 @@ def settings(tmp_path):
         spark={"master": "local[2]", "shuffle_partitions": 4},
         gate={"build_data_docs": False},
     )
+
+
+# The small demo run shared by the demo test (its output) and the serving tests (its workdir,
+# copied): one pipeline run instead of two.
+DEMO_ENV = {
+    "ATELIER_LOG_LEVEL": "WARNING",
+    "ATELIER_GATE__BUILD_DATA_DOCS": "false",
+    "ATELIER_ATTRIBUTES__STEPS": "600",
+    # A small recommender keeps the run short; `make demo` uses the defaults.
+    "ATELIER_RECOMMENDER__K": "16",
+    "ATELIER_RECOMMENDER__EPOCHS": "4",
+}
+DEMO_ARGS = ("--products", "150", "--customers", "40", "--seed", "3")
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`atelier demo` on a 150-product catalogue: (workdir, CompletedProcess, env)."""
+    import subprocess
+
+    workdir = tmp_path_factory.mktemp("demo") / "w"
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **DEMO_ENV)
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(workdir), "demo",
+         *DEMO_ARGS],
+        capture_output=True, text=True, env=env, timeout=1500)
+    return workdir, out, env

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -13,15 +12,8 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, ATELIER_LOG_LEVEL="WARNING",
-               ATELIER_GATE__BUILD_DATA_DOCS="false", ATELIER_ATTRIBUTES__STEPS="600",
-               # A small recommender keeps the demo test short; `make demo` uses the defaults.
-               ATELIER_RECOMMENDER__K="16", ATELIER_RECOMMENDER__EPOCHS="4")
-    out = subprocess.run(
-        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "demo",
-         "--products", "150", "--customers", "40", "--seed", "3"],
-        capture_output=True, text=True, env=env, timeout=1500)
+def test_demo_runs_every_stage_and_prints_online_features(demo_run):
+    workdir, out, env = demo_run
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     text = out.stdout
     assert "quarantine by reason: none" in text
@@ -50,7 +42,7 @@ def test_demo_runs_every_stage_and_prints_online_features(tmp_path):
     assert "similar products of" in step12
     # A second demo run on the same workdir embeds nothing new.
     again = subprocess.run(
-        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(tmp_path / "w"), "embed",
+        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(workdir), "embed",
          "--allow-random-weights"], capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert re.search(r"embedded\D+0\b", again.stdout), again.stdout

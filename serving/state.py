@@ -1,0 +1,392 @@
+"""What a serving process holds: one immutable `ServingState`, swapped whole by `StateHolder`.
+
+A state is built in one go from the registries and the lake, then never changes:
+
+- the model: the `champion` alias of `settings.mlflow.recommender_model`, read once and pinned
+  to its version ("atelier-recommender/3"); `n_recent` (history items averaged into a
+  customer's vector) is the training run's `recommender.n_inputs` param, as in evaluation;
+- the candidates: the lake's `item_vectors` rows computed by that version, for products of the
+  catalogue (`products`), in product id order. Rows of another model version (the vectors of a
+  newly promoted champion not computed yet) are never mixed in: building fails instead, and the
+  previous state keeps serving;
+- the attributes: `predicted_attributes` (known label or predicted value, confidence);
+- popularity: purchases per product in the last `settings.recommender.popularity_days` of the
+  lake's `interactions` (up to its latest purchase: the catalogues are historical), the same
+  ranking as the recommender's popularity baseline;
+- `sources`: the Delta version of each lake table read, and `online`: the Feast online store.
+
+`StateHolder` builds a new state fully, then swaps the reference under a lock; a request reads
+`holder.state` once at its start and uses that object to the end, so a swap never fails or
+mixes a request. Reloads come from `POST /admin/reload` or from a poll thread that rebuilds
+when the champion's version or a source table's Delta version changed: products whose vectors
+`atelier predict item-vectors` writes become recommendable at the next poll.
+
+The online store (`OnlineFeatures`) is one Feast `FeatureStore` per state. Any exception from
+Feast becomes `OnlineStoreError` (the predictor falls back to popularity); the store object is
+then dropped and rebuilt by the first request after `retry_seconds`, because a failed sqlite
+connection never recovers by itself (its schema cache stays stale) and a rebuilt one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from serving.scoring import AttributeTable, Candidates, popularity_scores
+
+if TYPE_CHECKING:  # pragma: no cover
+    from atelier.settings import Settings
+
+log = logging.getLogger("atelier.serving")
+
+# Lake tables a state is built from; a new Delta version of any of them triggers a poll reload.
+SOURCES = ("products", "item_vectors", "predicted_attributes", "interactions")
+N_RECENT_PARAM = "recommender.n_inputs"
+
+
+class StateError(RuntimeError):
+    """A state cannot be built (no champion, no vectors of it); the message says what to run."""
+
+
+class OnlineStoreError(RuntimeError):
+    """The Feast online store failed or is being retried; the message quotes the cause."""
+
+
+class OnlineFeatures:
+    """Feast online lookups for serving: customer histories and item vectors.
+
+    One `FeatureStore` (built by `factory`, default `atelier.feast_store.feature_store`) for
+    every request; after a failure it is dropped, requests fail fast for `retry_seconds`, then
+    the next one builds a new store.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        retry_seconds: float = 5.0,
+        factory: Callable[[Settings], Any] | None = None,
+    ):
+        if factory is None:
+            from atelier.feast_store import feature_store as factory
+        self._settings = settings
+        self._factory = factory
+        self.retry_seconds = float(retry_seconds)
+        self._store: Any = None
+        self._failed_at: float | None = None
+        self._cause = ""
+        self._lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Open the store and its connection now (the first request would otherwise pay for
+        it); a failure is logged, not raised: serving starts on popularity."""
+        try:
+            self.history("__warm_up__")
+        except OnlineStoreError as e:
+            log.warning("online store not available at start: %s", e)
+
+    def history(self, customer_id: str) -> list[str] | None:
+        """The customer's recent products, most recent first (`customer_history:history`);
+        None when the online store does not know the customer."""
+        out = self._read(["customer_history:history"], [{"customer_id": str(customer_id)}])
+        value = out["history"][0]
+        return None if value is None else [str(p) for p in value]
+
+    def vectors(self, product_ids: Sequence[str]) -> dict[str, tuple[list[float], str]]:
+        """{product id: (vector, model_version)} of the products the online store holds
+        (`item_vectors:vector`, `item_vectors:model_version`)."""
+        ids = list(dict.fromkeys(str(p) for p in product_ids))
+        if not ids:
+            return {}
+        out = self._read(
+            ["item_vectors:vector", "item_vectors:model_version"],
+            [{"product_id": p} for p in ids],
+        )
+        return {
+            p: (v, str(m))
+            for p, v, m in zip(ids, out["vector"], out["model_version"])
+            if v is not None and m is not None
+        }
+
+    def _read(self, refs: list[str], rows: list[dict]) -> dict[str, list]:
+        store = self._store
+        if store is None:
+            store = self._open()
+        try:
+            return store.get_online_features(features=refs, entity_rows=rows).to_dict()
+        except Exception as e:  # any Feast or backend error: the caller falls back
+            self._fail(store, e)
+            raise OnlineStoreError(f"online store read failed: {type(e).__name__}: {e}") from e
+
+    def _open(self):
+        with self._lock:
+            if self._store is not None:
+                return self._store
+            if self._failed_at is not None:
+                waited = time.monotonic() - self._failed_at
+                if waited < self.retry_seconds:
+                    raise OnlineStoreError(
+                        f"online store unavailable ({self._cause}); next try in "
+                        f"{self.retry_seconds - waited:.1f} s"
+                    )
+            try:
+                self._store = self._factory(self._settings)
+            except Exception as e:
+                self._failed_at, self._cause = time.monotonic(), f"{type(e).__name__}: {e}"
+                raise OnlineStoreError(f"cannot open the online store: {self._cause}") from e
+            self._failed_at = None
+            return self._store
+
+    def _fail(self, store, error: Exception) -> None:
+        with self._lock:
+            if self._store is store:
+                self._store = None
+                self._failed_at = time.monotonic()
+                self._cause = f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True, eq=False)
+class ServingState:
+    """Everything one request needs, immutable; see the module docstring for the sources."""
+
+    model_version: str
+    n_recent: int
+    candidates: Candidates
+    attributes: AttributeTable
+    popularity: np.ndarray  # (n,) float32 purchases per candidate in the popularity window
+    catalogue: frozenset[str]
+    sources: Mapping[str, int | None]
+    online: OnlineFeatures
+    built_at: str
+
+    @property
+    def fingerprint(self) -> tuple:
+        """What a poll compares: the model version and the source tables' Delta versions."""
+        return (self.model_version, tuple(sorted(self.sources.items())))
+
+
+def champion(settings: Settings) -> tuple[str, str | None]:
+    """("<model>/<version>", run id) of the recommender's `champion` alias, read once.
+
+    StateError when the model or the alias does not exist.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from training.registry import CHAMPION
+
+    name = settings.mlflow.recommender_model
+    # A client bound to these URIs, not mlflow's process-wide ones: a test process may serve
+    # several workdirs.
+    client = MlflowClient(settings.tracking_uri, settings.registry_uri)
+    try:
+        version = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as e:
+        raise StateError(
+            f"no {CHAMPION!r} version of {name!r} in {settings.registry_uri}: {e.message} "
+            f"(train and promote it: atelier train recommender; atelier promote {name})"
+        ) from None
+    return f"{name}/{version.version}", version.run_id
+
+
+def fingerprint(settings: Settings) -> tuple:
+    """The current `ServingState.fingerprint` of the registry and the lake (cheap: no reads
+    beyond the alias and the Delta logs)."""
+    from atelier.lake import Lake
+
+    lake = Lake(settings)
+    model_version, _ = champion(settings)
+    return (model_version, tuple(sorted((t, lake.version(t)) for t in SOURCES)))
+
+
+def build_state(
+    settings: Settings,
+    online: OnlineFeatures | None = None,
+    now: datetime | None = None,
+) -> ServingState:
+    """A complete state from the registry and the lake (see the module docstring).
+
+    online: the online store to use (default a new `OnlineFeatures`, warmed up). StateError
+    when there is no champion or the lake holds none of its item vectors.
+    """
+    from atelier.lake import Lake
+
+    lake = Lake(settings)
+    model_version, run_id = champion(settings)
+    n_recent = _n_recent(settings, run_id)
+    # Versions first: a table written while we read shows up as a change at the next poll.
+    sources = {t: lake.version(t) for t in SOURCES}
+
+    catalogue = frozenset(map(str, lake.read_arrow("products", ["product_id"])[0].to_pylist()))
+    vectors = lake.read_pandas("item_vectors", ["product_id", "vector", "model_version"])
+    mine = vectors[vectors["model_version"] == model_version]
+    mine = mine[mine["product_id"].isin(catalogue)].sort_values("product_id")
+    if mine.empty:
+        held = vectors["model_version"].value_counts().to_dict()
+        raise StateError(
+            f"the lake's item_vectors table holds no vectors of {model_version} "
+            f"(it holds {held or 'none'}): run `atelier predict item-vectors` and "
+            "`atelier materialize`"
+        )
+    candidates = Candidates.build(
+        mine["product_id"].tolist(), np.stack([np.asarray(v, np.float32) for v in mine["vector"]])
+    )
+
+    rows = lake.read_pandas(
+        "predicted_attributes", ["product_id", "attribute", "value", "confidence", "source"]
+    )
+    attributes = AttributeTable.from_rows(
+        candidates.product_ids,
+        rows["product_id"].tolist(),
+        rows["attribute"].tolist(),
+        rows["value"].tolist(),
+        rows["confidence"].to_numpy(np.float32),
+        (rows["source"] == "predicted").to_numpy(bool),
+    )
+    popularity = popularity_scores(
+        candidates, _recent_purchases(lake, settings.recommender.popularity_days)
+    )
+
+    if online is None:
+        online = OnlineFeatures(settings)
+        online.warm_up()
+    state = ServingState(
+        model_version=model_version,
+        n_recent=n_recent,
+        candidates=candidates,
+        attributes=attributes,
+        popularity=popularity,
+        catalogue=catalogue,
+        sources=sources,
+        online=online,
+        built_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+    )
+    log.info(
+        "serving state: %s, %d candidates (k=%d), %d attributes, lake versions %s",
+        model_version,
+        len(candidates),
+        candidates.k,
+        len(attributes.names),
+        sources,
+    )
+    return state
+
+
+def _n_recent(settings: Settings, run_id: str | None) -> int:
+    """The training run's `recommender.n_inputs`, else the settings' value."""
+    if run_id:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = MlflowClient(settings.tracking_uri, settings.registry_uri).get_run(run_id)
+            value = run.data.params.get(N_RECENT_PARAM)
+            if value is not None:
+                return int(value)
+        except (MlflowException, ValueError) as e:
+            log.warning("cannot read %s of run %s: %s", N_RECENT_PARAM, run_id, e)
+    return settings.recommender.n_inputs
+
+
+def _recent_purchases(lake, days: int) -> list[str]:
+    """Product ids of the purchases in the last `days` days up to the latest one."""
+    import pyarrow.compute as pc
+
+    table = lake.read_arrow("interactions", ["product_id", "timestamp"])
+    if table.num_rows == 0:
+        return []
+    last = pc.max(table["timestamp"]).as_py()
+    start = last - timedelta(days=days)
+    recent = table.filter(pc.greater(table["timestamp"], start))
+    return recent["product_id"].to_pylist()
+
+
+SwapListener = Callable[[ServingState, "ServingState | None", str], None]
+FailureListener = Callable[[Exception, str], None]
+
+
+class StateHolder:
+    """The current `ServingState`, swapped atomically; None until the first build succeeds.
+
+    `reload` builds outside the swap lock (requests keep the old state meanwhile) and one at a
+    time. Listeners hear of every swap (new, previous, trigger) and every failed build.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        builder: Callable[[Settings], ServingState] = build_state,
+    ):
+        self.settings = settings
+        self._builder = builder
+        self._state: ServingState | None = None
+        self._swap_lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self.error: str | None = None
+        self.on_swap: list[SwapListener] = []
+        self.on_failure: list[FailureListener] = []
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    @property
+    def state(self) -> ServingState | None:
+        return self._state
+
+    def reload(self, trigger: str = "admin") -> tuple[ServingState, ServingState | None]:
+        """Build a new state and swap it in; returns (new, previous). A failed build raises and
+        leaves the current state serving."""
+        with self._build_lock:
+            try:
+                new = self._builder(self.settings)
+            except Exception as e:
+                self.error = f"{type(e).__name__}: {e}"
+                for listener in self.on_failure:
+                    listener(e, trigger)
+                raise
+            with self._swap_lock:
+                previous, self._state = self._state, new
+            self.error = None
+        for listener in self.on_swap:
+            listener(new, previous, trigger)
+        return new, previous
+
+    def refresh_if_changed(self) -> bool:
+        """Reload when the champion or a source table changed since the current state (or
+        there is none yet) and no reload is running; True when it swapped."""
+        if self._build_lock.locked():  # a reload is under way; it reads the latest anyway
+            return False
+        current = self._state
+        if current is not None and fingerprint(self.settings) == current.fingerprint:
+            return False
+        self.reload("poll")
+        return True
+
+    def start_polling(self, seconds: float) -> None:
+        """Call `refresh_if_changed` every `seconds` in a daemon thread (errors are logged)."""
+        if seconds <= 0:
+            raise ValueError(f"poll interval must be > 0 seconds, got {seconds!r}")
+        if self._poller is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    self.refresh_if_changed()
+                except Exception as e:  # keep polling: the next change may build fine
+                    log.warning("poll reload failed, still serving the current state: %s", e)
+
+        self._poller = threading.Thread(target=loop, name="atelier-serving-poll", daemon=True)
+        self._poller.start()
+
+    def stop_polling(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=5)
+            self._poller = None
