@@ -1,0 +1,182 @@
+"""The serving benchmark's pure helpers: latency summaries, the Prometheus histogram quantile
+and scrape differences, the request mix, per-rate results, the goal and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.serving import (
+    Outcome,
+    Scrape,
+    goal_status,
+    histogram_quantile,
+    parse_metrics,
+    rate_result,
+    render,
+    request_mix,
+    server_view,
+    summary,
+)
+
+pytestmark = pytest.mark.unit
+
+INF = float("inf")
+
+
+def test_summary_of_latencies_and_of_nothing():
+    got = summary(list(range(1, 101)))
+    assert got["p50"] == pytest.approx(50.5)
+    assert got["p99"] == pytest.approx(99.01)
+    assert got["max"] == 100 and got["mean"] == pytest.approx(50.5)
+    assert summary([]) == dict.fromkeys(("p50", "p95", "p99", "max", "mean"))
+
+
+def test_histogram_quantile_interpolates_within_the_bucket_like_prometheus():
+    buckets = [(0.001, 0.0), (0.002, 50.0), (0.005, 100.0), (INF, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.002)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.0015)
+    assert histogram_quantile(0.99, buckets) == pytest.approx(0.002 + 0.003 * 49 / 50)
+    # In the +Inf bucket: the highest finite bound; no observations: None.
+    assert histogram_quantile(0.99, [(0.001, 1.0), (INF, 10.0)]) == 0.001
+    assert histogram_quantile(0.5, [(0.001, 0.0), (INF, 0.0)]) is None
+
+
+def page(a: int, b: int, m: int, f: int, e: int) -> str:
+    """A /metrics page: /recommendations has `a` observations <= 1 ms and `b` <= 10 ms,
+    /metrics `m`; `f` unknown-customer fallbacks, `e` online store errors."""
+    lines = ["# TYPE atelier_request_seconds histogram"]
+    for endpoint, method, counts in (
+        ("/recommendations", "POST", (a, b, b)),
+        ("/metrics", "GET", (m, m, m)),
+    ):
+        labels = f'endpoint="{endpoint}",method="{method}",status="2xx"'
+        for le, n in zip(("0.001", "0.01", "+Inf"), counts):
+            lines.append(f'atelier_request_seconds_bucket{{{labels},le="{le}"}} {n}')
+        lines.append(f"atelier_request_seconds_count{{{labels}}} {counts[-1]}")
+        lines.append(f"atelier_request_seconds_sum{{{labels}}} 0.1")
+    lines += [
+        "# TYPE atelier_recommendation_fallbacks counter",
+        f'atelier_recommendation_fallbacks_total{{reason="unknown_customer"}} {f}',
+        "# TYPE atelier_online_store_errors counter",
+        f"atelier_online_store_errors_total {e}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def test_server_view_is_the_difference_of_two_scrapes_without_ops_endpoints():
+    before = parse_metrics(page(a=10, b=10, m=5, f=3, e=0))
+    after = parse_metrics(page(a=10, b=30, m=6, f=7, e=1))
+    view = server_view(before, after)
+    assert view["requests"] == 20 and view["by_endpoint"] == {"/recommendations": 20}
+    assert view["non_2xx"] == 0
+    # All 20 new observations lie in (1 ms, 10 ms]: the median interpolates to 5.5 ms.
+    assert view["p50_ms"] == pytest.approx(5.5)
+    assert view["fallbacks"] == {"unknown_customer": 4}
+    assert view["online_store_errors"] == 1
+    assert server_view(Scrape(), Scrape())["p50_ms"] is None
+
+
+def test_request_mix_shares_and_bodies():
+    rng = np.random.default_rng(0)
+    calls = request_mix(4000, ["c1", "c2"], ["p1", "p2"], [("pattern", "Stripe")], rng)
+    kinds = [c.kind for c in calls]
+    assert 0.08 < kinds.count("similar") / len(calls) < 0.12
+    recs = [c for c in calls if c.kind != "similar"]
+    assert 0.12 < sum(c.kind == "unknown" for c in recs) / len(recs) < 0.18
+    bodies = [json.loads(c.body) for c in recs]
+    assert all(b["k"] == 10 for b in bodies)
+    assert {b["customer_id"] for b, c in zip(bodies, recs) if c.kind == "known"} == {"c1", "c2"}
+    assert any(b.get("filters") == {"pattern": ["Stripe"]} for b in bodies)
+    assert any(b.get("explain") for b in bodies)
+    assert all(c.path.startswith("/products/p") for c in calls if c.kind == "similar")
+    # The same seed gives the same sequence (every store sees the same requests).
+    again = request_mix(4000, ["c1", "c2"], ["p1", "p2"], [("pattern", "Stripe")],
+                        np.random.default_rng(0))  # fmt: skip
+    assert again == calls
+
+
+def test_rate_result_counts_errors_latency_from_the_due_time_and_fallbacks():
+    outcomes = [
+        Outcome("known", due=0.0, sent=0.001, done=0.004, error=None),
+        Outcome("unknown", due=0.5, sent=0.5, done=0.502, error=None, fallback="unknown_customer"),
+        Outcome("similar", due=1.0, sent=1.0, done=1.1, error="http_500"),
+        Outcome("known", due=1.5, sent=1.5, done=2.0, error="ReadTimeout", answered=False),
+    ]
+    r = rate_result(2.0, 2.0, 0.0, outcomes)
+    assert (r["sent"], r["answered"], r["ok"], r["errors"]) == (4, 3, 2, 2)
+    assert r["errors_by_kind"] == {"ReadTimeout": 1, "http_500": 1}
+    assert r["fallbacks"] == {"unknown_customer": 1}
+    assert r["latency_ms"]["max"] == pytest.approx(100.0)
+    assert r["send_lag_ms"]["max"] == pytest.approx(1.0)
+    assert r["achieved_rate"] == pytest.approx(3 / 2.0)
+
+
+def _row(store, rate, p50, p99, errors=0, achieved=None, fallbacks=None):
+    return {
+        "store": store,
+        "rate": rate,
+        "sent": int(rate * 60),
+        "achieved_rate": rate if achieved is None else achieved,
+        "latency_ms": {"p50": p50, "p95": p99, "p99": p99, "max": p99},
+        "send_lag_ms": {"p50": 0.1, "p95": 0.2, "p99": 0.3, "max": 1.0},
+        "errors": errors,
+        "errors_by_kind": {"http_500": errors} if errors else {},
+        "fallbacks": fallbacks or {},
+        "server": {"p50_ms": p50 / 2, "p99_ms": p99 / 2},
+        "cpu": {"client": 0.2, "server": 0.5, "redis": None},
+    }
+
+
+def test_goal_needs_latency_no_errors_no_hidden_store_failure_and_the_rate():
+    rows = [
+        _row("sqlite", 200.0, 3.0, 15.0),
+        _row("redis", 200.0, 3.0, 25.0),
+        _row("a", 200.0, 3.0, 15.0, errors=1),
+        _row("b", 200.0, 3.0, 15.0, fallbacks={"online_store_unavailable": 2}),
+        _row("c", 200.0, 3.0, 15.0, achieved=150.0),
+        _row("d", 100.0, 3.0, 15.0),
+    ]
+    assert goal_status(rows, "sqlite")["met"] is True
+    assert goal_status(rows, "redis")["met"] is False
+    assert "p99 25.00 ms" in goal_status(rows, "redis")["detail"]
+    assert [goal_status(rows, s)["met"] for s in "abc"] == [False, False, False]
+    assert goal_status(rows, "d")["met"] is None
+
+
+def test_render_has_the_command_the_table_the_goal_and_an_empty_reading_section():
+    rows = [_row("sqlite", 50.0, 2.0, 9.0), _row("sqlite", 200.0, 6.0, 30.0, errors=2)]
+    result = {
+        "command": "python benchmarks/serving.py --workdir W",
+        "date": "2026-11-25 21:00",
+        "machine": {
+            "cpus": 2,
+            "cpu_model": "Some CPU",
+            "platform": "Linux",
+            "python": "3.11.9",
+            "loadavg_start": "1.00 1.00 1.00",
+        },
+        "workdir": "/w",
+        "catalogue": {
+            "model_version": "atelier-recommender/1",
+            "products": 150,
+            "products_with_vectors": 150,
+            "customers_with_history": 40,
+        },
+        "stores": [{"store": "sqlite", "online_store": "sqlite /w/feast/online.db"}],
+        "duration_s": 60.0,
+        "warmup_s": 10.0,
+        "timeout_s": 10.0,
+        "mix": {"similar": 0.1, "unknown": 0.15, "explain": 0.2, "filters": 0.15},
+        "filters": [("pattern", "Stripe")],
+        "results": rows,
+        "goal": {"sqlite": goal_status(rows, "sqlite")},
+    }
+    md = render(result)
+    assert "Command: `python benchmarks/serving.py --workdir W`" in md
+    assert "| sqlite | 200 | 12,000 | 200.0 | 6.00 |" in md
+    assert "2 (http_500 2)" in md
+    assert "- sqlite: **NOT met**" in md
+    assert md.rstrip().endswith("## Reading the results\n\n_To be written._")
