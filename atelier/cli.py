@@ -614,6 +614,7 @@ def serve_cmd(
     base = f"http://{host}:{port}"
     typer.echo(
         f"atelier serving {settings.workdir} on {base} (docs {base}/docs, metrics {base}/metrics)\n"
+        f"  gallery {base}/ui/\n"
         f"  curl {base}/ready\n"
         f"  curl -X POST {base}/recommendations -H 'content-type: application/json' "
         """-d '{"customer_id": "CUSTOMER", "k": 5, "explain": true}'\n"""

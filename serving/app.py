@@ -35,6 +35,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import predictor
+from serving.gallery import gallery_router
 from serving.metrics import CONTENT_TYPE, ServingMetrics
 from serving.scoring import UnknownAttributeError
 from serving.state import ServingState, StateHolder
@@ -318,6 +319,7 @@ def create_app(
         """Prometheus text exposition."""
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
+    app.include_router(gallery_router())
     return app
 
 
