@@ -31,8 +31,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt | java
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+# The pipeline, then the API over its results (Ctrl-C stops the server).
 demo: install
 	$(BIN)/atelier --workdir $(WORKDIR) demo
+	$(BIN)/atelier --workdir $(WORKDIR) serve
 
 test: install
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest

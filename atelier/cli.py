@@ -612,19 +612,35 @@ def serve_cmd(
 
     settings = _settings()
     base = f"http://{host}:{port}"
+    customer, product = _examples(settings)
     typer.echo(
         f"atelier serving {settings.workdir} on {base} (docs {base}/docs, metrics {base}/metrics)\n"
-        f"  gallery {base}/ui/\n"
+        f"  gallery {base}/ui/  (e.g. {base}/ui/customers/{customer})\n"
         f"  curl {base}/ready\n"
         f"  curl -X POST {base}/recommendations -H 'content-type: application/json' "
-        """-d '{"customer_id": "CUSTOMER", "k": 5, "explain": true}'\n"""
-        f"  curl {base}/products/PRODUCT/similar?k=5\n"
-        f"  curl {base}/products/PRODUCT/attributes\n"
+        f"""-d '{{"customer_id": "{customer}", "k": 5, "explain": true}}'\n"""
+        f"  curl '{base}/products/{product}/similar?k=5'\n"
+        f"  curl {base}/products/{product}/attributes\n"
         f"  curl -X POST {base}/admin/reload"
     )
     configure_access_log()
     app_ = create_app(settings, poll_seconds=poll_seconds or None)
     uvicorn.run(app_, host=host, port=port, access_log=False, log_level="warning")
+
+
+def _examples(settings) -> tuple[str, str]:
+    """A customer with the longest history and a product of theirs, for the example calls
+    (placeholders when the lake has none yet)."""
+    from atelier.lake import Lake
+
+    try:
+        lake = Lake(settings)
+        frame = lake.read_pandas("customer_history", ["customer_id", "history_length", "history"])
+        best = frame.sort_values(["history_length", "customer_id"], ascending=[False, True])
+        row = best.iloc[0]
+        return str(row["customer_id"]), str(list(row["history"])[0])
+    except Exception:  # noqa: BLE001 - examples only: the server reports real problems itself
+        return "CUSTOMER", "PRODUCT"
 
 
 def _fmt_scores(scores: dict) -> str:

@@ -437,3 +437,54 @@ def test_a_new_champion_is_served_once_its_vectors_exist(
     assert metric(text, "atelier_model_info", model_version=MODEL) == 0.0
     assert metric(text, "atelier_stale_online_vectors_total") >= 1
     assert metric(text, "atelier_reloads_total", trigger="admin", outcome="failed") == 1
+
+
+def test_atelier_serve_prints_working_examples_and_answers(workdir, histories):
+    """`atelier serve` as `make demo` starts it: the printed curl call works on a real server."""
+    import json
+    import shlex
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(workdir), "serve",
+         "--port", str(port), "--poll-seconds", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=dict(os.environ, ATELIER_LOG_LEVEL="WARNING"),
+    )  # fmt: skip
+    try:
+        banner = [server.stdout.readline() for _ in range(7)]
+        text = "".join(banner)
+        base = f"http://127.0.0.1:{port}"
+        assert f"gallery {base}/ui/" in text, text
+        call = next(line for line in banner if "/recommendations" in line)
+        body = json.loads(shlex.split(call)[-1])
+        assert body["customer_id"] in histories  # a real customer, not a placeholder
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{base}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "atelier serve never became ready"
+            time.sleep(1)
+        answer = httpx.post(f"{base}/recommendations", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        payload = answer.json()
+        assert payload["model_version"] == MODEL and payload["fallback"] is None
+        assert len(payload["items"]) == 5
+        assert all("explanation" in item for item in payload["items"])
+        page = httpx.get(f"{base}/ui/customers/{body['customer_id']}", timeout=30)
+        assert page.status_code == 200 and "<img" in page.text
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
