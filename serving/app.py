@@ -31,6 +31,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -178,6 +180,14 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.add_middleware(_Observe, metrics=metrics)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler, with the body escaped to ASCII: the errors echo the input, and
+        # a lone surrogate in it (JSON "\ud800", which the body parser accepts) cannot be
+        # encoded as UTF-8, which turned the 422 into a 500.
+        return _AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
     not_found = {404: {"model": ErrorResponse}}
     not_ready = {503: {"model": ErrorResponse, "description": "No state loaded yet."}}
 
@@ -321,6 +331,13 @@ def create_app(
 
     app.include_router(gallery_router())
     return app
+
+
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped (lone surrogates included)."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _swapped(metrics: ServingMetrics, state: ServingState, trigger: str) -> None:
