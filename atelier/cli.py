@@ -100,6 +100,13 @@ def embed_cmd(
         help="Use seeded random VGG16 weights when no ImageNet weights are available "
         "(offline demo and tests); recorded as weights='random:<seed>'.",
     ),
+    max_images: int | None = typer.Option(
+        None,
+        "--max-images",
+        min=1,
+        help="Embed at most N pending shots, in product order (a backfill in slices); "
+        "rerun to continue.",
+    ),
 ) -> None:
     """Embed product images not embedded yet (the job of `spark-submit spark_jobs/embed.py`)."""
     from spark_jobs.embed import GateFailure, format_report, run_embed
@@ -107,6 +114,8 @@ def embed_cmd(
     settings = _settings()
     if allow_random_weights:
         settings.embed.allow_random_weights = True
+    if max_images is not None:
+        settings.embed.max_images = max_images
     try:
         report = run_embed(settings)
     except GateFailure as e:

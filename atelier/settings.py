@@ -60,6 +60,9 @@ class EmbedSettings(BaseModel):
     # TensorFlow threads per Spark worker: workers x threads should not exceed the cores.
     tf_threads: int = Field(1, ge=1)
     partitions: int = Field(2, ge=1)
+    # At most this many pending shots per run (None: all), in (product_id, shot) order: a long
+    # backfill in slices, each published on its own; the next run takes the following slice.
+    max_images: int | None = Field(None, ge=1)
 
 
 class TextSettings(BaseModel):

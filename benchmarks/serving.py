@@ -73,13 +73,8 @@ MIX = {"similar": 0.10, "unknown": 0.15, "explain": 0.20, "filters": 0.15}
 GOAL = {"rate": 200.0, "p50_ms": 5.0, "p99_ms": 20.0, "errors": 0}
 # Lake tables the server reads (serving.state.SOURCES) and the Feast views it reads online.
 SERVED_TABLES = ("customer_history", "item_vectors")
-LAKE_TABLES = (
-    "products",
-    "item_vectors",
-    "predicted_attributes",
-    "interactions",
-    "customer_history",
-)
+# (predicted_attributes is optional: without it the server uses the known labels.)
+LAKE_TABLES = ("products", "item_vectors", "interactions", "customer_history")
 API_SKIP = ("/metrics", "/ready", "/health")  # endpoints that are not the API under test
 FEAST_ENV = ("ATELIER_FEAST__PROFILE", "ATELIER_FEAST__REDIS", "ATELIER_FEAST__REGISTRY_URL")
 
@@ -501,7 +496,8 @@ def online_missing(
 def common_filters(lake, candidates: Sequence[str], n: int = 3) -> list[tuple[str, str]]:
     """The `n` commonest (attribute, value) pairs among the candidates: filters that keep
     results non-empty."""
-    rows = lake.read_arrow("predicted_attributes", ["product_id", "attribute", "value"])
+    table = "predicted_attributes" if lake.exists("predicted_attributes") else "product_labels"
+    rows = lake.read_arrow(table, ["product_id", "attribute", "value"])
     data = rows.to_pydict()
     keep = set(candidates)
     counts = Counter(

@@ -152,7 +152,7 @@ def create_app(
     whenever the champion or a source table changed.
     """
     holder = state_holder or StateHolder(settings)
-    metrics = ServingMetrics()
+    metrics = ServingMetrics(fallback_reasons=predictor.FALLBACKS)
     holder.on_swap.append(lambda new, _prev, trigger: _swapped(metrics, new, trigger))
     holder.on_failure.append(lambda _e, trigger: metrics.reload(trigger, "failed"))
     if holder.state is not None:

@@ -33,7 +33,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 class ServingMetrics:
     """The serving app's metrics; every method is thread-safe (prometheus_client's are)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback_reasons: tuple[str, ...] = ()) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.latency = Histogram(
@@ -72,6 +72,11 @@ class ServingMetrics:
             "atelier_reloads", "Serving state rebuilds.", ["trigger", "outcome"], registry=r
         )
         self._model: str | None = None
+        # Every reason's series exists from the start (at 0 in memory), so that a rate over it
+        # is defined before the first fallback; in multi-process mode it starts from the value
+        # the shared file holds, so differences between two scrapes stay right.
+        for reason in fallback_reasons:
+            self.fallbacks.labels(reason)
 
     def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
         self.latency.labels(endpoint, method, f"{status // 100}xx").observe(seconds)

@@ -9,7 +9,9 @@ A state is built in one go from the registries and the lake, then never changes:
   catalogue (`products`), in product id order. Rows of another model version (the vectors of a
   newly promoted champion not computed yet) are never mixed in: building fails instead, and the
   previous state keeps serving;
-- the attributes: `predicted_attributes` (known label or predicted value, confidence);
+- the attributes: `predicted_attributes` (known label or predicted value, confidence); until
+  an attribute model has filled it, the known labels of `product_labels` alone (confidence 1),
+  so that a catalogue without an attribute model is served, with filters on what is known;
 - popularity: purchases per product in the last `settings.recommender.popularity_days` of the
   lake's `interactions` (up to its latest purchase: the catalogues are historical), the same
   ranking as the recommender's popularity baseline;
@@ -47,7 +49,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("atelier.serving")
 
 # Lake tables a state is built from; a new Delta version of any of them triggers a poll reload.
-SOURCES = ("products", "item_vectors", "predicted_attributes", "interactions")
+SOURCES = ("products", "item_vectors", "predicted_attributes", "product_labels", "interactions")
 N_RECENT_PARAM = "recommender.n_inputs"
 
 
@@ -238,9 +240,7 @@ def build_state(
         mine["product_id"].tolist(), np.stack([np.asarray(v, np.float32) for v in mine["vector"]])
     )
 
-    rows = lake.read_pandas(
-        "predicted_attributes", ["product_id", "attribute", "value", "confidence", "source"]
-    )
+    rows = _attribute_rows(lake)
     attributes = AttributeTable.from_rows(
         candidates.product_ids,
         rows["product_id"].tolist(),
@@ -276,6 +276,26 @@ def build_state(
         sources,
     )
     return state
+
+
+def _attribute_rows(lake):
+    """product_id, attribute, value, confidence, source: `predicted_attributes`, else the known
+    labels (source "label", confidence 1), else none."""
+    import pandas as pd
+
+    columns = ["product_id", "attribute", "value", "confidence", "source"]
+    if lake.exists("predicted_attributes"):
+        return lake.read_pandas("predicted_attributes", columns)
+    log.warning(
+        "no predicted_attributes table: serving the known labels only (`atelier train "
+        "attributes`, `atelier predict attributes` and a reload fill in the rest)"
+    )
+    if not lake.exists("product_labels"):
+        return pd.DataFrame(
+            {c: pd.Series(dtype=float if c == "confidence" else object) for c in columns}
+        )
+    labels = lake.read_pandas("product_labels", ["product_id", "attribute", "value"])
+    return labels.assign(confidence=1.0, source="label")
 
 
 def _n_recent(settings: Settings, run_id: str | None) -> int:

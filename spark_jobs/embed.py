@@ -91,6 +91,7 @@ class EmbedReport:
     images: int = 0  # rows of product_images
     skipped: int = 0  # already embedded with the same content, weights and input size
     embedded: int = 0
+    remaining: int = 0  # pending shots left for the next run (settings.embed.max_images)
     quarantined: dict[str, int] = field(default_factory=dict)
     inserted: int = 0
     updated: int = 0
@@ -560,6 +561,13 @@ def run_embed(
         n_pending,
         embed.partitions,
     )
+    if embed.max_images is not None and n_pending > embed.max_images:
+        # A slice in key order, so that successive runs walk the catalogue without overlap.
+        report.remaining = n_pending - embed.max_images
+        sliced = pending.orderBy("product_id", "shot").limit(embed.max_images).cache()
+        pending.unpersist()
+        pending = sliced
+        log.info("embedding %d now (max_images), %d left", embed.max_images, report.remaining)
     try:
         if n_pending:
             _embed_and_publish(settings, lake, pending, spec, run_id, now, report, t0)
@@ -666,7 +674,8 @@ def format_report(report: dict) -> str:
         f"embed (run {report['run_id']}): weights {report['weights']}, "
         f"input size {report['input_size']}",
         f"images {report['images']}: embedded {report['embedded']}, skipped "
-        f"{report['skipped']}, quarantined {sum(q.values())}",
+        f"{report['skipped']}, quarantined {sum(q.values())}"
+        + (f", left for the next run {report['remaining']}" if report.get("remaining") else ""),
         "quarantine by reason: "
         + (", ".join(f"{k}={v}" for k, v in sorted(q.items())) if q else "none"),
         f"image_embeddings: inserted {report['inserted']}, updated {report['updated']}, "
@@ -679,7 +688,8 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`spark-submit spark_jobs/embed.py [--workdir W] [--allow-random-weights]`."""
+    """`spark-submit spark_jobs/embed.py [--workdir W] [--allow-random-weights]
+    [--max-images N]`."""
     from atelier.logs import setup_logging
     from atelier.settings import load_settings
 
@@ -690,11 +700,20 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="use seeded random weights when no VGG16 weights are available (dry runs)",
     )
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="embed at most N pending shots (in product order); rerun to continue",
+    )
     args = p.parse_args(argv)
     setup_logging()
     settings = load_settings(workdir=args.workdir)
     if args.allow_random_weights:
         settings = allow_random_weights(settings)
+    if args.max_images is not None:
+        if args.max_images < 1:
+            p.error("--max-images must be at least 1")
+        settings.embed.max_images = args.max_images
     try:
         report = run_embed(settings)
     except GateFailure as e:

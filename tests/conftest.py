@@ -7,6 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+# Before anything imports Feast: `feast.metrics` sets PROMETHEUS_MULTIPROC_DIR, and
+# prometheus_client picks file-backed, process-shared values when it is first imported after
+# that. `atelier serve` imports it first and counts in memory, each app on its own; so do the
+# tests (several serving apps live in one test process).
+import prometheus_client  # noqa: F401
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]

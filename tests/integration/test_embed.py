@@ -236,6 +236,28 @@ def test_same_vectors_in_fresh_workdirs_and_across_worker_counts(first_run, spar
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_max_images_embeds_slices_in_key_order_until_done(first_run, spark, tmp_path):
+    from spark_jobs.embed import format_report, run_embed
+
+    settings, rows, _ = first_run
+    reference = _embeddings(settings)
+    sliced = _settings(tmp_path / "w", partitions=2, max_images=3)
+    _write_catalogue(sliced, rows)
+    first = run_embed(sliced, spark=spark, now=NOW)
+    assert (first["embedded"], first["skipped"], first["remaining"]) == (3, 0, 1)
+    assert "left for the next run 1" in format_report(first)
+    # The slice is the first three keys in (product_id, shot) order.
+    assert sorted(_embeddings(sliced)) == sorted(SHOTS)[:3]
+    second = run_embed(sliced, spark=spark, now=LATER)
+    assert (second["embedded"], second["skipped"], second["remaining"]) == (1, 3, 0)
+    third = run_embed(sliced, spark=spark, now=LATER)
+    assert (third["embedded"], third["remaining"], third["version"]) == (0, 0, second["version"])
+    got = _embeddings(sliced)
+    assert sorted(got) == sorted(reference)
+    for key, r in reference.items():  # slices embed what one run does
+        np.testing.assert_allclose(got[key]["embedding"], r["embedding"], rtol=1e-4, atol=1e-5)
+
+
 def test_weights_file_is_loaded_by_every_worker(first_run, bare_vgg16, spark, tmp_path):
     from spark_jobs.embed import run_embed
 

@@ -255,6 +255,43 @@ def test_attributes_known_and_predicted_with_confidence(client, attributes):
     assert r.status_code == 404 and r.json()["detail"] == "unknown product 'nope'"
 
 
+def test_without_predicted_attributes_the_known_labels_are_served(workdir, tmp_path, customer):
+    """A catalogue with no attribute model yet is served, with filters on the known labels."""
+    from fastapi.testclient import TestClient
+
+    from atelier.lake import Lake
+    from atelier.settings import load_settings
+    from serving.app import create_app
+    from serving.state import StateHolder
+
+    copy = tmp_path / "w"
+    shutil.copytree(workdir, copy, symlinks=True)
+    settings = load_settings(workdir=copy)
+    lake = Lake(settings)
+    shutil.rmtree(lake.path("predicted_attributes"))
+    labels = lake.read_pandas("product_labels")
+    holder = StateHolder(settings)
+    holder.reload("start")
+    with TestClient(create_app(settings, holder)) as c:
+        pid = labels["product_id"].value_counts().index[0]
+        r = c.get(f"/products/{pid}/attributes")
+        assert r.status_code == 200, r.text
+        mine = labels[labels["product_id"] == pid]
+        assert {
+            (a["attribute"], a["value"], a["source"], a["confidence"])
+            for a in r.json()["attributes"]
+        } == {(a, v, "label", 1.0) for a, v in zip(mine["attribute"], mine["value"])}
+        attr = "product_group_name"
+        value = labels[labels["attribute"] == attr]["value"].value_counts().index[0]
+        known = set(
+            labels[(labels["attribute"] == attr) & (labels["value"] == value)]["product_id"]
+        )
+        r = recommend(c, customer, k=100, filters={attr: [value]})
+        assert r.status_code == 200, r.text
+        got = {i["product_id"] for i in r.json()["items"]}
+        assert got and got <= known
+
+
 def test_metrics_expose_latency_fallbacks_and_model(client):
     recommend(client, "another-stranger", k=3)
     text = client.get("/metrics").text
