@@ -101,16 +101,24 @@ def recommend(
 
 
 def _customer_vector(state: ServingState, history: list[str]) -> tuple[np.ndarray | None, int]:
-    """(customer vector or None, stale online vectors replaced) from the online vectors."""
-    online = state.online.vectors(history)
-    vectors, stale = [], 0
-    for product in history:
-        vector, version = online.get(product, (None, None))
-        if vector is not None and version != state.model_version:
-            stale += 1
-            row = state.candidates.index.get(product)
-            vector = state.candidates.vectors[row] if row is not None else None
-        vectors.append(vector)
+    """(customer vector or None, stale online vectors replaced) from the online vectors.
+
+    Only the most recent products are read, `n_recent` at a time until `n_recent` vectors are
+    found: an online read costs per product (a 20-item history read whole took 0.8 ms of CPU,
+    its first 5 products 0.3 ms, on H&M with sqlite)."""
+    vectors: list = []
+    stale = start = 0
+    while start < len(history) and sum(v is not None for v in vectors) < state.n_recent:
+        chunk = history[start : start + state.n_recent]
+        start += len(chunk)
+        online = state.online.vectors(chunk)
+        for product in chunk:
+            vector, version = online.get(product, (None, None))
+            if vector is not None and version != state.model_version:
+                stale += 1
+                row = state.candidates.index.get(product)
+                vector = state.candidates.vectors[row] if row is not None else None
+            vectors.append(vector)
     return scoring.customer_vector(vectors, state.n_recent), stale
 
 

@@ -277,3 +277,38 @@ def test_state_holder_swaps_whole_states_and_keeps_the_old_one_on_failure():
     ]
     with pytest.raises(ValueError, match="poll interval must be > 0 seconds, got 0"):
         holder.start_polling(0)
+
+
+def test_customer_vector_reads_the_most_recent_products_only_until_n_recent_found(candidates):
+    from types import SimpleNamespace
+
+    from serving.predictor import _customer_vector
+
+    class Online:
+        """Vectors of a, b, c, d (d of an older model version: stale); none for x, y."""
+
+        def __init__(self):
+            self.reads = []
+
+        def vectors(self, ids):
+            self.reads.append(list(ids))
+            held = {"a": ([1.0, 0.0], "m/2"), "b": ([0.0, 1.0], "m/2")}
+            held |= {"c": ([1.0, 1.0], "m/2"), "d": ([5.0, 5.0], "m/1")}
+            return {p: held[p] for p in ids if p in held}
+
+    online = Online()
+    state = SimpleNamespace(online=online, n_recent=2, model_version="m/2", candidates=candidates)
+    vector, stale = _customer_vector(state, ["a", "b", "c", "d"])
+    assert online.reads == [["a", "b"]]  # two found in the first read: nothing more is read
+    np.testing.assert_allclose(vector, [0.5, 0.5])
+    assert stale == 0
+    online.reads.clear()
+    # x and y have no vector: the next two are read; d's stale vector is replaced by the
+    # candidates' (row "d": [-1, 0], unit length).
+    vector, stale = _customer_vector(state, ["x", "y", "d", "c", "a"])
+    assert online.reads == [["x", "y"], ["d", "c"]]
+    np.testing.assert_allclose(vector, np.mean([[-1.0, 0.0], [1.0, 1.0]], axis=0), rtol=1e-6)
+    assert stale == 1
+    online.reads.clear()
+    assert _customer_vector(state, ["x", "y", "z"]) == (None, 0)
+    assert online.reads == [["x", "y"], ["z"]]
