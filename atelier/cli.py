@@ -554,7 +554,8 @@ def train_recommender_cmd(
     ),
 ) -> None:
     """Train the recommender variants, evaluate them on the following period (Table 3), log
-    everything to MLflow and register the best hybrid run as `challenger`."""
+    everything to MLflow and register the hybrid run with the lowest validation loss as
+    `challenger`."""
     from training.recommender.evaluation import markdown_table
     from training.recommender.pipeline import train_recommender
 

@@ -132,7 +132,7 @@ def test_table3_report_with_cold_start_and_the_popularity_baseline(trained):
     assert any(line.startswith("hybrid run 2/2: epoch 1/2") for line in lines)
 
 
-def test_the_run_is_logged_and_the_best_hybrid_registered_as_challenger(trained):
+def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_challenger(trained):
     from mlflow import MlflowClient
 
     from training.recommender.pyfunc import load_bundle
@@ -145,8 +145,18 @@ def test_the_run_is_logged_and_the_best_hybrid_registered_as_challenger(trained)
     assert run.data.params["feature_service"] == "recommender_v1"
     assert run.data.tags["git_commit"] == report["git_commit"]
     model = report["model"]
-    best = max(report["variants"]["hybrid"]["precision_at_10"], model["precision_at_10"])
-    assert model["precision_at_10"] == pytest.approx(best)  # the best run, not the mean
+    # The run with the lowest validation loss (never the test precision) is registered, with
+    # that run's test precision.
+    lowest = {
+        r: min(m.value for m in client.get_metric_history(out["run_id"], f"hybrid.run{r}.val_loss"))
+        for r in range(2)
+    }
+    assert model["run"] == min(lowest, key=lambda r: (lowest[r], r))
+    assert model["selected_by"] == "validation_loss"
+    assert model["validation_loss"] == pytest.approx(lowest[model["run"]])
+    assert model["precision_at_10"] == pytest.approx(
+        run.data.metrics[f"hybrid.run{model['run']}.precision_at_10"]
+    )
     assert run.data.metrics["precision_at_10"] == pytest.approx(model["precision_at_10"])
     assert run.data.metrics["cf.precision_at_10"] == pytest.approx(
         report["variants"]["cf"]["precision_at_10"]

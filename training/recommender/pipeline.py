@@ -8,8 +8,10 @@ of `(train_end, train_end + test_days]` by customers with a history. Each learne
 every variant shares its examples and validation split, so the runs are paired), scored by
 precision/recall@10, with the cold-start breakdown, the popularity baseline and paired t-tests
 (`evaluation.table3`). The report (recommender.json / .md / .png) and everything else goes to
-MLflow; the best `hybrid` run (highest precision@10 on the test period) is registered as
-`settings.mlflow.recommender_model` and becomes `challenger`.
+MLflow; the `hybrid` run with the lowest validation loss (held-out customers of the training
+window: chosen without looking at the test period) is registered as
+`settings.mlflow.recommender_model` and becomes `challenger`, with its test precision@10 as the
+metric promotion compares.
 
 Recommendable products are the catalogue's products that exist by the end of the test period:
 `first_seen` (the first sale: the only launch date the layouts give) unknown or not after
@@ -446,7 +448,7 @@ def train_recommender(
             cold_by_variant["popularity"] = [cold_at]
             say(f"popularity: {METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
 
-        best = None  # (precision, run, trained, main)
+        best = None  # (validation loss, run, trained, main)
         first_runs: dict[str, object] = {}  # variant → its first run's model, for Figure 7
         examples_per_run = []
         for r in range(runs if learned else 0):
@@ -516,8 +518,10 @@ def train_recommender(
                     }
                 )
                 tell(f"{METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
-                if variant == REGISTERED_VARIANT and (best is None or main.precision > best[0]):
-                    best = (main.precision, r, trained, main)
+                # Chosen by validation loss, never by the test period it is then scored on.
+                chosen_by = selection_loss(trained)
+                if variant == REGISTERED_VARIANT and (best is None or chosen_by < best[0]):
+                    best = (chosen_by, r, trained, main)
                 if r == 0:
                     first_runs[variant] = trained
 
@@ -557,7 +561,8 @@ def train_recommender(
 
         version = None
         if best is not None:
-            precision, r, trained, main = best
+            validation, r, trained, main = best
+            precision = main.precision
             metadata = {
                 "train_start": report["period"]["train_start"],
                 "train_end": str(end),
@@ -565,6 +570,8 @@ def train_recommender(
                 METRIC: precision,
                 RECALL: main.recall,
                 "run": r,
+                "selected_by": "validation_loss",
+                "validation_loss": validation if math.isfinite(validation) else None,
                 "seed": settings.seed + r,
                 "feature_service": FEATURE_SERVICE,
                 "attribute_model_versions": list(features.attribute_model_versions),
@@ -594,6 +601,8 @@ def train_recommender(
                 "version": version,
                 "variant": REGISTERED_VARIANT,
                 "run": r,
+                "selected_by": "validation_loss",
+                "validation_loss": validation if math.isfinite(validation) else None,
                 METRIC: precision,
                 "model_uri": model_info.model_uri,
             }
@@ -621,7 +630,7 @@ def train_recommender(
     if version is not None:
         say(
             f"registered {settings.mlflow.recommender_model} version {version} as challenger "
-            f"({METRIC} {best[0]:.4f})"
+            f"(run {best[1] + 1}, lowest validation loss; {METRIC} {best[3].precision:.4f})"
         )
     say(f"recommender done in {time.perf_counter() - t0:.0f}s; report in {report_dir}")
     return {
@@ -633,6 +642,13 @@ def train_recommender(
 
 
 # -- evaluation on a later period ----------------------------------------------------------
+
+
+def selection_loss(trained) -> float:
+    """The loss a run is chosen by: its lowest finite validation loss (inf without one, e.g.
+    too few customers to hold out; the earliest such run is then kept)."""
+    finite = [v for v in trained.history.get("val_loss", []) if math.isfinite(v)]
+    return min(finite) if finite else math.inf
 
 
 def registered_models(settings: Settings, model_uri: str | None = None) -> list[tuple[str, str]]:
