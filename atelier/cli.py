@@ -394,15 +394,14 @@ def demo_cmd(
 
     from spark_jobs.item_vectors import format_report as format_vectors
     from spark_jobs.item_vectors import run_item_vectors, similar_lines
-    from training.recommender.evaluation import markdown_table as table3_markdown
-    from training.recommender.pipeline import train_recommender
+    from training.recommender.pipeline import summary_markdown, train_recommender
 
     typer.echo(
         f"[9/{steps}] training the recommender: popularity, cf, content, hybrid "
         f"(Feast {settings.recommender.feature_service}, predicted attributes included)"
     )
     recommender = _run(lambda: train_recommender(settings, progress=lambda m: typer.echo("  " + m)))
-    typer.echo(table3_markdown(recommender["report"]))
+    typer.echo(summary_markdown(recommender["report"]))
     typer.echo(f"[10/{steps}] promotion of {settings.mlflow.recommender_model}")
     typer.echo(format_decision(_run(lambda: promote(settings, settings.mlflow.recommender_model))))
     # The catalogue is historical: take popularity and recency as of the day after its last
@@ -527,7 +526,7 @@ def evaluate_attributes_cmd(
             settings, source, layout, report, model_uri, progress=typer.echo
         )
     )
-    typer.echo(markdown_table(result))
+    typer.echo(summary_markdown(result))
     typer.echo(f"report: {report}")
 
 
@@ -553,11 +552,11 @@ def train_recommender_cmd(
         help="Folder for recommender.json/.md/.png (default <workdir>/reports/recommender).",
     ),
 ) -> None:
-    """Train the recommender variants, evaluate them on the following period (Table 3), log
-    everything to MLflow and register the hybrid run with the lowest validation loss as
-    `challenger`."""
-    from training.recommender.evaluation import markdown_table
-    from training.recommender.pipeline import train_recommender
+    """Train the recommender variants, evaluate them on the following period (Table 3 in the
+    all-products and new-to-customer modes), log everything to MLflow and register the hybrid
+    run with the lowest validation loss as `challenger`. A --train-end at or after the last
+    interaction trains to deploy: all history, validation metrics, no test table."""
+    from training.recommender.pipeline import summary_markdown, train_recommender
 
     settings = _settings()
     if epochs is not None:
@@ -568,7 +567,7 @@ def train_recommender_cmd(
             settings, end, variants.split(","), runs, report, progress=typer.echo
         )
     )
-    typer.echo(markdown_table(out["report"]))
+    typer.echo(summary_markdown(out["report"]))
     version = out["model_version"]
     typer.echo(
         f"report: {out['report_dir']}\nMLflow run {out['run_id']}"
@@ -592,15 +591,15 @@ def evaluate_recommender_cmd(
         None, "--model-uri", help="Model to score (default: the champion and the challenger)."
     ),
 ) -> None:
-    """Score the registered recommender(s) on a later period; histories come from the lake."""
-    from training.recommender.evaluation import markdown_table
-    from training.recommender.pipeline import evaluate_recommender
+    """Score the registered recommender(s) on a later period, in both modes (all products,
+    new to customer); histories come from the lake."""
+    from training.recommender.pipeline import evaluate_recommender, summary_markdown
 
     settings = _settings()
     result = _run(
         lambda: evaluate_recommender(settings, interactions, report, model_uri, typer.echo)
     )
-    typer.echo(markdown_table(result))
+    typer.echo(summary_markdown(result))
     typer.echo(f"report: {report}")
 
 

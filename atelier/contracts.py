@@ -346,16 +346,17 @@ ATTRIBUTE_VECTORS = TableContract(
 # a run rewrites only products whose vector changed (new champion, changed features).
 ITEM_VECTORS = TableContract(
     name="item_vectors",
-    doc="The champion recommender's k-dim item vector of every product (for Feast serving).",
+    doc="The champion recommender's item vector of every product (for Feast serving).",
     columns=(
         _c("product_id", "string", False),
         _c(
             "vector",
             "list<float32>",
             False,
-            "k floats in the model's dot-product space (not unit norm): score(customer, "
-            "product) = mean of the history's vectors . vector; zeros when the model cannot "
-            "represent the product (cf variant, never bought in training)",
+            "k + 1 floats: k match coordinates, then the product's bias (layout 'dot+bias', "
+            "models.ranking): score(customer, product) = [mean of the history's match "
+            "coordinates, 1] . vector; zeros when the model cannot represent the product (cf "
+            "variant, never bought in training)",
         ),
         _c("variant", "string", False, "item tower variant: 'cf', 'content' or 'hybrid'"),
         _c("model_version", "string", False, "'<registered model>/<version>' that computed it"),

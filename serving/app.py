@@ -2,7 +2,7 @@
 
     GET  /health                        the process answers
     GET  /ready                         200 with the model version once a state is loaded, else 503
-    POST /recommendations               top-k for a customer (filters, exclusions, explanations)
+    POST /recommendations               top-k for a customer (filters, modes, explanations)
     GET  /products/{id}/similar?k=10    nearest products by cosine of item vectors
     GET  /products/{id}/attributes      known and predicted attributes with confidence
     POST /admin/reload                  rebuild the state (new champion, new vectors) and swap it
@@ -12,8 +12,10 @@ Every handler reads the current state once (`holder.state`) and answers from tha
 reload that swaps the state mid-request never fails it. Every response carrying products
 carries the `model_version` that ranked them. Errors: a malformed body or out-of-range k is
 422 (FastAPI's validation, naming the field), an unknown filter attribute 422 naming the known
-ones, an unknown product 404, no state loaded yet 503; the online store failing is not an error
-(popularity, flagged `fallback`).
+ones, a blend the model has no rule for (or that excludes purchases) 422, an unknown product
+404, no state loaded yet 503; the online store failing is not an error (popularity, flagged
+`fallback`). A request without `exclude_purchased` gets the mode of the setting
+`recommender.exclude_seen` (default false: all products), the one evaluation reports.
 
 Handlers are plain `def`: Feast reads block, so they run in the server's thread pool. One JSON
 line per request goes to the `atelier.serving.access` logger (method, path, status,
@@ -57,8 +59,17 @@ class RecommendationRequest(BaseModel):
 
     customer_id: str = Field(min_length=1, max_length=256, examples=["0000a1b2"])
     k: int = Field(10, ge=1, le=100, description="Number of products, 1 to 100.")
-    exclude_purchased: bool = Field(
-        True, description="Leave out the products of the customer's recent history."
+    exclude_purchased: bool | None = Field(
+        None,
+        description="Leave out the products of the customer's recent history (mode "
+        "new_to_customer). Default: the server's setting `recommender.exclude_seen` (false: "
+        "all products may be recommended, the paper's protocol); false with `blend`.",
+    )
+    blend: bool = Field(
+        False,
+        description="Mix the customer's likely rebuys with new products by the rule "
+        "calibrated on the validation window (mode blend); 422 when the model has no rule or "
+        "`exclude_purchased` is true.",
     )
     filters: dict[str, list[str]] = Field(
         default_factory=dict,
@@ -82,8 +93,9 @@ class Explanation(BaseModel):
 class Item(BaseModel):
     product_id: str
     score: float = Field(
-        description="Dot product with the customer's vector; cosine for similar products; "
-        "purchases in the popularity window for a fallback."
+        description="Dot product with the customer's vector (in a blend too, where the rule, "
+        "not the score, sets the order); cosine for similar products; purchases in the "
+        "popularity window for a fallback."
     )
     rank: int
     explanation: list[Explanation] | None = None
@@ -92,6 +104,7 @@ class Item(BaseModel):
 Fallback = Literal[
     "unknown_customer", "empty_history", "no_history_vectors", "online_store_unavailable"
 ]
+Mode = Literal["all_products", "new_to_customer", "blend"]
 
 
 class RecommendationResponse(BaseModel):
@@ -99,6 +112,11 @@ class RecommendationResponse(BaseModel):
     model_version: str
     fallback: Fallback | None = Field(
         description="Why popularity ranked the items; null when the model did."
+    )
+    mode: Mode = Field(
+        description="all_products: any product may be recommended; new_to_customer: the "
+        "customer's history left out; blend: likely rebuys mixed with new products (a "
+        "fallback never blends)."
     )
     items: list[Item]
 
@@ -152,6 +170,7 @@ def create_app(
     whenever the champion or a source table changed.
     """
     holder = state_holder or StateHolder(settings)
+    exclude_default = settings.recommender.exclude_seen
     metrics = ServingMetrics(fallback_reasons=predictor.FALLBACKS)
     holder.on_swap.append(lambda new, _prev, trigger: _swapped(metrics, new, trigger))
     holder.on_failure.append(lambda _e, trigger: metrics.reload(trigger, "failed"))
@@ -232,17 +251,21 @@ def create_app(
     )
     def recommendations(body: RecommendationRequest, request: Request):
         """The customer's top-k products, or popularity when the model cannot rank for them
-        (`fallback` says why)."""
+        (`fallback` says why); `mode` says which products could be."""
         state = current()
         request.state.model_version = state.model_version
+        exclude = body.exclude_purchased
+        if exclude is None:  # a blend brings purchases back by definition
+            exclude = False if body.blend else exclude_default
         try:
             rec = predictor.recommend(
                 state,
                 body.customer_id,
                 k=body.k,
-                exclude_purchased=body.exclude_purchased,
+                exclude_purchased=exclude,
                 filters=body.filters,
                 explain=body.explain,
+                blend=body.blend,
             )
         except (UnknownAttributeError, ValueError) as e:
             raise HTTPException(422, detail=str(e)) from None
@@ -256,6 +279,7 @@ def create_app(
                 "customer_id": body.customer_id,
                 "model_version": rec.model_version,
                 "fallback": rec.fallback,
+                "mode": rec.mode,
                 "items": rec.items,
             }
         )

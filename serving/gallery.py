@@ -285,7 +285,11 @@ def gallery_router() -> APIRouter:
         if isinstance(found, HTMLResponse):
             return found
         state, catalogue = found
-        rec = predictor.recommend(state, customer_id, k=RECOMMENDATIONS, explain=True)
+        # The API's default mode, so that the page shows what POST /recommendations returns.
+        exclude = request.app.state.holder.settings.recommender.exclude_seen
+        rec = predictor.recommend(
+            state, customer_id, k=RECOMMENDATIONS, exclude_purchased=exclude, explain=True
+        )
         request.state.fallback = rec.fallback
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:

@@ -3,11 +3,13 @@
 numpy only, no I/O: `serving.state` loads the arrays, `serving.predictor` feeds them requests.
 
 - `Candidates`: the products that may be recommended (for sale, with a vector of the serving
-  model), their (n, k) float32 item vectors and the row of each product id. A zero vector means
+  model), their (n, d) float32 item vectors in the model's layout (`models.ranking`: "dot", or
+  "dot+bias" with the item's bias last) and the row of each product id. A zero vector means
   the model cannot represent the product (`cf`, never bought in training): it is never scored
-  for a customer and never anyone's similar product (as in `training.recommender.model.score`).
-- A customer's vector is the mean of the item vectors of their `n_recent` most recent history
-  items that have one, as in evaluation (`training.recommender.trainer.recommend_for`).
+  for a customer and never anyone's similar product. Similarity is the cosine of the match
+  coordinates only: a bias says how popular a product is, not what it looks like.
+- A customer's vector comes from `models.ranking` (`recent_items`, `customer_vector`), the rule
+  training and evaluation use; its dot product with an item vector is the score in both layouts.
 - Masks are boolean (n,) arrays, True = may be returned. Exclusions (purchased products) and
   attribute filters are applied before ranking, so a request gets k items whenever k allowed
   items exist, and fewer only when fewer do.
@@ -26,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.ranking import DOT, check_layout, match_part
+
 # The attribute model groups values too rare to learn into this class: sharing it is no reason.
 GROUPED_VALUE = "other"
 
@@ -39,19 +43,29 @@ class Candidates:
     """Products that may be recommended: `vectors[i]` is `product_ids[i]`'s item vector."""
 
     product_ids: tuple[str, ...]
-    vectors: np.ndarray  # (n, k) float32
+    vectors: np.ndarray  # (n, d) float32, d = k (+ 1 bias with "dot+bias")
     index: Mapping[str, int]
-    unit: np.ndarray  # (n, k) float32 rows of unit length; zeros where `usable` is False
-    usable: np.ndarray  # (n,) bool: a non-zero, finite vector
+    # (n, k) float32 unit rows of the match coordinates; zeros where `usable` is False or the
+    # match part is zero (such a product has no likeness to anything).
+    unit: np.ndarray
+    usable: np.ndarray  # (n,) bool: a non-zero, finite (full) vector
+    layout: str = DOT
 
     @classmethod
-    def build(cls, product_ids: Sequence[str], vectors) -> Candidates:
-        """From ids and an (n, k) array (copied to read-only float32); ids must be unique."""
+    def build(cls, product_ids: Sequence[str], vectors, layout: str = DOT) -> Candidates:
+        """From ids and an (n, d) array in `layout` (copied to read-only float32); ids must be
+        unique."""
+        check_layout(layout)
         ids = tuple(str(p) for p in product_ids)
         vectors = np.array(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(ids):
             raise ValueError(
                 f"vectors must be ({len(ids)}, k), one row per product id, got {vectors.shape!r}"
+            )
+        if layout != DOT and vectors.shape[1] < 2:
+            raise ValueError(
+                f"{layout!r} vectors need k >= 1 match coordinates and the bias, got "
+                f"{vectors.shape[1]} column(s)"
             )
         index = {p: i for i, p in enumerate(ids)}
         if len(index) != len(ids):
@@ -60,34 +74,28 @@ class Candidates:
             raise ValueError(f"candidate product ids must be unique, repeated: {dupes[:5]!r}")
         norms = np.linalg.norm(vectors, axis=1)
         usable = np.isfinite(norms) & (norms > 0)
-        unit = np.zeros_like(vectors)
-        unit[usable] = vectors[usable] / norms[usable, None]
+        match = match_part(vectors, layout)
+        match_norms = np.linalg.norm(match, axis=1)
+        alike = usable & (match_norms > 0)
+        unit = np.zeros_like(match)
+        unit[alike] = match[alike] / match_norms[alike, None]
         for array in (vectors, unit, usable):
             array.flags.writeable = False
-        return cls(ids, vectors, index, unit, usable)
+        return cls(ids, vectors, index, unit, usable, layout)
 
     def __len__(self) -> int:
         return len(self.product_ids)
 
     @property
     def k(self) -> int:
+        """Width d of the item vectors (the bias included) and of a customer vector."""
         return int(self.vectors.shape[1])
 
 
-def customer_vector(history_vectors: Sequence, n_recent: int) -> np.ndarray | None:
-    """Mean (k,) float32 of the first `n_recent` vectors of `history_vectors` (most recent
-    first, None for a product without one, skipped); None when none is left."""
-    if n_recent < 1:
-        raise ValueError(f"n_recent must be >= 1, got {n_recent!r}")
-    kept = [np.asarray(v, np.float32) for v in history_vectors if v is not None][:n_recent]
-    if not kept:
-        return None
-    return np.mean(np.stack(kept), axis=0, dtype=np.float32)
-
-
 def scores(candidates: Candidates, customer: np.ndarray) -> np.ndarray:
-    """(n,) float32 dot products of the customer vector (k,) with every candidate; -inf for a
-    candidate the model cannot represent."""
+    """(n,) float32 dot products of the customer vector (d,) with every candidate (match + bias
+    with "dot+bias": the customer vector ends with 1); -inf for a candidate the model cannot
+    represent."""
     customer = np.asarray(customer, np.float32)
     if customer.shape != (candidates.k,):
         raise ValueError(f"customer vector must have shape ({candidates.k},), got {customer.shape}")
@@ -144,14 +152,16 @@ def popularity_scores(candidates: Candidates, bought: Sequence[str]) -> np.ndarr
 
 
 def similar(candidates: Candidates, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, cosine similarities) of the up to `k` candidates nearest to candidate `row`,
-    best first; the seed and unrepresentable products left out (a zero seed has none)."""
+    """(rows, cosine similarities of the match coordinates) of the up to `k` candidates nearest
+    to candidate `row`, best first; the seed and products without a (non-zero) match part left
+    out (such a seed has none)."""
     if not 0 <= row < len(candidates):
         raise ValueError(f"row must be in [0, {len(candidates)}), got {row!r}")
-    if not candidates.usable[row]:
+    alike = candidates.unit.any(axis=1)  # usable, with a non-zero match part
+    if not alike[row]:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     similarity = candidates.unit @ candidates.unit[row]
-    allowed = candidates.usable.copy()
+    allowed = alike.copy()
     allowed[row] = False
     best = top_k(similarity, k, allowed)
     return best, similarity[best]

@@ -3,8 +3,12 @@
 A state is built in one go from the registries and the lake, then never changes:
 
 - the model: the `champion` alias of `settings.mlflow.recommender_model`, read once and pinned
-  to its version ("atelier-recommender/3"); `n_recent` (history items averaged into a
-  customer's vector) is the training run's `recommender.n_inputs` param, as in evaluation;
+  to its version ("atelier-recommender/3"), and what its training run's params say about
+  scoring (`model_params`, one read of the run): `layout` of its item vectors
+  (`vector_layout`; "dot" for a model trained before the bias), `n_recent` (distinct history
+  products averaged into a customer's vector: `recommender.n_recent`, `recommender.n_inputs`
+  of older runs, else the settings') and `blend_rule` (`recommender.blend_rule`, None when the
+  run calibrated none: blend requests are then refused);
 - the candidates: the lake's `item_vectors` rows computed by that version, for products of the
   catalogue (`products`), in product id order. Rows of another model version (the vectors of a
   newly promoted champion not computed yet) are never mixed in: building fails instead, and the
@@ -31,6 +35,7 @@ connection never recovers by itself (its schema cache stays stale) and a rebuilt
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -41,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.blend import BlendRule
+from models.ranking import DOT, LAYOUTS
 from serving.scoring import AttributeTable, Candidates, popularity_scores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +57,10 @@ log = logging.getLogger("atelier.serving")
 
 # Lake tables a state is built from; a new Delta version of any of them triggers a poll reload.
 SOURCES = ("products", "item_vectors", "predicted_attributes", "product_labels", "interactions")
-N_RECENT_PARAM = "recommender.n_inputs"
+# Params of the champion's training run (training.recommender.pipeline logs them).
+LAYOUT_PARAM = "vector_layout"
+N_RECENT_PARAMS = ("recommender.n_recent", "recommender.n_inputs")  # n_inputs: older runs
+BLEND_PARAM = "recommender.blend_rule"
 
 
 class StateError(RuntimeError):
@@ -159,6 +169,8 @@ class ServingState:
 
     model_version: str
     n_recent: int
+    layout: str  # of the item vectors, `models.ranking.LAYOUTS`
+    blend_rule: BlendRule | None  # None: the model has none, blend requests are refused
     candidates: Candidates
     attributes: AttributeTable
     popularity: np.ndarray  # (n,) float32 purchases per candidate in the popularity window
@@ -221,7 +233,9 @@ def build_state(
 
     lake = Lake(settings)
     model_version, run_id = champion(settings)
-    n_recent = _n_recent(settings, run_id)
+    layout, n_recent, blend_rule = model_params(
+        _run_params(settings, run_id, model_version), settings.recommender.n_recent
+    )
     # Versions first: a table written while we read shows up as a change at the next poll.
     sources = {t: lake.version(t) for t in SOURCES}
 
@@ -236,9 +250,14 @@ def build_state(
             f"(it holds {held or 'none'}): run `atelier predict item-vectors` and "
             "`atelier materialize`"
         )
-    candidates = Candidates.build(
-        mine["product_id"].tolist(), np.stack([np.asarray(v, np.float32) for v in mine["vector"]])
-    )
+    try:
+        candidates = Candidates.build(
+            mine["product_id"].tolist(),
+            np.stack([np.asarray(v, np.float32) for v in mine["vector"]]),
+            layout,
+        )
+    except ValueError as e:  # vectors that do not fit the layout the run declares
+        raise StateError(f"the item vectors of {model_version} cannot be served: {e}") from None
 
     rows = _attribute_rows(lake)
     attributes = AttributeTable.from_rows(
@@ -259,6 +278,8 @@ def build_state(
     state = ServingState(
         model_version=model_version,
         n_recent=n_recent,
+        layout=layout,
+        blend_rule=blend_rule,
         candidates=candidates,
         attributes=attributes,
         popularity=popularity,
@@ -268,8 +289,12 @@ def build_state(
         built_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
     )
     log.info(
-        "serving state: %s, %d candidates (k=%d), %d attributes, lake versions %s",
+        "serving state: %s (%s, n_recent %d, %s), %d candidates (d=%d), %d attributes, "
+        "lake versions %s",
         model_version,
+        layout,
+        n_recent,
+        "blend rule" if blend_rule is not None else "no blend rule",
         len(candidates),
         candidates.k,
         len(attributes.names),
@@ -298,20 +323,66 @@ def _attribute_rows(lake):
     return labels.assign(confidence=1.0, source="label")
 
 
-def _n_recent(settings: Settings, run_id: str | None) -> int:
-    """The training run's `recommender.n_inputs`, else the settings' value."""
-    if run_id:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+def _run_params(settings: Settings, run_id: str | None, model_version: str) -> Mapping[str, str]:
+    """The params of the model version's training run ({} for a version without a run).
+    StateError when the run cannot be read: its layout decides how every customer is scored,
+    and guessing it would serve wrong rankings without an error."""
+    if not run_id:
+        log.warning("%s has no training run: scoring with the defaults", model_version)
+        return {}
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
+    try:
+        run = MlflowClient(settings.tracking_uri, settings.registry_uri).get_run(run_id)
+    except MlflowException as e:
+        raise StateError(
+            f"cannot read the training run {run_id} of {model_version}: {e.message}"
+        ) from None
+    return dict(run.data.params)
+
+
+def model_params(
+    params: Mapping[str, str], default_n_recent: int
+) -> tuple[str, int, BlendRule | None]:
+    """(layout, n_recent, blend rule) from a training run's params (see the module docstring).
+
+    A missing layout is "dot" (runs from before the bias); an unknown one is a StateError.
+    n_recent: the first readable integer >= 1 of `N_RECENT_PARAMS`, else `default_n_recent`.
+    A missing or unreadable blend rule is None, with a warning.
+    """
+    layout = params.get(LAYOUT_PARAM, DOT)
+    if layout not in LAYOUTS:
+        raise StateError(
+            f"the training run's {LAYOUT_PARAM} is {layout!r}; this server scores {LAYOUTS!r}"
+        )
+    n_recent = default_n_recent
+    for name in N_RECENT_PARAMS:
+        value = params.get(name)
+        if value is None:
+            continue
         try:
-            run = MlflowClient(settings.tracking_uri, settings.registry_uri).get_run(run_id)
-            value = run.data.params.get(N_RECENT_PARAM)
-            if value is not None:
-                return int(value)
-        except (MlflowException, ValueError) as e:
-            log.warning("cannot read %s of run %s: %s", N_RECENT_PARAM, run_id, e)
-    return settings.recommender.n_inputs
+            parsed = int(value)
+        except ValueError:
+            parsed = 0
+        if parsed >= 1:
+            n_recent = parsed
+            break
+        log.warning("ignoring the training run's %s=%r: not an integer >= 1", name, value)
+    blend_rule = None
+    raw = params.get(BLEND_PARAM)
+    if raw is None:
+        log.warning(
+            "the training run has no %s: blend requests are refused (retrain with "
+            "recommender.blend true)",
+            BLEND_PARAM,
+        )
+    else:
+        try:
+            blend_rule = BlendRule.from_dict(json.loads(raw))
+        except (ValueError, TypeError) as e:  # JSONDecodeError is a ValueError
+            log.warning("ignoring the training run's %s %r: %s", BLEND_PARAM, raw[:200], e)
+    return layout, n_recent, blend_rule
 
 
 def _recent_purchases(lake, days: int) -> list[str]:

@@ -29,7 +29,7 @@ Incremental: one row per product (key product_id). Only products whose vector ch
 `VECTOR_TOLERANCE`, or whose model or variant changed, are written (with the new event time);
 the others keep their row and its event time. A rerun with the same champion on unchanged
 features writes nothing; a new champion rewrites every product. The batch passes the GX suite
-of `item_vectors` (product ids in the catalogue, vectors of length k, finite) before it is
+of `item_vectors` (product ids in the catalogue, vectors of length k + 1, finite) before it is
 merged; `atelier materialize` then serves it (feature view `item_vectors`, service
 `serving_v1`).
 """
@@ -465,7 +465,7 @@ def _score_and_publish(
         rows = vector_rows(scored, bundle.variant, model_version, as_of)
         batch = changed_vectors(rows, lake.read_spark(TABLE), now)
         arrow = _arrow(batch)
-        failures = _gate(settings, lake, arrow, now, bundle.k)
+        failures = _gate(settings, lake, arrow, now, bundle.k + 1)  # + the bias
         if report["scored"] != n_products:
             failures.append(f"{TABLE}: scored {report['scored']} of {n_products} products")
         report[TABLE] = {"written": arrow.num_rows, "inserted": 0, "updated": 0}
@@ -645,8 +645,12 @@ def similar_lines(
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS!r}, got {variant!r}")
+    from models.ranking import DOT_BIAS, match_part
+
     found, source = vectors_for_variant(settings, variant, model_uri)
-    neighbours = similar_products(found["product_ids"], found["vectors"], product_id, n)
+    # Likeness lives in the match coordinates; the last one is the product's bias.
+    vectors = match_part(found["vectors"], DOT_BIAS)
+    neighbours = similar_products(found["product_ids"], vectors, product_id, n)
     products = Lake(settings).read_pandas("products", ["product_id", "type", "title"])
     names = {
         str(p): f"{title or ''} ({kind})".strip()

@@ -4,11 +4,16 @@ The workdir comes from `atelier demo` on a small catalogue, run once for the mod
 tests/integration/test_demo_pipeline.py runs it). `ATELIER_TEST_SERVING_WORKDIR=DIR` reuses a
 workdir made by an earlier demo run instead: it is copied first, the tests never change DIR.
 Expected values are recomputed here from the lake's tables (item_vectors, customer_history,
-predicted_attributes, interactions), the way the recommender's evaluation scores customers.
+predicted_attributes, interactions), the way the recommender's evaluation scores customers:
+the demo model's item vectors are "dot+bias" (k match coordinates, then the item's bias) and a
+customer's vector is [mean match part of their N_RECENT most recent distinct products with a
+vector, 1].
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
@@ -23,7 +28,8 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "atelier-recommender/1"
-N_RECENT = 5  # recommender.n_inputs of the demo's training run (the default)
+N_RECENT = 5  # recommender.n_recent of the demo's training run (the default)
+LAYOUT = "dot+bias"  # vector_layout of the demo's training run
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +100,17 @@ def customer(histories) -> str:
     return max(histories, key=lambda c: (len(set(histories[c])), c))
 
 
-def expected_top(vectors, history, k, exclude=True) -> list[tuple[str, float]]:
-    kept = [vectors[p] for p in history if p in vectors][:N_RECENT]
-    customer = np.mean(np.stack(kept), axis=0, dtype=np.float32)
+def customer_vector(vectors, history) -> np.ndarray:
+    """By hand: the mean of the N_RECENT most recent distinct products with a vector (a rebuy
+    counts once), its bias slot set to 1 (score = match + the item's bias)."""
+    chosen = [p for p in dict.fromkeys(history) if p in vectors][:N_RECENT]
+    out = np.mean(np.stack([vectors[p] for p in chosen]), axis=0, dtype=np.float32)
+    out[-1] = 1.0
+    return out
+
+
+def expected_top(vectors, history, k, *, exclude: bool) -> list[tuple[str, float]]:
+    customer = customer_vector(vectors, history)
     scored = [(p, float(v @ customer)) for p, v in vectors.items()]
     scored = [(p, s) for p, s in scored if not (exclude and p in set(history))]
     return sorted(scored, key=lambda ps: (-ps[1], ps[0]))[:k]
@@ -134,21 +148,23 @@ def test_health_and_ready_name_the_champion(client):
     assert body["status"] == "ready" and body["model_version"] == MODEL
     assert body["products"] == 150
     assert body["sources"]["item_vectors"] == 0
-    assert client.app.state.holder.state.n_recent == N_RECENT
+    state = client.app.state.holder.state
+    assert (state.n_recent, state.layout) == (N_RECENT, LAYOUT)
+    assert state.candidates.layout == LAYOUT
 
 
 def test_known_customer_gets_the_recomputed_top_k(client, customer, histories, vectors):
-    r = recommend(client, customer, k=10)
+    r = recommend(client, customer, k=10, exclude_purchased=True)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["customer_id"] == customer and body["model_version"] == MODEL
-    assert body["fallback"] is None
+    assert body["fallback"] is None and body["mode"] == "new_to_customer"
     items = body["items"]
     assert [i["rank"] for i in items] == list(range(1, 11))
     scores = [i["score"] for i in items]
     assert scores == sorted(scores, reverse=True)
     assert not {i["product_id"] for i in items} & set(histories[customer])
-    want = expected_top(vectors, histories[customer], 10)
+    want = expected_top(vectors, histories[customer], 10, exclude=True)
     assert [i["product_id"] for i in items] == [p for p, _ in want]
     np.testing.assert_allclose(scores, [s for _, s in want], rtol=1e-5, atol=1e-7)
     assert all("explanation" not in i for i in items)
@@ -156,9 +172,73 @@ def test_known_customer_gets_the_recomputed_top_k(client, customer, histories, v
 
 def test_exclude_purchased_false_ranks_the_whole_catalogue(client, customer, histories, vectors):
     body = recommend(client, customer, k=100, exclude_purchased=False).json()
+    assert body["mode"] == "all_products"
     want = expected_top(vectors, histories[customer], 100, exclude=False)
     assert [i["product_id"] for i in body["items"]] == [p for p, _ in want]
     assert {i["product_id"] for i in body["items"]} & set(histories[customer])
+
+
+def test_exclude_purchased_left_out_follows_the_settings_default(client, settings, customer):
+    assert settings.recommender.exclude_seen is False  # the paper's protocol: all products
+    body = recommend(client, customer, k=100).json()
+    assert body["mode"] == "all_products" and body["fallback"] is None
+    explicit = recommend(client, customer, k=100, exclude_purchased=False).json()
+    assert body["items"] == explicit["items"]
+
+
+def test_blend_mixes_rebuys_with_new_products_by_the_champions_rule(
+    client, settings, customer, histories, vectors
+):
+    """The rule is the one the champion's training run logged; rebuys and new products are
+    ranked by it, every item carries the model's score."""
+    from mlflow import MlflowClient
+
+    from models.blend import BlendRule, blend
+    from serving.state import champion
+
+    _, run_id = champion(settings)
+    run = MlflowClient(settings.tracking_uri, settings.registry_uri).get_run(run_id)
+    rule = BlendRule.from_dict(json.loads(run.data.params["recommender.blend_rule"]))
+    assert client.app.state.holder.state.blend_rule == rule
+
+    r = recommend(client, customer, k=10, blend=True)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["mode"], body["fallback"], body["model_version"]) == ("blend", None, MODEL)
+    items = body["items"]
+    assert [i["rank"] for i in items] == list(range(1, 11))
+    got = [i["product_id"] for i in items]
+    assert len(set(got)) == 10
+    history = histories[customer]
+    new = [p for p, _ in expected_top(vectors, history, max(10, rule.k), exclude=True)]
+    want = blend(new, [p for p in history if p in vectors], rule, 10)
+    want += [p for p in new if p not in set(want)][: 10 - len(want)]
+    assert got == want
+    customer_vec = customer_vector(vectors, history)
+    np.testing.assert_allclose(
+        [i["score"] for i in items], [float(vectors[p] @ customer_vec) for p in got], rtol=1e-5
+    )
+
+    r = recommend(client, customer, blend=True, exclude_purchased=True)
+    assert r.status_code == 422 and "cannot exclude purchased products" in r.json()["detail"]
+
+
+def test_blend_of_a_model_without_a_rule_is_422(client, settings, customer):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.state import StateHolder
+
+    ruleless = dataclasses.replace(client.app.state.holder.state, blend_rule=None)
+    holder = StateHolder(settings, builder=lambda _settings: ruleless)
+    holder.reload("start")
+    with TestClient(create_app(settings, holder)) as c:
+        r = recommend(c, customer, blend=True)
+        assert r.status_code == 422
+        assert r.json()["detail"] == (
+            f"model {MODEL} has no blend rule: retrain with recommender.blend true"
+        )
+        assert recommend(c, customer).json()["mode"] == "all_products"
 
 
 def test_filters_keep_only_matching_products(client, customer, histories, attributes, vectors):
@@ -168,18 +248,22 @@ def test_filters_keep_only_matching_products(client, customer, histories, attrib
     counts = values["value"].value_counts()
     top = next(v for v, n in counts.items() if 5 <= n <= 60 and v != "other")
     matching = set(values[values["value"] == top]["product_id"])
-    r = recommend(client, customer, k=100, filters={attr: [top]})
+    r = recommend(client, customer, k=100, filters={attr: [top]}, exclude_purchased=True)
     assert r.status_code == 200, r.text
     got = [i["product_id"] for i in r.json()["items"]]
     assert set(got) == matching - set(histories[customer])
-    ranked = [p for p, _ in expected_top(vectors, histories[customer], 150) if p in matching]
+    ranked = [
+        p for p, _ in expected_top(vectors, histories[customer], 150, exclude=True) if p in matching
+    ]
     assert got == ranked
     # Two attributes: both must match.
     other = "product_group_name"
     group = attributes[(attributes["attribute"] == other) & attributes["product_id"].isin(got)]
     pick = group["value"].iloc[0]
     both = set(group[group["value"] == pick]["product_id"])
-    r = recommend(client, customer, k=100, filters={attr: [top], other: [pick]})
+    r = recommend(
+        client, customer, k=100, filters={attr: [top], other: [pick]}, exclude_purchased=True
+    )
     assert {i["product_id"] for i in r.json()["items"]} == both
 
 
@@ -228,7 +312,8 @@ def test_similar_products_are_cosine_neighbours_without_the_seed(client, vectors
     assert r.status_code == 200
     body = r.json()
     assert body["product_id"] == seed and body["model_version"] == MODEL
-    unit = {p: v / np.linalg.norm(v) for p, v in vectors.items()}
+    # Cosine of the match coordinates: the bias (last) says nothing about likeness.
+    unit = {p: v[:-1] / np.linalg.norm(v[:-1]) for p, v in vectors.items()}
     cosine = sorted(
         ((p, float(unit[p] @ unit[seed])) for p in unit if p != seed), key=lambda ps: -ps[1]
     )[:5]
@@ -401,8 +486,8 @@ def test_new_vectors_are_served_after_a_poll(client, lake, customer, histories, 
 
     holder = client.app.state.holder
     assert holder.refresh_if_changed() is False
-    kept = [vectors[p] for p in histories[customer] if p in vectors][:N_RECENT]
-    direction = np.mean(np.stack(kept), axis=0)
+    # Along the customer's vector, bias 100: it scores 100 (|match|^2 + 1), far above the rest.
+    direction = customer_vector(vectors, histories[customer])
     now = datetime.now(UTC)
     new = "9999999001"
     lake.merge("products", pa.Table.from_pylist([{
@@ -464,7 +549,7 @@ def test_a_new_champion_is_served_once_its_vectors_exist(
     assert body["model_version"] == promoted and body["fallback"] is None
     # The online store still holds version 1's vectors: the state's version 2 ones are used.
     served = {row["product_id"]: np.asarray(row["vector"], np.float32) for row in rows}
-    want = expected_top(served, histories[customer], 10)
+    want = expected_top(served, histories[customer], 10, exclude=False)
     assert [i["product_id"] for i in body["items"]] == [p for p, _ in want]
     np.testing.assert_allclose([i["score"] for i in body["items"]], [s for _, s in want], 1e-5)
     seed = body["items"][0]["product_id"]

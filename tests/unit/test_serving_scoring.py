@@ -1,16 +1,23 @@
 """serving.scoring: hand-computed scores, top-k with exclusions and filters, popularity,
-similar products and explanations; serving.state's holder and online-store retry with fakes."""
+similar products and explanations, in both vector layouts; serving.predictor's history rule,
+modes and blend on a fake state; serving.state's run params, holder and online-store retry with
+fakes."""
 
 from __future__ import annotations
+
+import json
+import logging
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from models.blend import BlendRule
+from models.ranking import customer_vector, recent_items
 from serving.scoring import (
     AttributeTable,
     Candidates,
     UnknownAttributeError,
-    customer_vector,
     exclusion_mask,
     explain,
     filter_mask,
@@ -26,10 +33,27 @@ pytestmark = pytest.mark.unit
 IDS = ("a", "b", "c", "d", "e")
 VECTORS = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]]
 
+# "dot+bias": 2 match coordinates, then the bias. "c" matches like "a" with another bias; "f"
+# has a bias only (scored, like nothing); "e" has no representation.
+BIAS_IDS = ("a", "b", "c", "d", "e", "f")
+BIAS_VECTORS = [
+    [1.0, 0.0, 0.5],
+    [0.0, 1.0, 0.0],
+    [1.0, 0.0, -2.0],
+    [1.0, 1.0, 1.0],
+    [0.0, 0.0, 0.0],
+    [0.0, 0.0, 3.0],
+]
+
 
 @pytest.fixture
 def candidates() -> Candidates:
     return Candidates.build(IDS, VECTORS)
+
+
+@pytest.fixture
+def biased() -> Candidates:
+    return Candidates.build(BIAS_IDS, BIAS_VECTORS, "dot+bias")
 
 
 @pytest.fixture
@@ -65,14 +89,52 @@ def test_candidates_reject_bad_shapes_and_duplicates():
         Candidates.build(["a", "a"], np.ones((2, 2)))
 
 
-def test_customer_vector_is_mean_of_first_n_recent_with_a_vector():
-    history = [None, [1.0, 3.0], [3.0, 5.0], None, [100.0, 100.0]]
-    np.testing.assert_allclose(customer_vector(history, 2), [2.0, 4.0])
-    np.testing.assert_allclose(customer_vector(history, 5), [104 / 3, 36.0], rtol=1e-6)
-    assert customer_vector([None, None], 5) is None
-    assert customer_vector([], 5) is None
-    with pytest.raises(ValueError, match="n_recent must be >= 1, got 0"):
-        customer_vector(history, 0)
+def test_candidates_default_to_dot_and_check_the_layout(candidates):
+    assert candidates.layout == "dot"
+    with pytest.raises(ValueError, match=r"layout must be one of .*got 'cosine'"):
+        Candidates.build(IDS, VECTORS, "cosine")
+    with pytest.raises(ValueError, match=r"'dot\+bias' vectors need k >= 1 match.*got 1"):
+        Candidates.build(["a"], [[1.0]], "dot+bias")
+
+
+def test_dot_bias_unit_rows_use_the_match_coordinates_only(biased):
+    assert biased.layout == "dot+bias" and biased.k == 3
+    # Usable: a non-zero full vector ("f" scores by its bias); unit: the match part only.
+    assert biased.usable.tolist() == [True, True, True, True, False, True]
+    assert biased.unit.shape == (6, 2)
+    np.testing.assert_allclose(biased.unit[[0, 2]], [[1.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(biased.unit[3], [2**-0.5, 2**-0.5], rtol=1e-6)
+    assert biased.unit[4].tolist() == [0.0, 0.0] and biased.unit[5].tolist() == [0.0, 0.0]
+
+
+def test_dot_bias_similar_ignores_the_bias(biased):
+    # a and c: same match part, biases 0.5 and -2: cosine 1 (the full vectors' cosine is 0).
+    rows, sims = similar(biased, 0, 10)
+    assert rows.tolist() == [2, 3, 1]  # f (bias only) and e (zero) are nobody's neighbours
+    np.testing.assert_allclose(sims, [1.0, 2**-0.5, 0.0], atol=1e-6)
+    assert similar(biased, 5, 3)[0].tolist() == []  # a bias-only seed has no neighbours
+
+
+def test_history_rule_distinct_recent_products_with_a_vector(biased):
+    # Most recent first: d twice (counts once), x without a vector (skipped, not counted).
+    history = ["d", "x", "a", "d", "b", "c"]
+    assert recent_items(history, 2, known=biased.index) == ["d", "a"]
+    assert recent_items(history, 3, known=biased.index) == ["d", "a", "b"]
+    rows = [biased.index[p] for p in recent_items(history, 3, known=biased.index)]
+    vector = customer_vector(biased.vectors[rows], "dot+bias")
+    # Mean match of d, a, b: ([1, 1] + [1, 0] + [0, 1]) / 3; the bias slot is 1.
+    np.testing.assert_allclose(vector, [2 / 3, 2 / 3, 1.0], rtol=1e-6)
+    assert customer_vector([], "dot+bias") is None
+
+
+def test_dot_bias_customer_vector_ends_with_1_and_scores_match_plus_bias(biased):
+    vector = customer_vector([biased.vectors[3], biased.vectors[0]], "dot+bias")  # d, a
+    # Mean of [1, 1, 1] and [1, 0, 0.5] is [1, 0.5, 0.75]; the last becomes 1.
+    assert vector.tolist() == [1.0, 0.5, 1.0]
+    out = scores(biased, vector)
+    # match [1, 0.5] . item match + item bias: a 1 + 0.5, b 0.5 + 0, c 1 - 2, d 1.5 + 1, f 0 + 3.
+    assert out[[0, 1, 2, 3, 5]].tolist() == [1.5, 0.5, -1.0, 2.5, 3.0]
+    assert out[4] == -np.inf
 
 
 def test_scores_are_dot_products_and_minus_inf_for_zero_vectors(candidates):
@@ -279,36 +341,151 @@ def test_state_holder_swaps_whole_states_and_keeps_the_old_one_on_failure():
         holder.start_polling(0)
 
 
-def test_customer_vector_reads_the_most_recent_products_only_until_n_recent_found(candidates):
-    from types import SimpleNamespace
+# -- predictor on a fake state (no Feast: a fake online store) -------------------------------
+class _Online:
+    """Histories and online vectors; records every vector read."""
 
+    def __init__(self, histories, vectors):
+        self.histories, self.held, self.reads = histories, vectors, []
+
+    def history(self, customer_id):
+        return self.histories.get(customer_id)
+
+    def vectors(self, ids):
+        self.reads.append(list(ids))
+        return {p: self.held[p] for p in ids if p in self.held}
+
+
+def test_customer_vector_reads_exactly_the_chosen_products_once(candidates):
     from serving.predictor import _customer_vector
 
-    class Online:
-        """Vectors of a, b, c, d (d of an older model version: stale); none for x, y."""
-
-        def __init__(self):
-            self.reads = []
-
-        def vectors(self, ids):
-            self.reads.append(list(ids))
-            held = {"a": ([1.0, 0.0], "m/2"), "b": ([0.0, 1.0], "m/2")}
-            held |= {"c": ([1.0, 1.0], "m/2"), "d": ([5.0, 5.0], "m/1")}
-            return {p: held[p] for p in ids if p in held}
-
-    online = Online()
-    state = SimpleNamespace(online=online, n_recent=2, model_version="m/2", candidates=candidates)
+    # a, b current; d of an older model version (stale); c not materialised online yet.
+    online = _Online({}, {"a": ([1.0, 0.0], "m/2"), "b": ([0.0, 1.0], "m/2")})
+    online.held["d"] = ([5.0, 5.0], "m/1")
+    state = SimpleNamespace(
+        online=online, n_recent=2, layout="dot", model_version="m/2", candidates=candidates
+    )
     vector, stale = _customer_vector(state, ["a", "b", "c", "d"])
-    assert online.reads == [["a", "b"]]  # two found in the first read: nothing more is read
+    assert online.reads == [["a", "b"]]
     np.testing.assert_allclose(vector, [0.5, 0.5])
     assert stale == 0
     online.reads.clear()
-    # x and y have no vector: the next two are read; d's stale vector is replaced by the
-    # candidates' (row "d": [-1, 0], unit length).
-    vector, stale = _customer_vector(state, ["x", "y", "d", "c", "a"])
-    assert online.reads == [["x", "y"], ["d", "c"]]
-    np.testing.assert_allclose(vector, np.mean([[-1.0, 0.0], [1.0, 1.0]], axis=0), rtol=1e-6)
+    # x and y have no vector of the model: skipped unread; a twice counts once. d's stale
+    # vector and c's missing one are the candidates' (d [-1, 0], c [1, 1]); only d is stale.
+    state.n_recent = 3
+    vector, stale = _customer_vector(state, ["x", "a", "y", "a", "d", "c", "b"])
+    assert online.reads == [["a", "d", "c"]]
+    np.testing.assert_allclose(vector, [1 / 3, 1 / 3], rtol=1e-6)
     assert stale == 1
     online.reads.clear()
     assert _customer_vector(state, ["x", "y", "z"]) == (None, 0)
-    assert online.reads == [["x", "y"], ["z"]]
+    assert online.reads == []
+
+
+# Rates by rank: new products 0.3, 0.2, 0.1; rebuys bought once / more than once.
+RULE = BlendRule((0.3, 0.2, 0.1), ((0.25, 0.5), (0.05, 0.15), (0.01, 0.02)))
+
+
+def _state(biased, rule=RULE):
+    """A "dot+bias" state: c1 bought d twice, a, and x (no vector); n_recent 2, so c1's
+    vector is [1, 0.5, 1] and scores a 1.5, b 0.5, c -1, d 2.5, f 3 (e none)."""
+    colours = ["Red", "Blue", "Red", "Blue", "Red", "Red"]
+    attributes = AttributeTable.from_rows(
+        BIAS_IDS, BIAS_IDS, ["colour"] * 6, colours, [1.0] * 6, [False] * 6
+    )
+    held = {p: (v, "m/1") for p, v in zip(BIAS_IDS, BIAS_VECTORS)}
+    return SimpleNamespace(
+        model_version="m/1",
+        n_recent=2,
+        layout="dot+bias",
+        blend_rule=rule,
+        candidates=biased,
+        attributes=attributes,
+        popularity=popularity_scores(biased, ["b", "b", "c"]),
+        catalogue=frozenset(BIAS_IDS),
+        online=_Online({"c1": ["d", "a", "d", "x"]}, held),
+    )
+
+
+def _listed(rec):
+    return [(i["product_id"], i["score"], i["rank"]) for i in rec.items]
+
+
+def test_recommend_modes_all_products_and_new_to_customer(biased):
+    from serving.predictor import recommend
+
+    state = _state(biased)
+    rec = recommend(state, "c1", k=3)
+    assert (rec.mode, rec.fallback) == ("all_products", None)
+    assert _listed(rec) == [("f", 3.0, 1), ("d", 2.5, 2), ("a", 1.5, 3)]
+    rec = recommend(state, "c1", k=3, exclude_purchased=True)
+    assert rec.mode == "new_to_customer"
+    assert _listed(rec) == [("f", 3.0, 1), ("b", 0.5, 2), ("c", -1.0, 3)]
+
+
+def test_recommend_blend_ranks_by_the_rule_and_scores_by_the_model(biased):
+    from serving.predictor import recommend
+
+    state = _state(biased)
+    # Rebuys: d (rank 0, bought twice) 0.5, a (rank 1, once) 0.05; new: f 0.3, b 0.2, c 0.1.
+    rec = recommend(state, "c1", k=3, blend=True)
+    assert (rec.mode, rec.fallback) == ("blend", None)
+    assert _listed(rec) == [("d", 2.5, 1), ("f", 3.0, 2), ("b", 0.5, 3)]
+    assert [i["product_id"] for i in recommend(state, "c1", k=6, blend=True).items] == [
+        "d", "f", "b", "c", "a"
+    ]  # fmt: skip
+    # Filters apply to rebuys too: d is Blue, so a is the most recent rebuy (rank 0, 0.25).
+    rec = recommend(state, "c1", k=3, blend=True, filters={"colour": ["Red"]})
+    assert _listed(rec) == [("f", 3.0, 1), ("a", 1.5, 2), ("c", -1.0, 3)]
+    # Beyond the rule's ranks the list goes on in the model's order of new products.
+    short = _state(biased, BlendRule((0.3,), ((0.5, 0.6),)))
+    assert [i["product_id"] for i in recommend(short, "c1", k=4, blend=True).items] == [
+        "d", "f", "b", "c"
+    ]  # fmt: skip
+
+
+def test_recommend_blend_refusals_and_fallback(biased):
+    from serving.predictor import NoBlendRuleError, recommend
+
+    with pytest.raises(NoBlendRuleError, match="model m/1 has no blend rule: retrain with"):
+        recommend(_state(biased, rule=None), "c1", blend=True)
+    with pytest.raises(ValueError, match="cannot exclude purchased products"):
+        recommend(_state(biased), "c1", blend=True, exclude_purchased=True)
+    # No history: popularity over all products (b 2, c 1, then id order), never a blend.
+    rec = recommend(_state(biased), "nobody", k=3, blend=True)
+    assert (rec.mode, rec.fallback) == ("all_products", "unknown_customer")
+    assert _listed(rec) == [("b", 2.0, 1), ("c", 1.0, 2), ("a", 0.0, 3)]
+
+
+# -- the champion's training run params ------------------------------------------------------
+def test_model_params_read_layout_n_recent_and_blend_rule():
+    from serving.state import model_params
+
+    rule = json.dumps(RULE.to_dict())
+    params = {
+        "vector_layout": "dot+bias",
+        "recommender.n_recent": "3",
+        "recommender.n_inputs": "9",
+        "recommender.blend_rule": rule,
+    }
+    assert model_params(params, 5) == ("dot+bias", 3, RULE)
+    # A run from before the bias and n_recent: "dot", its n_inputs, no rule.
+    assert model_params({"recommender.n_inputs": "4"}, 5) == ("dot", 4, None)
+    assert model_params({}, 7) == ("dot", 7, None)
+
+
+def test_model_params_unreadable_values_fall_back_with_warnings(caplog):
+    from serving.state import StateError, model_params
+
+    bad = {
+        "recommender.n_recent": "five",
+        "recommender.n_inputs": "0",
+        "recommender.blend_rule": '{"new": [0.1]}',
+    }
+    with caplog.at_level(logging.WARNING, logger="atelier.serving"):
+        assert model_params(bad, 6) == ("dot", 6, None)
+    text = caplog.text
+    assert "recommender.n_recent='five'" in text and "recommender.n_inputs='0'" in text
+    assert "ignoring the training run's recommender.blend_rule" in text
+    with pytest.raises(StateError, match=r"vector_layout is 'cosine'"):
+        model_params({"vector_layout": "cosine"}, 5)

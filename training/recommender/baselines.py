@@ -38,3 +38,23 @@ def popularity_recommendations(ranking: list, customers: Iterable, k: int = 10) 
         raise ValueError(f"k must be a positive integer, got {k!r}")
     top = list(ranking[:k])
     return dict.fromkeys(customers, top)
+
+
+def buy_again_recommendations(histories, k: int = 10) -> dict:
+    """customer → their `k` most recent distinct purchases (`histories`: customer → product ids,
+    most recent first): the "buy it again" row of the all-products table."""
+    from models.ranking import recent_items
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    return {c: recent_items(items, k) for c, items in histories.items()}
+
+
+def without_seen(ranking: list, histories, k: int = 10) -> dict:
+    """customer → the first `k` products of `ranking` they have not bought (`histories`:
+    customer → product ids): the popularity row of the new-to-customer table."""
+    out = {}
+    for customer, items in histories.items():
+        seen = set(items)
+        out[customer] = [p for p in ranking if p not in seen][:k]
+    return out

@@ -36,6 +36,7 @@ from training.recommender.features import (
 )
 from training.recommender.model import (
     ITEM_IDX,
+    VECTOR_LAYOUT,
     RecommenderConfig,
     item_vectors,
     load_item_tower,
@@ -45,9 +46,12 @@ from training.recommender.model import (
 if TYPE_CHECKING:  # pragma: no cover
     import keras
 
+N_RECENT = 5  # trainer.N_RECENT; a bundle without the value predates the setting
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"
-FORMAT_VERSION = 1
+# 2: item vectors are k match coordinates + the item bias (layout "dot+bias"), and the bundle
+# records `n_recent`; a format-1 bundle (k-dim, no bias) must be retrained.
+FORMAT_VERSION = 2
 VECTOR_COLUMNS = ("product_id", "vector")
 
 
@@ -104,9 +108,25 @@ class RecommenderBundle:
                 f"{sorted(c.input_names)!r}"
             )
         width = int(self.item_tower.output.shape[-1])
-        if width != c.k:
-            raise ValueError(f"item tower output width {width} differs from config k={c.k}")
+        if width != c.k + 1:
+            raise ValueError(
+                f"item tower output width {width} differs from config k={c.k} + 1 (the bias)"
+            )
         self.metadata = dict(self.metadata or {})
+        self.metadata.setdefault("layout", VECTOR_LAYOUT)
+        n_recent = self.metadata.setdefault("n_recent", N_RECENT)
+        if isinstance(n_recent, bool) or not isinstance(n_recent, int) or n_recent < 1:
+            raise ValueError(f"metadata n_recent must be an integer >= 1, got {n_recent!r}")
+
+    @property
+    def n_recent(self) -> int:
+        """History items averaged into a customer vector (the value the model trained with)."""
+        return int(self.metadata["n_recent"])
+
+    @property
+    def layout(self) -> str:
+        """The item vectors' layout (`models.ranking`)."""
+        return str(self.metadata["layout"])
 
     @classmethod
     def from_trained(cls, trained, features: ContentFeatures, metadata: dict | None = None):
@@ -117,7 +137,7 @@ class RecommenderBundle:
             item_index=dict(trained.item_index),
             blocks=dict(features.block_dims),
             categorical=dict(features.categorical_dims),
-            metadata=dict(metadata or {}),
+            metadata={"n_recent": int(trained.n_recent), **dict(metadata or {})},
         )
 
     @property
@@ -176,9 +196,9 @@ class RecommenderBundle:
         )
 
     def item_vectors(self, features: ContentFeatures, batch_size: int = 4096) -> np.ndarray:
-        """(n, k) float32 item vectors of `features.product_ids`, in row order: a product in the
-        CF index gets its embedding (+ content for `hybrid`), any other one its content vector
-        (`content`, `hybrid`) or zeros (`cf`)."""
+        """(n, k + 1) float32 item vectors (match, then bias) of `features.product_ids`, in
+        row order: a product in the CF index gets its embedding (+ content for `hybrid`), any
+        other one its content vector (`content`, `hybrid`) or zeros (`cf`)."""
         features = self.conform(features)
         inputs = content_inputs(
             features, np.arange(len(features)), self.item_index, self.item_tower.input.keys()
@@ -237,7 +257,7 @@ class RecommenderBundle:
         return self.conform(features)
 
     def predict(self, frame: pd.DataFrame, as_of=None, batch_size: int = 4096) -> pd.DataFrame:
-        """`frame` (see `features_from_frame`) → DataFrame(product_id, vector: list of k
+        """`frame` (see `features_from_frame`) → DataFrame(product_id, vector: list of k + 1
         floats), one row per product in frame order."""
         features = self.features_from_frame(frame, as_of)
         vectors = self.item_vectors(features, batch_size)
@@ -286,7 +306,8 @@ class RecommenderBundle:
         state = json.loads((directory / BUNDLE_FILE).read_text(encoding="utf-8"))
         if state.get("format") != FORMAT_VERSION:
             raise ValueError(
-                f"bundle format {state.get('format')!r} is not the supported {FORMAT_VERSION}"
+                f"bundle format {state.get('format')!r} is not the supported {FORMAT_VERSION}: "
+                "retrain the recommender with this version (atelier train recommender)"
             )
         return cls(
             item_tower=load_item_tower(directory / MODEL_FILE),

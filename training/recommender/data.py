@@ -55,7 +55,10 @@ def events(interactions: pd.DataFrame, end=None, start=None) -> pd.DataFrame:
         keep &= (frame["timestamp"] <= utc_timestamp(end, "end")).to_numpy()
     if start is not None:
         keep &= (frame["timestamp"] > utc_timestamp(start, "start")).to_numpy()
-    frame = frame[keep].sort_values(list(COLUMNS), kind="mergesort")
+    # (customer, time, product): histories read "most recent first" off this order. (It was
+    # sorted by COLUMNS — customer, product, time — so every "most recent" history was in
+    # fact the customer's highest product ids.)
+    frame = frame[keep].sort_values(["customer_id", "timestamp", "product_id"], kind="mergesort")
     return frame.reset_index(drop=True)
 
 
@@ -102,16 +105,27 @@ def _sample_without_replacement(
     return np.sort(picks, axis=1)
 
 
+SCHEMES = ("last_month", "rolling")
+
+
 @dataclass(frozen=True)
 class TrainingExamples:
-    """One row per (customer, positive interaction): `customer_ids` (n,), `histories` (n, n_inputs)
-    product ids of the sampled earlier interactions (chronological), `positives` (n,) product ids,
-    `timestamps` (n,) the positives' times (datetime64, UTC)."""
+    """One row per (customer, positive purchase).
+
+    `customer_ids` (n,); `histories` (n, n_recent) object: the customer's most recent distinct
+    products strictly before the positive (`models.ranking.recent_items`, most recent first,
+    None where the history is shorter; `masks` (n, n_recent) float32 1/0 says which are real);
+    `positives` (n,) product ids; `timestamps` (n,) the positives' times (datetime64[us], UTC);
+    `cutoffs` (n,) int64 microseconds: the time the example's features are read at, 1 µs
+    before its positive, so nothing at or after the positive counts.
+    """
 
     customer_ids: np.ndarray
     histories: np.ndarray
     positives: np.ndarray
     timestamps: np.ndarray
+    masks: np.ndarray
+    cutoffs: np.ndarray
 
     def __len__(self) -> int:
         return int(self.positives.size)
@@ -123,56 +137,95 @@ class TrainingExamples:
             self.histories[rows],
             self.positives[rows],
             self.timestamps[rows],
+            self.masks[rows],
+            self.cutoffs[rows],
         )
 
 
 def training_examples(
     interactions: pd.DataFrame,
     train_end,
+    scheme: str = "rolling",
     positive_days: int = 30,
-    n_inputs: int = 5,
-    min_interactions: int = 6,
-    seed: int = 0,
+    n_recent: int = 5,
+    min_history: int = 1,
     train_start=None,
+    known=None,
 ) -> TrainingExamples:
-    """The paper's training examples, point-in-time at `train_end`.
+    """Training examples up to `train_end`, each with its own cut-off (nothing after
+    `train_end` is read; nothing at or after an example's positive enters its history).
 
-    Only interactions in the training window `(train_start, train_end]` are read (nothing after
-    `train_end`). Customers with fewer than `min_interactions` of them are left out. Every
-    interaction of the remaining customers in the last `positive_days` of the window,
-    `(train_end - positive_days, train_end]`, is a positive; its inputs are `n_inputs` distinct
-    interactions of the same customer drawn at random (seeded) among those STRICTLY earlier than
-    the positive — interactions at the same timestamp (e.g. the same basket/day) are not inputs of
-    each other. A positive with fewer than `n_inputs` earlier interactions is dropped, so every
-    example has exactly `n_inputs` inputs. Rows are ordered by (customer, timestamp, product).
+    `scheme`: "last_month" — the paper's: the purchases of the last `positive_days` of the
+    window, `(train_end - positive_days, train_end]`, are the positives; "rolling" — every
+    purchase of the window is a positive (more examples, the same time order). The inputs of a
+    positive at time t are the customer's `n_recent` most recent distinct products bought
+    strictly before t (`models.ranking.recent_items`, the rule evaluation and serving use;
+    `known`: products that may enter a history, e.g. those with content features). A positive
+    with fewer than `min_history` such products is dropped; a repeated (customer, product,
+    time) row is one example. Rows are ordered by (customer, timestamp, product).
     """
+    from models.ranking import recent_items
+
     end, start = _check_window(train_end, train_start)
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES!r}, got {scheme!r}")
     positive_days = _positive_int(positive_days, "positive_days")
-    n_inputs = _positive_int(n_inputs, "n_inputs")
-    min_interactions = _positive_int(min_interactions, "min_interactions")
+    n_recent = _positive_int(n_recent, "n_recent")
+    min_history = _positive_int(min_history, "min_history")
+    if min_history > n_recent:
+        raise ValueError(f"min_history {min_history} cannot exceed n_recent {n_recent}")
 
-    frame = events(interactions, end, start)
-    counts = frame.groupby("customer_id", sort=False)["customer_id"].transform("size")
-    frame = frame[(counts >= min_interactions).to_numpy()].reset_index(drop=True)
-
+    frame = events(interactions, end, start).drop_duplicates(list(COLUMNS))
+    first_positive = None
+    if scheme == "last_month":
+        first_positive = (end - pd.Timedelta(days=positive_days)).tz_convert(None)
     customers = frame["customer_id"].to_numpy()
-    times = frame["timestamp"].dt.tz_convert(None).to_numpy()  # datetime64, UTC
     products = frame["product_id"].to_numpy()
-    row = np.arange(len(frame))
-    group_start = _run_starts(customers)
-    earlier = _run_starts(customers, times) - group_start  # interactions strictly before the row
-    first_positive = (end - pd.Timedelta(days=positive_days)).tz_convert(None).to_datetime64()
-    selected = row[(times > first_positive) & (earlier >= n_inputs)]
-
-    rng = np.random.default_rng(seed)
-    picks = _sample_without_replacement(rng, earlier[selected], n_inputs)
-    history_rows = group_start[selected][:, None] + picks
+    times = frame["timestamp"].dt.tz_convert(None).to_numpy("datetime64[us]")
+    starts = _run_starts(customers)
+    rows_out, hist_out = [], []
+    for group in np.unique(starts):
+        stop = group
+        while stop < len(customers) and starts[stop] == group:
+            stop += 1
+        i = group
+        while i < stop:
+            j = i
+            while j < stop and times[j] == times[i]:
+                j += 1
+            # Purchases strictly before times[i], most recent first (ties: product descending,
+            # as `customer_histories` orders them).
+            if first_positive is None or times[i] > first_positive.to_datetime64():
+                history = recent_items(products[group:i][::-1], n_recent, known)
+                if len(history) >= min_history:
+                    for r in range(i, j):
+                        rows_out.append(r)
+                        hist_out.append(history)
+            i = j
+    n = len(rows_out)
+    histories = np.full((n, n_recent), None, dtype=object)
+    masks = np.zeros((n, n_recent), np.float32)
+    for r, history in enumerate(hist_out):
+        histories[r, : len(history)] = history
+        masks[r, : len(history)] = 1.0
+    rows = np.asarray(rows_out, np.int64)
+    stamps = times[rows] if n else np.zeros(0, "datetime64[us]")
     return TrainingExamples(
-        customer_ids=customers[selected],
-        histories=products[history_rows].reshape(selected.size, n_inputs),
-        positives=products[selected],
-        timestamps=times[selected],
+        customer_ids=customers[rows] if n else np.zeros(0, object),
+        histories=histories,
+        positives=products[rows] if n else np.zeros(0, object),
+        timestamps=stamps,
+        masks=masks,
+        cutoffs=stamps.astype(np.int64) - 1,
     )
+
+
+def split_by_time(examples: TrainingExamples, boundary) -> tuple[np.ndarray, np.ndarray]:
+    """(before, after) bool masks over `examples`: positives at or before `boundary` train,
+    those after it validate — the time-based validation window (`(boundary, train_end]`)."""
+    cut = utc_timestamp(boundary, "boundary").tz_convert(None).to_datetime64()
+    after = examples.timestamps > cut
+    return ~after, after
 
 
 def validation_split(customers, fraction: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -218,8 +271,9 @@ def customer_histories(
     interactions: pd.DataFrame, end, customers: Iterable | None = None, max_items: int | None = None
 ) -> dict:
     """customer → product ids of their interactions up to `end` (inclusive), most recent first
-    (same-time ties: product id descending), at most `max_items`; for the frozen customer vectors
-    at test time. `customers` limits the keys (a customer without history is absent)."""
+    (same-time ties: product id descending), at most `max_items` (default all: the customer
+    vector takes `models.ranking.recent_items` of it, new-to-customer evaluation drops all of
+    it). `customers` limits the keys (a customer without history is absent)."""
     frame = events(interactions, end)
     if customers is not None:
         frame = frame[frame["customer_id"].isin(set(customers))]

@@ -21,6 +21,9 @@ import pandas as pd
 from training.recommender.data import events, utc_timestamp
 
 VARIANTS = ("popularity", "cf", "content", "hybrid")
+# Table 3's evaluation modes: the paper's (every product may be recommended, repeats included)
+# and new-to-customer (a customer's own purchases are excluded: discovery, not rebuying).
+MODES = ("all_products", "new_to_customer")
 
 
 def _check_k(k) -> int:
@@ -40,12 +43,19 @@ class AtK(NamedTuple):
     customers: np.ndarray
     k: int
 
+    @property
+    def hits(self) -> int:
+        """Recommended products bought, summed over the scored customers."""
+        return int(round(float(np.sum(self.precision_per_customer)) * self.k))
+
     def as_dict(self) -> dict:
-        """`{"precision_at_K", "recall_at_K", "customers"}`: one run's entry for `table3`."""
+        """`{"precision_at_K", "recall_at_K", "customers", "hits"}`: one run's entry for
+        `table3`."""
         return {
             f"precision_at_{self.k}": self.precision,
             f"recall_at_{self.k}": self.recall,
             "customers": int(self.customers.size),
+            "hits": self.hits,
         }
 
 
@@ -241,16 +251,24 @@ def _runs(per_variant: Mapping[str, Sequence], k: int, where: str) -> dict[str, 
                     f"{where}[{variant!r}][{i}] lacks {absent!r} (has {sorted(run)!r})"
                 )
         out[variant] = {key: np.array([float(r[key]) for r in runs]) for key in keys}
+        for extra in ("hits", "customers"):
+            if all(extra in r for r in runs):
+                out[variant][extra] = np.array([int(r[extra]) for r in runs])
     return out
 
 
 def _summary(values: Mapping[str, np.ndarray]) -> dict:
     out: dict = {}
-    for key, runs in values.items():
+    metrics = {key: runs for key, runs in values.items() if key not in ("hits", "customers")}
+    for key, runs in metrics.items():
         out[key] = float(runs.mean())
-    for key, runs in values.items():
+    for key, runs in metrics.items():
         out[f"{key}_std"] = float(runs.std(ddof=1)) if runs.size > 1 else 0.0
-    out["runs"] = int(next(iter(values.values())).size)
+    out["runs"] = int(next(iter(metrics.values())).size)
+    if "hits" in values:  # per-run counts beside the means: a mean of 3 hits is noise
+        out["hits_per_run"] = [int(h) for h in values["hits"]]
+    if "customers" in values:
+        out["customers"] = int(values["customers"][0])
     return out
 
 
@@ -329,13 +347,22 @@ def markdown_table(report: Mapping, k: int = 10) -> str:
     present) and the paired tests."""
     precision, recall = _metric_keys(k)
     header = [
-        f"| variant | runs | precision@{k} | recall@{k} |",
-        "|---|---:|---:|---:|",
+        f"| variant | runs | precision@{k} | recall@{k} | hits per run | customers |",
+        "|---|---:|---:|---:|---|---:|",
     ]
+
+    def hits(m: Mapping) -> str:
+        runs = m.get("hits_per_run")
+        if not runs:
+            return "–"
+        if len(set(runs)) == 1:
+            return str(runs[0])
+        return f"{min(runs)}–{max(runs)} (mean {np.mean(runs):.1f})"
 
     def rows(section: Mapping) -> list[str]:
         return [
-            f"| {name} | {m['runs']} | {_cell(m, precision)} | {_cell(m, recall)} |"
+            f"| {name} | {m['runs']} | {_cell(m, precision)} | {_cell(m, recall)} "
+            f"| {hits(m)} | {m.get('customers', '–')} |"
             for name, m in section.items()
         ]
 

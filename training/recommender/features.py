@@ -403,3 +403,23 @@ def _at_least(size: int | None, frame: pd.DataFrame) -> int | None:
         return None
     observed = _numbers(frame, "type_idx")
     return max(size, int(observed.max(initial=0)) + 1, 2)
+
+
+def with_dynamic(features: ContentFeatures, timeline, as_of) -> ContentFeatures:
+    """`features` with its time-dependent blocks (popularity, recency) read from `timeline`
+    (a `timeline.SalesTimeline` over the same products, in the same order) as of `as_of`; the
+    static content is kept. For scoring as of another time than the features were loaded at
+    (the validation window's start), with the semantics Feast's rows would give there."""
+    from dataclasses import replace
+
+    from training.recommender.timeline import to_micros
+
+    if not np.array_equal(timeline.product_ids, features.product_ids):
+        raise ValueError("the sales timeline's rows must be the features' products, in order")
+    cut = int(to_micros([utc_timestamp(as_of, "as_of")])[0])
+    dynamic = timeline.blocks(np.arange(len(features)), np.full(len(features), cut, np.int64))
+    blocks = dict(features.blocks)
+    for name in (POPULARITY, RECENCY):
+        if name in blocks:
+            blocks[name] = dynamic[name]
+    return replace(features, blocks=blocks, as_of=utc_timestamp(as_of, "as_of"))

@@ -1,12 +1,16 @@
 """The hybrid recommender as an asymmetric factorisation model (paper Section 3).
 
-There is no customer table: a customer's vector is the masked mean of the item-tower vectors of
-their sampled earlier interactions, and score(customer, product) is the dot product of the two
-k-dim vectors. The item tower is `cf`, `content` or `hybrid` (see `layers.ItemTower`). Training
-minimises WMRB (Liu & Natarajan 2017) with one plain TensorFlow `GradientTape` step per batch.
+There is no customer table: a customer's vector is the mean of the match parts of the item
+vectors of their most recent products (`models.ranking`, one rule for training, evaluation and
+serving), and score(customer, product) = match · match + the product's bias (item vectors are
+k + 1 floats, layout "dot+bias"). The item tower is `cf`, `content` or `hybrid` (see
+`layers.ItemTower`). Training minimises WMRB (Liu & Natarajan 2017) with one plain TensorFlow
+`GradientTape` step per batch.
 
-The paper fixes neither the optimiser nor the hidden sizes: `optimizer` is `"adagrad"` (the
-default, as LightFM's WARP uses: per-coordinate rates suit sparse embedding rows) or `"adam"`.
+The paper fixes neither the optimiser nor the hidden sizes. Measured on H&M (issue 11): with
+the loss averaged over a batch, Adagrad from a 0.1 accumulator moved a CF row ~2e-6 per step
+and CF never trained; Adam's per-coordinate normalised steps move every row that takes part,
+so `"adam"` is the default (`"adagrad"` stays available).
 Keras is imported inside the functions that need it, so the config is cheap to import.
 """
 
@@ -22,6 +26,11 @@ import numpy as np
 ITEM_IDX = "item_idx"  # same value as layers.ITEM_IDX; duplicated to keep Keras out of imports
 VARIANTS = ("cf", "content", "hybrid")
 OPTIMIZERS = ("adagrad", "adam")
+NEGATIVES = ("uniform", "mixed")
+# Time-dependent blocks (read as of each example's cut-off): they feed only the item bias.
+DYNAMIC_BLOCKS = ("popularity", "recency")
+# Item vectors are k match coordinates and the item bias (see models.ranking).
+VECTOR_LAYOUT = "dot+bias"
 # Dense blocks at most this wide are lifted by default (see `layers.lift`).
 LIFT_MAX_WIDTH = 3
 
@@ -39,6 +48,14 @@ class RecommenderConfig:
     None means every dense block of width <= 3 (price, recency, popularity in recommender_v1),
     () none (the paper taken literally). `k` = 200, `n_negatives` (|Z|) = 100 as in the paper;
     `optimizer` "adagrad" or "adam" with `learning_rate`; `seed` seeds every initialiser.
+    `dynamic_blocks`: the time-dependent dense blocks that feed only the item bias (None: those
+    of `DYNAMIC_BLOCKS` present); `bias_units`: the hidden width of that bias network.
+    `l2`: weight of the squared norm of the batch's CF rows and biases (a product bought
+    rarely is pulled towards the shared prior: zero in `cf`, its content vector in `hybrid`).
+    `normalize`: unit-length match vectors times one learned scale (a product cannot reach
+    every customer by growing its norm). `negatives`: "uniform" (|Z| drawn from the candidates) or "mixed" (those plus the other
+    positives of the batch, which are drawn as often as products sell: they push down the
+    products everyone buys unless the customer's taste supports them).
     """
 
     variant: str = "hybrid"
@@ -51,8 +68,13 @@ class RecommenderConfig:
     activation: str = "relu"
     dropout: float = 0.0
     n_negatives: int = 100
-    optimizer: str = "adagrad"
-    learning_rate: float = 0.05
+    optimizer: str = "adam"
+    learning_rate: float = 0.002
+    dynamic_blocks: tuple[str, ...] | None = None
+    bias_units: int = 16
+    l2: float = 1e-4
+    negatives: str = "mixed"
+    normalize: bool = True
     seed: int = 0
 
     def __post_init__(self):
@@ -92,6 +114,27 @@ class RecommenderConfig:
                 f"lifted_blocks must name dense blocks {sorted(self.block_dims)!r}, got {unknown!r}"
             )
         object.__setattr__(self, "lifted_blocks", tuple(sorted(set(lifted))))
+        dynamic = self.dynamic_blocks
+        if dynamic is None:
+            dynamic = [b for b in DYNAMIC_BLOCKS if b in self.block_dims]
+        if isinstance(dynamic, str) or not isinstance(dynamic, list | tuple):
+            raise ValueError(f"dynamic_blocks must be a sequence of block names, got {dynamic!r}")
+        unknown = [b for b in dynamic if b not in self.block_dims]
+        if unknown:
+            raise ValueError(
+                f"dynamic_blocks must name dense blocks {sorted(self.block_dims)!r}, "
+                f"got {unknown!r}"
+            )
+        object.__setattr__(self, "dynamic_blocks", tuple(sorted(set(dynamic))))
+        _check_int("bias_units", self.bias_units, 1)
+        if (
+            isinstance(self.l2, bool)
+            or not isinstance(self.l2, int | float)
+            or not (math.isfinite(self.l2) and self.l2 >= 0)
+        ):
+            raise ValueError(f"l2 must be a finite number >= 0, got {self.l2!r}")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES!r}, got {self.negatives!r}")
         hidden = self.hidden_units
         if isinstance(hidden, int | str) or not isinstance(hidden, list | tuple):
             raise ValueError(
@@ -126,6 +169,7 @@ class RecommenderConfig:
         """JSON-ready dict; `from_dict` reads it back."""
         out = asdict(self)
         out["lifted_blocks"] = list(self.lifted_blocks)
+        out["dynamic_blocks"] = list(self.dynamic_blocks)
         out["hidden_units"] = list(self.hidden_units)
         return out
 
@@ -135,6 +179,10 @@ class RecommenderConfig:
         unknown = sorted(set(values) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown RecommenderConfig keys: {unknown!r}")
+        values = dict(values)
+        for key in ("lifted_blocks", "dynamic_blocks", "hidden_units"):
+            if isinstance(values.get(key), list):
+                values[key] = tuple(values[key])
         return cls(**values)
 
 
@@ -156,7 +204,8 @@ def _positive_number(value) -> bool:
 
 
 def build_item_tower(config: RecommenderConfig):
-    """The item tower as a functional `keras.Model`: dict of inputs → (batch, k) item vectors.
+    """The item tower as a functional `keras.Model`: dict of inputs → (batch, k + 1) item
+    vectors (k match coordinates, then the item bias; see `layers.ItemTower`).
 
     Inputs (`config.input_names`): `item_idx` (batch,) int32; dense blocks (batch, width)
     float32; categorical blocks (batch,) int32. The layer inside is named `item_tower`.
@@ -184,6 +233,9 @@ def build_item_tower(config: RecommenderConfig):
         activation=c.activation,
         dropout=c.dropout,
         lifted_blocks=c.lifted_blocks if c.variant != "cf" else (),
+        dynamic_blocks=c.dynamic_blocks if c.variant != "cf" else (),
+        bias_units=c.bias_units,
+        normalize=c.normalize,
         seed=c.seed,
         name="item_tower",
     )
@@ -220,17 +272,22 @@ def build_recommender(config: RecommenderConfig):
     return tower, Scorer(tower)
 
 
-def item_inputs(item_tower, inputs: Mapping) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
+def item_inputs(
+    item_tower, inputs: Mapping, names=None
+) -> tuple[dict[str, np.ndarray], tuple[int, ...]]:
     """The tower's inputs as numpy arrays of its dtypes, and their common leading shape.
 
     A block of model shape (batch, d) may come as (*lead, d), an index as (*lead,): (n,) for
-    products, (b, h) for histories. Keys the tower does not read are ignored.
+    products, (b, h) for histories. Keys the tower does not read are ignored; `names` limits
+    the inputs to those (default: every input of the tower).
     """
-    missing = [name for name in item_tower.input if name not in inputs]
+    wanted = list(item_tower.input) if names is None else list(names)
+    missing = [name for name in wanted if name not in inputs]
     if missing:
         raise ValueError(f"item inputs lack {missing!r}; got keys {sorted(inputs)!r}")
     arrays, leads = {}, {}
-    for name, spec in item_tower.input.items():
+    for name in wanted:
+        spec = item_tower.input[name]
         feature_shape = tuple(spec.shape[1:])
         array = np.asarray(inputs[name], dtype=spec.dtype)
         cut = array.ndim - len(feature_shape)
@@ -265,18 +322,20 @@ def item_vectors(item_tower, inputs: Mapping, batch_size: int = 4096) -> np.ndar
 
 
 def customer_vectors(history_vectors, mask):
-    """Masked mean over the history axis: (b, h, k), mask (b, h) 1/0 → (b, k).
-
-    Masked items are excluded with `where` (a NaN there stays out); a customer with no unmasked
-    item gets the zero vector, which scores 0 against every product.
-    """
+    """Customer vectors in the "dot+bias" layout (`models.ranking.customer_vectors` in Keras
+    ops, so it runs inside the training graph): (b, h, k + 1) item vectors, mask (b, h) 1/0 →
+    (b, k + 1): the masked mean of the match coordinates, then 1. A customer with no unmasked
+    item gets the zero vector (scores 0 against every product). Masked items are excluded with
+    `where` (a NaN there stays out)."""
     from keras import ops
 
     history_vectors = ops.convert_to_tensor(history_vectors)
     keep = ops.cast(mask, history_vectors.dtype) > 0
     kept = ops.where(keep[..., None], history_vectors, ops.zeros_like(history_vectors))
     count = ops.sum(ops.cast(keep, history_vectors.dtype), axis=1, keepdims=True)
-    return ops.sum(kept, axis=1) / ops.maximum(count, 1.0)
+    mean = ops.sum(kept, axis=1) / ops.maximum(count, 1.0)
+    has = ops.cast(count > 0, history_vectors.dtype)
+    return ops.concatenate([mean[:, :-1], has], axis=-1)
 
 
 def wmrb_loss(pos_scores, neg_scores, n_items_total, negative_mask=None, reduction: str = "mean"):
@@ -382,19 +441,84 @@ def make_optimizer(config: RecommenderConfig):
     return keras.optimizers.Adagrad(learning_rate=config.learning_rate)
 
 
-class TrainStep:
-    """`step(history, mask, positive, negative, negative_mask=None) -> loss`: one WMRB step.
+@dataclass
+class Batch:
+    """One WMRB batch in the form the train step reads (numpy; see `TrainStep`).
 
-    history: item inputs with leading shape (b, h) and mask (b, h) 1/0 (the customer's sampled
-    earlier interactions); positive: item inputs (b,); negative: item inputs (z,) shared by the
-    whole batch, as in WMRB (one tower pass over z products instead of b × z);
-    negative_mask (b, z) optional. All b·h + b + z products go through the tower in one pass;
-    the gradient flows through histories, positives and negatives alike. A plain TensorFlow
-    `GradientTape` inside one `tf.function`; no randomness of its own, so with the same seed,
-    data and order two runs end with identical weights.
+    `static`: the static tower inputs of the U distinct products of the batch (U, …);
+    `hist_idx` (b, h) int32 rows of U, `hist_mask` (b, h) 1/0; `pos_idx` (b,) and `neg_idx`
+    (m,) int32 rows of U; `neg_mask` (b, m) 1/0 (0: not a negative of that row, e.g. its own
+    positive); `pos_dyn` name → (b, w) and `neg_dyn` name → (b, m, w): the dynamic blocks of
+    each row's positive and of every negative as of THAT row's cut-off (empty for `cf`).
     """
 
-    def __init__(self, item_tower, optimizer, n_items_total):
+    static: dict
+    hist_idx: np.ndarray
+    hist_mask: np.ndarray
+    pos_idx: np.ndarray
+    neg_idx: np.ndarray
+    neg_mask: np.ndarray
+    pos_dyn: dict
+    neg_dyn: dict
+
+    def arrays(self) -> tuple:
+        return (
+            self.static,
+            self.hist_idx.astype(np.int32),
+            self.hist_mask.astype(np.float32),
+            self.pos_idx.astype(np.int32),
+            self.neg_idx.astype(np.int32),
+            self.neg_mask.astype(np.float32),
+            {k: v.astype(np.float32) for k, v in self.pos_dyn.items()},
+            {k: v.astype(np.float32) for k, v in self.neg_dyn.items()},
+        )
+
+
+def batch_scores(layer, static, hist_idx, hist_mask, pos_idx, neg_idx, pos_dyn, neg_dyn, training):
+    """(positive scores (b,), negative scores (b, m)) of a `Batch` under the `ItemTower` layer
+    (Keras ops): match part once per distinct product, biases per (row, product) pair."""
+    from keras import ops
+
+    match, bias = layer.match_and_bias(static, training=training)
+    hist = ops.take(match, hist_idx, axis=0)  # (b, h, k)
+    keep = ops.cast(hist_mask, match.dtype)[..., None]
+    customers = ops.sum(hist * keep, axis=1) / ops.maximum(ops.sum(keep, axis=1), 1.0)
+    positives = ops.take(match, pos_idx, axis=0)
+    negatives = ops.take(match, neg_idx, axis=0)
+    pos = ops.sum(customers * positives, axis=1) + ops.take(bias, pos_idx, axis=0)
+    neg = ops.matmul(customers, ops.transpose(negatives)) + ops.take(bias, neg_idx, axis=0)[None]
+    if layer.dynamic_names:
+        pos = pos + layer.dynamic_bias(pos_dyn)
+        neg = neg + layer.dynamic_bias(neg_dyn)
+    return pos, neg
+
+
+def cf_penalty(layer, static):
+    """Mean squared norm of the CF rows and biases of the batch's distinct products (0 without
+    CF): the L2 term that shrinks rarely bought products towards the shared prior."""
+    from keras import ops
+
+    if not layer.uses_cf:
+        return 0.0
+    idx = static[ITEM_IDX]
+    rows = layer.collaborative(idx)
+    bias = layer.collaborative_bias(idx)
+    return ops.mean(ops.sum(ops.square(rows), axis=-1) + ops.square(bias))
+
+
+class TrainStep:
+    """`step(batch) -> loss`: one WMRB step on a `Batch`; `step.loss(batch)` the same loss
+    without a gradient (validation).
+
+    The match part runs once per distinct product of the batch (histories, positives and
+    negatives share it), the bias per (row, product) pair, so every row's positive and
+    negatives are scored with their popularity and recency as of that row's own cut-off. Loss:
+    WMRB averaged over the batch + `l2` × `cf_penalty`. A plain TensorFlow `GradientTape` in one
+    `tf.function`; no randomness of its own, so with the same seed, data and order two runs end
+    with identical weights.
+    """
+
+    def __init__(self, item_tower, optimizer, n_items_total, l2: float = 0.0):
         import keras
         import tensorflow as tf
 
@@ -407,75 +531,89 @@ class TrainStep:
             raise ValueError(f"optimizer must be a keras Optimizer, got {optimizer!r}")
         if not _positive_number(n_items_total):
             raise ValueError(f"n_items_total must be a positive number, got {n_items_total!r}")
+        if isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 >= 0:
+            raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
         self.item_tower = item_tower
+        self.layer = item_tower.get_layer("item_tower")
         self.optimizer = optimizer
         self.n_items_total = float(n_items_total)
         variables = item_tower.trainable_variables
         optimizer.build(variables)
-        n_total = self.n_items_total
+        n_total, layer, weight = self.n_items_total, self.layer, float(l2)
+
+        def objective(
+            static, hist_idx, hist_mask, pos_idx, neg_idx, neg_mask, pos_dyn, neg_dyn, training
+        ):
+            pos, neg = batch_scores(
+                layer, static, hist_idx, hist_mask, pos_idx, neg_idx, pos_dyn, neg_dyn, training
+            )
+            ranking = wmrb_loss(pos, neg, n_total, neg_mask)
+            return ranking, ranking + weight * cf_penalty(layer, static)
 
         @tf.function(reduce_retracing=True)
-        def step(history, mask, positive, negative, negative_mask):
-            b, h = tf.shape(mask)[0], tf.shape(mask)[1]
-            z = tf.shape(next(iter(negative.values())))[0]
-            batch = {
-                name: tf.concat(
-                    [
-                        tf.reshape(history[name], tf.concat([[b * h], tf.shape(x)[1:]], 0)),
-                        positive[name],
-                        x,
-                    ],
-                    axis=0,
-                )
-                for name, x in negative.items()
-            }
+        def step(*args):
             with tf.GradientTape() as tape:
-                vectors = item_tower(batch, training=True)
-                k = tf.shape(vectors)[1]
-                customers = customer_vectors(tf.reshape(vectors[: b * h], [b, h, k]), mask)
-                positives = vectors[b * h : b * h + b]
-                negatives = vectors[b * h + b : b * h + b + z]
-                pos_scores = tf.reduce_sum(customers * positives, axis=1)
-                neg_scores = tf.matmul(customers, negatives, transpose_b=True)
-                loss = wmrb_loss(pos_scores, neg_scores, n_total, negative_mask)
-            grads = tape.gradient(loss, variables)
-            optimizer.apply_gradients(zip(grads, variables))
-            return loss
+                ranking, total = objective(*args, training=True)
+            grads = tape.gradient(total, variables)
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+            return ranking
 
-        self._step = step
+        @tf.function(reduce_retracing=True)
+        def loss(*args):
+            return objective(*args, training=False)[0]
 
-    def __call__(self, history, mask, positive, negative, negative_mask=None) -> float:
-        history, lead_h = item_inputs(self.item_tower, history)
-        positive, lead_p = item_inputs(self.item_tower, positive)
-        negative, lead_n = item_inputs(self.item_tower, negative)
-        mask = np.asarray(mask, np.float32)
-        if len(lead_h) != 2 or mask.shape != lead_h:
+        self._step, self._loss = step, loss
+
+    def __call__(self, batch: Batch) -> float:
+        """One step; returns the batch's WMRB loss before the update (without the L2 term)."""
+        return float(self._step(*_checked(self.item_tower, batch)))
+
+    def loss(self, batch: Batch) -> float:
+        """The batch's mean WMRB loss, no update (dropout off)."""
+        return float(self._loss(*_checked(self.item_tower, batch)))
+
+
+def _checked(item_tower, batch: Batch) -> tuple:
+    layer = item_tower.get_layer("item_tower")
+    static, lead = item_inputs(item_tower, batch.static, names=layer.static_names)
+    if len(lead) != 1:
+        raise ValueError(f"batch static inputs must lead with (U,), got {lead!r}")
+    b, h = np.shape(batch.hist_idx)
+    m = np.size(batch.neg_idx)
+    if np.shape(batch.hist_mask) != (b, h) or np.shape(batch.pos_idx) != (b,):
+        raise ValueError(
+            f"hist_mask must be {(b, h)!r} and pos_idx {(b,)!r}, got "
+            f"{np.shape(batch.hist_mask)!r} and {np.shape(batch.pos_idx)!r}"
+        )
+    if m < 1 or np.shape(batch.neg_mask) != (b, m):
+        raise ValueError(
+            f"neg_mask must be {(b, m)!r} with m >= 1, got {np.shape(batch.neg_mask)!r}"
+        )
+    for name in layer.dynamic_names:
+        width = layer.dynamic_dims[name]
+        if np.shape(batch.pos_dyn.get(name)) != (b, width) or np.shape(batch.neg_dyn.get(name)) != (
+            b,
+            m,
+            width,
+        ):
             raise ValueError(
-                f"history must lead with (b, h) equal to mask's shape, got {lead_h!r} and "
-                f"{mask.shape!r}"
+                f"dynamic block {name!r} must be ({b}, {width}) for positives and "
+                f"({b}, {m}, {width}) for negatives"
             )
-        if lead_p != lead_h[:1]:
-            raise ValueError(f"positive must lead with ({lead_h[0]},), got {lead_p!r}")
-        if len(lead_n) != 1 or lead_n[0] < 1:
-            raise ValueError(f"negative must lead with (z,), z >= 1, got {lead_n!r}")
-        if negative_mask is None:
-            negative_mask = np.ones((lead_h[0], lead_n[0]), np.float32)
-        negative_mask = np.asarray(negative_mask, np.float32)
-        if negative_mask.shape != (lead_h[0], lead_n[0]):
-            raise ValueError(
-                f"negative_mask must have shape {(lead_h[0], lead_n[0])!r}, "
-                f"got {negative_mask.shape!r}"
-            )
-        return float(self._step(history, mask, positive, negative, negative_mask))
+    arrays = list(batch.arrays())
+    arrays[0] = static
+    arrays[6] = {n: arrays[6][n] for n in layer.dynamic_names}
+    arrays[7] = {n: arrays[7][n] for n in layer.dynamic_names}
+    return tuple(arrays)
 
 
-def make_train_step(item_tower, optimizer, n_items_total) -> TrainStep:
+def make_train_step(item_tower, optimizer, n_items_total, l2: float = 0.0) -> TrainStep:
     """A callable taking one WMRB step on `item_tower` with `optimizer` (see `TrainStep`).
 
-    `n_items_total`: the number of products negatives are drawn from (available in the
-    training window), the N of the rank estimate.
+    `n_items_total`: the number of products negatives are drawn from, the N of the rank
+    estimate; `l2`: the weight of `cf_penalty`.
     """
-    return TrainStep(item_tower, optimizer, n_items_total)
+    return TrainStep(item_tower, optimizer, n_items_total, l2)
 
 
 # --- save / load ----------------------------------------------------------------------------

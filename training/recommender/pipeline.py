@@ -1,23 +1,31 @@
 """`atelier train recommender` and `atelier evaluate recommender`: the stage functions.
 
-Training follows the paper's Section 3 protocol on the lake's interactions: the model is frozen
-at `train_end`; training examples come from the window up to it (`data.training_examples`),
-content features from Feast (`recommender_v1`) as of `train_end`; the test set is the purchases
-of `(train_end, train_end + test_days]` by customers with a history. Each learned variant
-(`cf`, `content`, `hybrid`) is trained `runs` times with seeds `settings.seed + run` (run i of
-every variant shares its examples and validation split, so the runs are paired), scored by
-precision/recall@10, with the cold-start breakdown, the popularity baseline and paired t-tests
-(`evaluation.table3`). The report (recommender.json / .md / .png) and everything else goes to
-MLflow; the `hybrid` run with the lowest validation loss (held-out customers of the training
-window: chosen without looking at the test period) is registered as
-`settings.mlflow.recommender_model` and becomes `challenger`, with its test precision@10 as the
-metric promotion compares.
+Training follows the paper's Section 3 protocol on the lake's interactions, made leak-free: the
+model is frozen at `train_end`; every purchase up to it (the `rolling` scheme, or the paper's
+positives of the last month: `recommender.scheme`) is a training example whose features are read
+as of its own cut-off (`data.training_examples`, `timeline.SalesTimeline`); content comes from
+Feast (`recommender_v1`). A time-based validation window, `(train_end − validation_days,
+train_end]`, validates a model trained on the examples before it: it chooses the epoch (early
+stopping on its WMRB loss; the benchmark also chooses hyper-parameters with it), measures
+validation precision@10 and calibrates the blend; the model is then refit on every example up
+to `train_end` with that many epochs. The test period `(train_end, train_end + test_days]` is
+touched once, by the final models: Table 3 in two modes — all products (the paper's protocol,
+with a "buy it again" row and the blend) and new to customer (each customer's purchases
+excluded) — with per-run hit counts, cold-start rows, paired t-tests, and diagnostics
+(distinct products recommended, mean pairwise cosine of customer vectors). Each learned variant
+(`cf`, `content`, `hybrid`) is trained `runs` times with seeds `settings.seed + run`.
+The report (recommender.json / .md / .png) and everything else goes to MLflow; the `hybrid` run
+with the lowest validation loss is registered as `settings.mlflow.recommender_model` and becomes
+`challenger`, with its test precision@10 (all products) as the metric promotion compares.
 
-Recommendable products are the catalogue's products that exist by the end of the test period:
-`first_seen` (the first sale: the only launch date the layouts give) unknown or not after
-`test_end`. A product launched in the test period has content (read as of `test_end`,
-`features.load_content_features`) but no sales before `train_end` and no CF row: a cold-start
-product, reached only by the content path.
+With `train_end` at or after the last interaction there is no test period ("train to
+deploy"): the same training and validation run on all history, the challenger is registered
+with its validation precision@10 and `atelier evaluate recommender` scores it on later purchases.
+
+Recommendable products are every catalogue product with content: the layouts give no launch
+date, and filtering by first sale would let the test period's purchases choose the catalogue.
+A product never bought up to `train_end` has no CF row: a cold-start product, reached only by
+the content path.
 
 Evaluation scores the registered model(s) on a later period given as an H&M-layout
 `transactions_train.csv`: histories and content come from the lake up to the file's first day.
@@ -30,6 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,17 +46,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from training.recommender.baselines import popularity_recommendations, popularity_recommender
+from training.recommender.baselines import (
+    buy_again_recommendations,
+    popularity_recommendations,
+    popularity_recommender,
+    without_seen,
+)
 from training.recommender.data import (
     COLUMNS,
     customer_histories,
     events,
+    split_by_time,
     test_set,
     training_examples,
     utc_timestamp,
-    window_products,
 )
 from training.recommender.evaluation import (
+    MODES,
     VARIANTS,
     AtK,
     cold_start_metrics,
@@ -68,6 +83,8 @@ METRIC = f"precision_at_{K}"
 RECALL = f"recall_at_{K}"
 LEARNED = ("cf", "content", "hybrid")
 REGISTERED_VARIANT = "hybrid"
+VECTOR_LAYOUT = "dot+bias"  # model.VECTOR_LAYOUT (kept Keras-free here); serving reads the param
+BLEND_PARAM = "recommender.blend_rule"
 REPORT_JSON, REPORT_MD, REPORT_PNG = "recommender.json", "recommender.md", "recommender.png"
 FIGURE7 = "figure7.png"
 
@@ -110,15 +127,13 @@ def default_train_end(interactions: pd.DataFrame, test_days: int) -> pd.Timestam
     return last - pd.Timedelta(days=test_days)
 
 
-def recommendable_products(settings: Settings, end) -> np.ndarray:
-    """Catalogue products that exist by `end`: `first_seen` unknown or not after `end`."""
+def recommendable_products(settings: Settings) -> np.ndarray:
+    """Every catalogue product (sorted ids). Not filtered by first sale: that date is only
+    known from purchases, and a filter by it would let later purchases choose the catalogue."""
     from atelier.lake import Lake
 
-    lake = Lake(settings)
-    products = lake.read_pandas("products", ["product_id", "first_seen"])
-    first = pd.to_datetime(products["first_seen"], utc=True)
-    keep = first.isna() | (first <= utc_timestamp(end, "end"))
-    return np.asarray(sorted(set(products.loc[keep.to_numpy(), "product_id"])), dtype=object)
+    products = Lake(settings).read_pandas("products", ["product_id"])
+    return np.asarray(sorted(set(products["product_id"])), dtype=object)
 
 
 def read_transactions(path: Path, layouts_dir: Path | None = None) -> tuple[pd.DataFrame, int]:
@@ -177,7 +192,8 @@ def _cold_runs(cold: dict[str, list]) -> dict[str, list] | None:
 
 
 def summary_markdown(report: Mapping) -> str:
-    """Table 3 with the period, the training summary and the registered model, as Markdown."""
+    """Table 3 in both modes with the period, diagnostics, validation, training and the
+    registered model, as Markdown."""
     period = report.get("period", {})
     lines = ["# Recommender (Table 3)", ""]
     if "history_end" in period:  # an evaluation on a later period
@@ -187,33 +203,86 @@ def summary_markdown(report: Mapping) -> str:
             "averaged over the customers with a history.",
             "",
         ]
+    elif period.get("deploy"):
+        lines += [
+            f"Trained to deploy on every interaction up to {_day(period['train_end'])}: no test "
+            "period, no Table 3. Validation window "
+            f"{_day(period['validation_start'])}..{_day(period['train_end'])}; score the "
+            "registered model on later purchases with `atelier evaluate recommender`.",
+            "",
+        ]
     elif period:
         lines += [
-            f"Trained on the interactions up to {_day(period['train_end'])} (inclusive); tested "
-            f"on the purchases after it up to {_day(period['test_end'])}; precision/recall@{K} "
+            f"Trained on the interactions up to {_day(period['train_end'])} (inclusive; "
+            f"validation window from {_day(period['validation_start'])}); tested on the "
+            f"purchases after it up to {_day(period['test_end'])}; precision/recall@{K} "
             "averaged over the customers with a history.",
             "",
         ]
-    lines.append(markdown_table(report, K))
+    if report.get("variants"):
+        lines += ["## All products (the paper's protocol)", "", markdown_table(report, K)]
+    if report.get("new_to_customer", {}).get("variants"):
+        lines += [
+            "## New to customer (each customer's own purchases excluded)",
+            "",
+            markdown_table(report["new_to_customer"], K),
+        ]
+    diag = report.get("diagnostics") or {}
+    if any(diag.values()):
+        lines += [
+            "## Diversity",
+            "",
+            "| mode | variant | distinct products in top-10s (mean over runs) | customer-vector "
+            "cosine |",
+            "|---|---|---:|---:|",
+        ]
+        for mode, by_variant in diag.items():
+            for variant, d in by_variant.items():
+                cosine = d.get("customer_cosine")
+                lines.append(
+                    f"| {mode} | {variant} | {d['distinct_products']:.1f} | "
+                    f"{'–' if cosine is None else f'{cosine:.3f}'} |"
+                )
+        lines.append("")
+    validation = report.get("validation")
+    if validation:
+        lines += [
+            "## Validation window (model selection; the test period is not used)",
+            "",
+            f"| variant | runs | WMRB loss | {METRIC} all products | {METRIC} new to customer |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for variant, v in validation.items():
+            cells = [
+                v.get("loss"),
+                v.get(f"all_products.{METRIC}"),
+                v.get(f"new_to_customer.{METRIC}"),
+            ]
+            text = ["–" if c is None else f"{c:.5f}" for c in cells]
+            lines.append(f"| {variant} | {v['runs']} | " + " | ".join(text) + " |")
+        lines.append("")
     training = report.get("training")
     if training:
         lines += [
             "## Training",
             "",
-            "| variant | runs | epochs (mean) | best epoch (mean) | seconds/epoch |",
-            "|---|---:|---:|---:|---:|",
+            "| variant | runs | epochs (mean) | best epoch (mean) | seconds/epoch | train loss "
+            "drop |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
         for variant, info in training.items():
             lines.append(
                 f"| {variant} | {info['runs']} | {info['epochs']:.1f} | {info['best_epoch']:.1f} "
-                f"| {info['seconds_per_epoch']:.3f} |"
+                f"| {info['seconds_per_epoch']:.3f} | {info.get('train_loss_drop', 0):.1%} |"
             )
         lines.append("")
     model = report.get("model")
     if model:
+        value = model.get(METRIC)
         lines.append(
             f"Registered {model['name']} version {model['version']} ({model['variant']}, run "
-            f"{model['run']}, {METRIC} {model[METRIC]:.5f}) as challenger."
+            f"{model['run']}, {METRIC} {'–' if value is None else f'{value:.5f}'} on "
+            f"{model.get('evaluation')}) as challenger."
         )
     for label, info in report.get("models", {}).items():
         lines.append(f"- {label}: {info['model_uri']} (trained up to {info.get('train_end')})")
@@ -280,7 +349,8 @@ def similar_figure(
     ids = [features.product_ids[r] for r in rows]
     variants = {}
     for variant, trained in models.items():
-        vectors = product_vectors(trained, features)[rows]
+        # Likeness is in the match coordinates; the bias (last) says how much anyone buys it.
+        vectors = product_vectors(trained, features)[rows][:, :-1]
         # A zero vector (cf: never bought) has no neighbours; keep such products out of the
         # seeds so every row of the grid shows the same seed under each variant.
         keep = np.linalg.norm(vectors, axis=1) > 0
@@ -313,13 +383,22 @@ def write_report(out_dir: Path, report: Mapping) -> list[Path]:
 
 
 def flat_metrics(report: Mapping) -> dict[str, float]:
-    """MLflow metrics of a report: `<variant>.<metric>`, `cold_start.<variant>.<metric>`."""
+    """MLflow metrics of a report: `<variant>.<metric>`, `cold_start.<variant>.<metric>`, the
+    same under `new_to_customer.`, and `diversity.<mode>.<variant>.distinct_products`."""
     out = {}
-    for section, prefix in (("variants", ""), ("cold_start", "cold_start.")):
-        for variant, values in report.get(section, {}).items():
-            for key, value in values.items():
-                if key != "runs" and value is not None and math.isfinite(value):
-                    out[f"{prefix}{variant}.{key}"] = float(value)
+    sections = [(report, "")]
+    if report.get("new_to_customer"):
+        sections.append((report["new_to_customer"], "new_to_customer."))
+    for part, top in sections:
+        for section, prefix in (("variants", ""), ("cold_start", "cold_start.")):
+            for variant, values in part.get(section, {}).items():
+                for key, value in values.items():
+                    if isinstance(value, int | float) and key != "runs" and math.isfinite(value):
+                        out[f"{top}{prefix}{variant}.{key}"] = float(value)
+    for mode, by_variant in (report.get("diagnostics") or {}).items():
+        for variant, d in by_variant.items():
+            if d.get("distinct_products") is not None:
+                out[f"diversity.{mode}.{variant}.distinct_products"] = float(d["distinct_products"])
     return out
 
 
@@ -334,10 +413,245 @@ def _config(settings: Settings, features: ContentFeatures, variant: str, seed: i
         k=cfg.k,
         hidden_units=tuple(cfg.hidden_units),
         n_negatives=cfg.n_negatives,
+        negatives=cfg.negatives,
         optimizer=cfg.optimizer,
         learning_rate=cfg.learning_rate,
+        l2=cfg.l2,
         seed=seed,
     )
+
+
+@dataclass
+class Period:
+    """One scored period: customers' histories up to `end` (customer → every product bought,
+    most recent first), `relevant` (customer → products bought in `(end, stop]`), the content
+    `features` as of `end`, the `catalogue` that may be recommended and its `cold` products
+    (never bought up to `end`)."""
+
+    end: pd.Timestamp
+    stop: pd.Timestamp
+    histories: dict
+    relevant: dict
+    features: ContentFeatures
+    catalogue: np.ndarray
+    cold: frozenset
+
+
+@dataclass
+class Split:
+    """What one `train_end` needs: the examples (all, and the selection part before the
+    validation window), the validation and test periods, content and the sales timeline."""
+
+    interactions: pd.DataFrame
+    end: pd.Timestamp
+    start: pd.Timestamp | None
+    boundary: pd.Timestamp
+    deploy: bool
+    features: ContentFeatures
+    timeline: object
+    examples: object
+    fit_examples: object
+    validation_examples: object
+    validation: Period | None
+    test: Period | None
+
+
+def _period(interactions, end, stop, start, features, catalogue) -> Period | None:
+    relevant = test_set(interactions, end, stop, train_start=start)
+    if not relevant:
+        return None
+    histories = customer_histories(interactions, end, relevant)
+    cold = cold_start_products(interactions, end, catalogue=catalogue, train_start=start)
+    return Period(end, stop, histories, relevant, features, catalogue, cold)
+
+
+def prepare_split(settings: Settings, train_end=None, interactions=None, features=None) -> Split:
+    """The examples, periods and features of one `train_end` (see `Split`).
+
+    `train_end` at or after the lake's last interaction means "train to deploy": no test
+    period. The validation window is `(train_end - validation_days, train_end]`: its purchases
+    validate a model trained on the examples before it. Features: static content from Feast
+    (`recommender_v1`) as of the end of the test period (a product launched in it has content
+    but no sales: cold start), popularity and recency as of `train_end`; training examples read
+    the latter from the sales timeline at their own cut-offs.
+    """
+    from training.recommender.features import load_content_features, with_dynamic
+    from training.recommender.timeline import SalesTimeline
+
+    cfg = settings.recommender
+    if interactions is None:
+        interactions = read_interactions(settings)
+    last = interactions["timestamp"].max()
+    end = (
+        default_train_end(interactions, cfg.test_days)
+        if train_end is None
+        else utc_timestamp(train_end, "train_end")
+    )
+    deploy = bool(last <= end)
+    test_end = end + pd.Timedelta(days=cfg.test_days)
+    start = None if cfg.train_days is None else end - pd.Timedelta(days=cfg.train_days)
+    boundary = end - pd.Timedelta(days=cfg.validation_days)
+    if features is None:
+        features = load_content_features(settings, end, content_as_of=end if deploy else test_end)
+    catalogue = np.asarray(features.product_ids, dtype=object)
+    past = events(interactions, end, start)  # the timeline never holds a sale after train_end
+    timeline = SalesTimeline(
+        past, features.product_ids, settings.product_features.popularity_windows_days
+    )
+
+    def examples(up_to, scheme):
+        return training_examples(
+            interactions,
+            up_to,
+            scheme=scheme,
+            positive_days=cfg.positive_days,
+            n_recent=cfg.n_recent,
+            min_history=cfg.min_history,
+            train_start=start,
+            known=features.index,
+        )
+
+    every = examples(end, cfg.scheme)
+    if len(every) == 0:
+        raise ValueError(
+            f"no training examples up to {end}: no purchase with {cfg.min_history} earlier "
+            f"distinct product(s) of the same customer ({cfg.scheme} scheme)"
+        )
+    rolling = every if cfg.scheme == "rolling" else examples(end, "rolling")
+    _, after = split_by_time(rolling, boundary)
+    validation_examples = rolling.subset(after)
+    fit = examples(boundary, cfg.scheme) if start is None or boundary > start else every.subset([])
+    validation = None
+    if len(validation_examples) and len(fit):
+        validation = _period(
+            interactions,
+            boundary,
+            end,
+            start,
+            with_dynamic(features, timeline, boundary),
+            catalogue,
+        )
+    test = None
+    if not deploy:
+        test = _period(interactions, end, test_end, start, features, catalogue)
+        if test is None:
+            times = interactions["timestamp"]
+            raise ValueError(
+                f"no customer with a history bought anything in the test period ({end}, "
+                f"{test_end}]: the lake's interactions run from {times.min()} to {times.max()}; "
+                "choose another train_end (or one at or after the last interaction to train "
+                "for deployment)"
+            )
+    return Split(
+        interactions,
+        end,
+        start,
+        boundary,
+        deploy,
+        features,
+        timeline,
+        every,
+        fit,
+        validation_examples,
+        validation,
+        test,
+    )
+
+
+def _mode_lists(model, period: Period, k: int = K) -> tuple[dict, dict, np.ndarray]:
+    """({mode: customer → top-k}, the customers' vectors' diagnostics inputs, item vectors)."""
+    from training.recommender.trainer import product_vectors, recommend_for
+
+    vectors = product_vectors(model, period.features)
+    lists = {
+        mode: recommend_for(
+            model,
+            period.features,
+            period.histories,
+            k=k,
+            exclude_seen=mode == "new_to_customer",
+            candidates=period.catalogue,
+            vectors=vectors,
+        )
+        for mode in MODES
+    }
+    return lists, vectors
+
+
+def diagnostics(model, period: Period, lists: Mapping, vectors: np.ndarray) -> dict:
+    """Per mode: distinct products across every customer's top-k; the mean pairwise cosine of
+    the customers' vectors (match part; near 1 = everyone gets the same list)."""
+    from models.ranking import match_part, mean_pairwise_cosine
+    from training.recommender.trainer import customer_matrix
+
+    _, matrix = customer_matrix(vectors, period.features, period.histories, model.n_recent)
+    cosine = mean_pairwise_cosine(match_part(matrix, "dot+bias"))
+    return {
+        mode: {"distinct_products": distinct_products(recs), "customer_cosine": cosine}
+        for mode, recs in lists.items()
+    }
+
+
+def distinct_products(recommended: Mapping) -> int:
+    """Distinct products across every customer's list."""
+    return len({p for items in recommended.values() for p in items})
+
+
+def _validation_scores(model, period: Period) -> dict:
+    lists, _ = _mode_lists(model, period)
+    return {
+        mode: precision_recall_at_k(lists[mode], period.relevant, K).precision for mode in lists
+    }
+
+
+def fit_variant(settings: Settings, split: Split, variant: str, seed: int, say) -> dict:
+    """Train one variant with one seed: select the epoch on the validation window, refit on
+    everything up to train_end with that many epochs (`recommender.refit`). Returns
+    {"model", "selection", "validation": {mode: precision@10}, "new_lists" (validation
+    new-to-customer lists of the selection model, for the blend)}."""
+    from training.recommender.trainer import train_recommender_model
+
+    cfg = settings.recommender
+    config = _config(settings, split.features, variant, seed)
+    common = dict(
+        batch_size=cfg.batch_size,
+        seed=seed,
+        n_recent=cfg.n_recent,
+        progress=say,
+    )
+    out: dict = {"validation": {}, "new_lists": None}
+    if split.validation is not None:
+        selection = train_recommender_model(
+            split.fit_examples,
+            split.features,
+            config,
+            split.timeline,
+            validation=split.validation_examples,
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            **common,
+        )
+        lists, _ = _mode_lists(selection, split.validation)
+        out["validation"] = {
+            mode: precision_recall_at_k(lists[mode], split.validation.relevant, K).precision
+            for mode in MODES
+        }
+        out["new_lists"] = lists["new_to_customer"]
+        epochs = max(selection.best_epoch, 1)
+        model = selection
+        if cfg.refit:
+            say(f"refit on every example up to {split.end.date()}: {epochs} epochs")
+            model = train_recommender_model(
+                split.examples, split.features, config, split.timeline, epochs=epochs, **common
+            )
+        out["selection"] = selection
+    else:  # too little data for a validation window: fixed epochs, nothing selected
+        model = train_recommender_model(
+            split.examples, split.features, config, split.timeline, epochs=cfg.epochs, **common
+        )
+        out["selection"] = model
+    out["model"] = model
+    return out
 
 
 def train_recommender(
@@ -348,21 +662,21 @@ def train_recommender(
     report_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train, evaluate (Table 3), log and register the recommender; returns a summary dict
-    (run_id, model_version, report_dir, report).
+    """Train, evaluate (Table 3 in both modes), log and register the recommender; returns a
+    summary dict (run_id, model_version, report_dir, report).
 
     `train_end`: end of the training window, inclusive (a date is its midnight UTC, which
     keeps that day's H&M purchases in training); default `default_train_end`. The test period
-    is `(train_end, train_end + settings.recommender.test_days]`. `runs`: default the setting.
+    is `(train_end, train_end + settings.recommender.test_days]`; with `train_end` at or after
+    the last interaction there is none ("train to deploy": the model trains on all history,
+    is selected on the validation window, and is registered with its validation metrics; score
+    it later with `atelier evaluate recommender`). `runs`: default the setting.
     """
     import mlflow
 
     from training import registry
     from training.attributes.pipeline import device, git_commit
-    from training.recommender.bundle import RecommenderBundle
-    from training.recommender.features import FEATURE_SERVICE, load_content_features
-    from training.recommender.pyfunc import log_recommender_model
-    from training.recommender.trainer import recommend_for, train_recommender_model
+    from models.blend import blend, fit_blend
 
     cfg = settings.recommender
     say = progress or log.info
@@ -373,61 +687,56 @@ def train_recommender(
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     learned = [v for v in variants if v in LEARNED]
 
-    interactions = read_interactions(settings)
-    end = (
-        default_train_end(interactions, cfg.test_days)
-        if train_end is None
-        else utc_timestamp(train_end, "train_end")
-    )
-    test_end = end + pd.Timedelta(days=cfg.test_days)
-    start = None if cfg.train_days is None else end - pd.Timedelta(days=cfg.train_days)
-    relevant = test_set(interactions, end, test_end, train_start=start)
-    if not relevant:
-        times = interactions["timestamp"]
-        raise ValueError(
-            f"no customer with a history bought anything in the test period ({end}, {test_end}]:"
-            f" the lake's interactions run from {times.min()} to {times.max()}; choose another "
-            "train_end"
+    split = prepare_split(settings, train_end)
+    end, test = split.end, split.test
+    interactions = split.interactions
+    if split.deploy:
+        say(
+            f"train_end {end.date()} is at or after the last interaction: training to deploy on "
+            "all history; no test period, so no Table 3 (score the registered model later with "
+            "`atelier evaluate recommender`)"
         )
-    last = interactions["timestamp"].max()
-    catalogue = recommendable_products(settings, test_end)
-    histories = customer_histories(interactions, end, relevant, max_items=cfg.n_inputs)
-    candidates = window_products(interactions, end, start)
+    else:
+        say(
+            f"train_end {end.date()}, test period to {test.stop.date()}: {len(test.relevant)} "
+            f"test customers, {len(test.catalogue)} recommendable products "
+            f"({len(test.cold)} never bought)"
+        )
     say(
-        f"train_end {end.date()}, test period to {test_end.date()}: {len(relevant)} test "
-        f"customers, {len(candidates)} products in the training window"
+        f"{len(split.examples)} training examples ({cfg.scheme}); validation window "
+        f"{split.boundary.date()}..{end.date()}: {len(split.validation_examples)} examples, "
+        f"{len(split.fit_examples)} before it"
     )
 
-    features = None
-    if learned:
-        features = load_content_features(settings, end, content_as_of=test_end)
-        known = set(features.product_ids)
-        catalogue = np.asarray([p for p in catalogue if p in known], dtype=object)
-    cold = cold_start_products(interactions, end, catalogue=catalogue, train_start=start)
-
-    runs_by_variant: dict[str, list] = {}
-    cold_by_variant: dict[str, list] = {}
+    runs_by: dict[str, dict[str, list]] = {m: {} for m in MODES}
+    cold_by: dict[str, dict[str, list]] = {m: {} for m in MODES}
+    diag: dict[str, dict[str, list]] = {m: {} for m in MODES}
+    validation: dict[str, dict] = {}
     training: dict[str, dict] = {}
     commit = git_commit()
     params = {
         "feature_service": cfg.feature_service,
-        "train_start": str(start) if start is not None else "all",
+        "train_start": str(split.start) if split.start is not None else "all",
         "train_end": str(end),
-        "test_end": str(test_end),
+        "test_end": str(test.stop) if test else "none (deploy)",
+        "validation_start": str(split.boundary),
         "variants": ",".join(variants),
         "runs": runs,
         "seed": settings.seed,
         "device": device(),
         "git_commit": commit,
-        "test_customers": len(relevant),
-        "window_products": len(candidates),
-        "recommendable_products": len(catalogue),
-        "cold_start_products": len(cold),
+        "vector_layout": VECTOR_LAYOUT,
+        "training_examples": len(split.examples),
+        "test_customers": len(test.relevant) if test else 0,
+        "recommendable_products": len(split.features),
         **{f"recommender.{k}": v for k, v in cfg.model_dump().items()},
+        "content_blocks": json.dumps(split.features.block_dims, sort_keys=True),
+        "attribute_model_versions": ",".join(split.features.attribute_model_versions) or "none",
     }
-    if features is not None:
-        params["attribute_model_versions"] = ",".join(features.attribute_model_versions) or "none"
-        params["content_blocks"] = json.dumps(features.block_dims, sort_keys=True)
+
+    def record(mode, variant, main, cold_at):
+        runs_by[mode].setdefault(variant, []).append(main)
+        cold_by[mode].setdefault(variant, []).append(cold_at)
 
     registry.configure(settings)
     with mlflow.start_run(run_name="recommender") as run:
@@ -440,185 +749,117 @@ def train_recommender(
         )
         mlflow.log_params(params)
 
-        if "popularity" in variants:
-            ranking = popularity_recommender(interactions, end, cfg.popularity_days, k=K)
-            recs = popularity_recommendations(ranking, relevant, K)
-            main, cold_at = score(recs, relevant, cold)
-            runs_by_variant["popularity"] = [main]
-            cold_by_variant["popularity"] = [cold_at]
-            say(f"popularity: {METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
+        if test is not None:
+            ranking = popularity_recommender(interactions, end, cfg.popularity_days)
+            for mode in MODES:
+                if mode == "all_products":
+                    recs = popularity_recommendations(ranking[:K], test.relevant, K)
+                else:
+                    recs = without_seen(ranking, test.histories, K)
+                record(mode, "popularity", *score(recs, test.relevant, test.cold))
+                diag[mode].setdefault("popularity", []).append(
+                    {"distinct_products": distinct_products(recs), "customer_cosine": None}
+                )
+            again = buy_again_recommendations(test.histories, K)
+            record("all_products", "buy_again", *score(again, test.relevant, test.cold))
+            diag["all_products"].setdefault("buy_again", []).append(
+                {"distinct_products": distinct_products(again), "customer_cosine": None}
+            )
+            pop = runs_by["all_products"]["popularity"][0]
+            say(
+                f"popularity: {METRIC} {pop.precision:.4f}; buy again: "
+                f"{runs_by['all_products']['buy_again'][0].precision:.4f}"
+            )
 
-        best = None  # (validation loss, run, trained, main)
-        first_runs: dict[str, object] = {}  # variant → its first run's model, for Figure 7
-        examples_per_run = []
+        best = None  # (validation loss, run, fitted, test precision, blend rule)
+        first_runs: dict[str, object] = {}
         for r in range(runs if learned else 0):
             seed = settings.seed + r
-            examples = training_examples(
-                interactions,
-                end,
-                positive_days=cfg.positive_days,
-                n_inputs=cfg.n_inputs,
-                min_interactions=cfg.min_interactions,
-                seed=seed,
-                train_start=start,
-            )
-            if len(examples) == 0:
-                raise ValueError(
-                    f"no training examples up to {end}: no customer with >= "
-                    f"{cfg.min_interactions} interactions bought in the last "
-                    f"{cfg.positive_days} days with {cfg.n_inputs} earlier interactions"
-                )
-            examples_per_run.append(len(examples))
             for variant in learned:
 
                 def tell(message: str, variant=variant, r=r) -> None:
                     say(f"{variant} run {r + 1}/{runs}: {message}")
 
-                trained = train_recommender_model(
-                    examples,
-                    features,
-                    _config(settings, features, variant, seed),
-                    candidates=candidates,
-                    epochs=cfg.epochs,
-                    batch_size=cfg.batch_size,
-                    patience=cfg.patience,
-                    validation_fraction=cfg.validation_fraction,
-                    seed=seed,
-                    progress=tell,
-                )
-                recs = recommend_for(
-                    trained,
-                    features,
-                    histories,
-                    k=K,
-                    exclude_seen=cfg.exclude_seen,
-                    n_recent=cfg.n_inputs,
-                    candidates=catalogue,
-                )
-                main, cold_at = score(recs, relevant, cold)
-                runs_by_variant.setdefault(variant, []).append(main)
-                cold_by_variant.setdefault(variant, []).append(cold_at)
+                fitted = fit_variant(settings, split, variant, seed, tell)
+                model, selection = fitted["model"], fitted["selection"]
                 info = training.setdefault(
-                    variant, {"epochs": [], "best_epoch": [], "seconds_per_epoch": []}
+                    variant,
+                    {"epochs": [], "best_epoch": [], "seconds_per_epoch": [], "loss_drop": []},
                 )
-                info["epochs"].append(trained.epochs)
-                info["best_epoch"].append(trained.best_epoch)
-                info["seconds_per_epoch"].append(trained.seconds_per_epoch)
+                info["epochs"].append(selection.epochs)
+                info["best_epoch"].append(selection.best_epoch)
+                info["seconds_per_epoch"].append(model.seconds_per_epoch)
+                losses = model.history["train_loss"]
+                info["loss_drop"].append(1.0 - losses[-1] / losses[0] if losses[0] else 0.0)
                 for e, (train_loss, val_loss) in enumerate(
-                    zip(trained.history["train_loss"], trained.history["val_loss"]), 1
+                    zip(selection.history["train_loss"], selection.history["val_loss"]), 1
                 ):
                     values = {f"{variant}.run{r}.train_loss": train_loss}
                     if math.isfinite(val_loss):
                         values[f"{variant}.run{r}.val_loss"] = val_loss
                     mlflow.log_metrics(values, step=e)
-                mlflow.log_metrics(
-                    {
-                        f"{variant}.run{r}.{METRIC}": main.precision,
-                        f"{variant}.run{r}.{RECALL}": main.recall,
-                    }
-                )
-                tell(f"{METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
-                # Chosen by validation loss, never by the test period it is then scored on.
-                chosen_by = selection_loss(trained)
+                val = validation.setdefault(variant, {"loss": [], **{m: [] for m in MODES}})
+                val["loss"].append(selection.best_validation_loss)
+                for mode, value in fitted["validation"].items():
+                    val[mode].append(value)
+                rule = None
+                if variant == REGISTERED_VARIANT and cfg.blend and fitted["new_lists"]:
+                    rule = fit_blend(
+                        fitted["new_lists"],
+                        split.validation.histories,
+                        split.validation.relevant,
+                        K,
+                    )
+                precision = None
+                if test is not None:
+                    lists, vectors = _mode_lists(model, test)
+                    for mode, d in diagnostics(model, test, lists, vectors).items():
+                        diag[mode].setdefault(variant, []).append(d)
+                    for mode in MODES:
+                        record(mode, variant, *score(lists[mode], test.relevant, test.cold))
+                    precision = runs_by["all_products"][variant][-1].precision
+                    if rule is not None:
+                        mixed = {
+                            c: blend(lists["new_to_customer"][c], test.histories[c], rule, K)
+                            for c in test.histories
+                        }
+                        record("all_products", "blend", *score(mixed, test.relevant, test.cold))
+                        diag["all_products"].setdefault("blend", []).append(
+                            {"distinct_products": distinct_products(mixed), "customer_cosine": None}
+                        )
+                    new = runs_by["new_to_customer"][variant][-1].precision
+                    tell(f"test {METRIC}: all products {precision:.4f}, new to customer {new:.4f}")
+                    mlflow.log_metrics(
+                        {
+                            f"{variant}.run{r}.{METRIC}": precision,
+                            f"{variant}.run{r}.new_to_customer.{METRIC}": new,
+                        }
+                    )
+                chosen_by = selection.best_validation_loss
                 if variant == REGISTERED_VARIANT and (best is None or chosen_by < best[0]):
-                    best = (chosen_by, r, trained, main)
+                    best = (chosen_by, r, fitted, precision, rule)
                 if r == 0:
-                    first_runs[variant] = trained
+                    first_runs[variant] = model
 
-        report = table3(runs_by_variant, _cold_runs(cold_by_variant), K)
-        report["period"] = {
-            "train_start": str(start) if start is not None else None,
-            "train_end": str(end),
-            "test_end": str(test_end),
-            "lake_last_interaction": str(last),
-            "test_period_complete": bool(last >= test_end),
-        }
-        report["data"] = {
-            "interactions": len(interactions),
-            "test_customers": len(relevant),
-            "test_purchases": int(sum(len(v) for v in relevant.values())),
-            "window_products": len(candidates),
-            "recommendable_products": len(catalogue),
-            "cold_start_products": len(cold),
-            "cold_start_purchases": int(sum(len(set(v) & cold) for v in relevant.values())),
-            "training_examples": examples_per_run,
-        }
-        report["training"] = {
-            variant: {
-                "runs": len(info["epochs"]),
-                "epochs": float(np.mean(info["epochs"])),
-                "best_epoch": float(np.mean(info["best_epoch"])),
-                "seconds_per_epoch": float(np.mean(info["seconds_per_epoch"])),
-                "seconds_per_epoch_runs": [round(s, 4) for s in info["seconds_per_epoch"]],
-            }
-            for variant, info in training.items()
-        }
+        report = _report(split, runs_by, cold_by, diag, validation, training)
         report["feature_service"] = cfg.feature_service
         report["git_commit"] = commit
         report["device"] = params["device"]
-        for variant, info in report["training"].items():
-            mlflow.log_metric(f"{variant}.seconds_per_epoch", info["seconds_per_epoch"])
 
         version = None
         if best is not None:
-            validation, r, trained, main = best
-            precision = main.precision
-            metadata = {
-                "train_start": report["period"]["train_start"],
-                "train_end": str(end),
-                "test_end": str(test_end),
-                METRIC: precision,
-                RECALL: main.recall,
-                "run": r,
-                "selected_by": "validation_loss",
-                "validation_loss": validation if math.isfinite(validation) else None,
-                "seed": settings.seed + r,
-                "feature_service": FEATURE_SERVICE,
-                "attribute_model_versions": list(features.attribute_model_versions),
-                "feature_refs": list(features.feature_refs),
-                "git_commit": commit,
-                "run_id": run.info.run_id,
-                "n_recent": cfg.n_inputs,
-            }
-            bundle = RecommenderBundle.from_trained(trained, features, metadata)
-            model_info = log_recommender_model(bundle, name="model")
-            version = registry.register(
-                settings,
-                model_info.model_uri,
-                settings.mlflow.recommender_model,
-                METRIC,
-                precision,
-                tags={
-                    "feature_service": cfg.feature_service,
-                    "git_commit": commit,
-                    "variant": REGISTERED_VARIANT,
-                    # Promotion compares precision@10: meaningful on the same evaluation.
-                    "evaluation": f"{end.date()}..{test_end.date()}",
-                },
-            )
-            report["model"] = {
-                "name": settings.mlflow.recommender_model,
-                "version": version,
-                "variant": REGISTERED_VARIANT,
-                "run": r,
-                "selected_by": "validation_loss",
-                "validation_loss": validation if math.isfinite(validation) else None,
-                METRIC: precision,
-                "model_uri": model_info.model_uri,
-            }
-            mlflow.log_metric(METRIC, precision)
-            mlflow.log_metric(RECALL, main.recall)
+            version = _register(settings, split, report, best, commit, run.info.run_id)
         report_dir = Path(report_dir or settings.reports_dir / "recommender")
-        if first_runs:
+        if first_runs and test is not None:
             try:
                 report["similar"] = similar_figure(
                     settings,
                     first_runs,
-                    features,
+                    split.features,
                     interactions,
                     end,
-                    start,
-                    catalogue,
+                    split.start,
+                    test.catalogue,
                     report_dir / FIGURE7,
                 )
                 say(f"Figure 7 (similar products by variant): {report_dir / FIGURE7}")
@@ -630,7 +871,7 @@ def train_recommender(
     if version is not None:
         say(
             f"registered {settings.mlflow.recommender_model} version {version} as challenger "
-            f"(run {best[1] + 1}, lowest validation loss; {METRIC} {best[3].precision:.4f})"
+            f"(run {best[1] + 1}, lowest validation loss)"
         )
     say(f"recommender done in {time.perf_counter() - t0:.0f}s; report in {report_dir}")
     return {
@@ -639,6 +880,149 @@ def train_recommender(
         "report_dir": str(report_dir),
         "report": report,
     }
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.mean(values)) if values else None
+
+
+def _report(split: Split, runs_by, cold_by, diag, validation, training) -> dict:
+    """The recommender.json report: Table 3 of the paper's protocol at the top level (all
+    products), `new_to_customer` beside it, diagnostics, validation and training summaries."""
+    cfg_period = {
+        "train_start": str(split.start) if split.start is not None else None,
+        "train_end": str(split.end),
+        "validation_start": str(split.boundary),
+        "test_end": str(split.test.stop) if split.test else None,
+        "lake_last_interaction": str(split.interactions["timestamp"].max()),
+        "deploy": split.deploy,
+    }
+    if split.test is not None and runs_by["all_products"]:
+        report = table3(runs_by["all_products"], _cold_runs(cold_by["all_products"]), K)
+        report["new_to_customer"] = table3(
+            runs_by["new_to_customer"], _cold_runs(cold_by["new_to_customer"]), K
+        )
+    else:
+        report = {"variants": {}, "cold_start": {}, "significance": {}}
+    report["period"] = cfg_period
+    test = split.test
+    report["data"] = {
+        "interactions": len(split.interactions),
+        "training_examples": len(split.examples),
+        "validation_examples": len(split.validation_examples),
+        "examples_before_validation": len(split.fit_examples),
+        "recommendable_products": len(split.features),
+        "test_customers": len(test.relevant) if test else 0,
+        "test_purchases": int(sum(len(v) for v in test.relevant.values())) if test else 0,
+        "cold_start_products": len(test.cold) if test else 0,
+        "cold_start_purchases": (
+            int(sum(len(set(v) & test.cold) for v in test.relevant.values())) if test else 0
+        ),
+    }
+    report["diagnostics"] = {
+        mode: {
+            variant: {
+                "distinct_products": _mean([d["distinct_products"] for d in entries]),
+                "distinct_products_runs": [d["distinct_products"] for d in entries],
+                "customer_cosine": _mean([d["customer_cosine"] for d in entries]),
+            }
+            for variant, entries in by_variant.items()
+        }
+        for mode, by_variant in diag.items()
+    }
+    report["validation"] = {
+        variant: {
+            "loss": _mean(v["loss"]),
+            **{f"{mode}.{METRIC}": _mean(v[mode]) for mode in MODES},
+            "runs": len(v["loss"]),
+        }
+        for variant, v in validation.items()
+    }
+    report["training"] = {
+        variant: {
+            "runs": len(info["epochs"]),
+            "epochs": float(np.mean(info["epochs"])),
+            "best_epoch": float(np.mean(info["best_epoch"])),
+            "seconds_per_epoch": float(np.mean(info["seconds_per_epoch"])),
+            "seconds_per_epoch_runs": [round(s, 4) for s in info["seconds_per_epoch"]],
+            "train_loss_drop": float(np.mean(info["loss_drop"])),
+        }
+        for variant, info in training.items()
+    }
+    return report
+
+
+def _register(settings: Settings, split: Split, report: dict, best, commit: str, run_id: str):
+    """Register the chosen hybrid run as challenger; its metric: test precision@10 (all
+    products), or the validation one when training to deploy."""
+    import mlflow
+
+    from training import registry
+    from training.recommender.bundle import RecommenderBundle
+    from training.recommender.features import FEATURE_SERVICE
+    from training.recommender.pyfunc import log_recommender_model
+
+    cfg = settings.recommender
+    validation_loss, r, fitted, precision, rule = best
+    if split.test is not None:
+        value, evaluation = precision, f"{split.end.date()}..{split.test.stop.date()}"
+    else:
+        value = fitted["validation"].get("all_products")
+        evaluation = f"validation:{split.boundary.date()}..{split.end.date()}"
+    metadata = {
+        "train_start": report["period"]["train_start"],
+        "train_end": str(split.end),
+        "test_end": report["period"]["test_end"],
+        "evaluation": evaluation,
+        METRIC: value,
+        "validation": fitted["validation"],
+        "run": r,
+        "selected_by": "validation_loss",
+        "validation_loss": validation_loss if math.isfinite(validation_loss) else None,
+        "seed": settings.seed + r,
+        "feature_service": FEATURE_SERVICE,
+        "attribute_model_versions": list(split.features.attribute_model_versions),
+        "feature_refs": list(split.features.feature_refs),
+        "git_commit": commit,
+        "run_id": run_id,
+        "n_recent": cfg.n_recent,
+        "layout": VECTOR_LAYOUT,
+        "blend": rule.to_dict() if rule is not None else None,
+    }
+    bundle = RecommenderBundle.from_trained(fitted["model"], split.features, metadata)
+    model_info = log_recommender_model(bundle, name="model")
+    if rule is not None:
+        mlflow.log_param(BLEND_PARAM, json.dumps(rule.to_dict()))
+    version = registry.register(
+        settings,
+        model_info.model_uri,
+        settings.mlflow.recommender_model,
+        METRIC,
+        value if value is not None else 0.0,
+        tags={
+            "feature_service": cfg.feature_service,
+            "git_commit": commit,
+            "variant": REGISTERED_VARIANT,
+            # Promotion compares precision@10: meaningful on the same evaluation only.
+            "evaluation": evaluation,
+        },
+    )
+    report["model"] = {
+        "name": settings.mlflow.recommender_model,
+        "version": version,
+        "variant": REGISTERED_VARIANT,
+        "run": r,
+        "selected_by": "validation_loss",
+        "validation_loss": metadata["validation_loss"],
+        METRIC: value,
+        "evaluation": evaluation,
+        "model_uri": model_info.model_uri,
+        "blend": metadata["blend"],
+    }
+    if value is not None:
+        mlflow.log_metric(METRIC, value)
+    return version
 
 
 # -- evaluation on a later period ----------------------------------------------------------
@@ -693,14 +1077,15 @@ def evaluate_recommender(
     `transactions_train.csv` layout): the period is the file's first to last day; customers'
     histories and products' content come from the lake strictly before the first day (content
     as of the last day, so products launched in the period can be scored). Cold-start products
-    here: never bought in the lake before the period. Writes the train report's shape
-    (popularity from the lake's last `popularity_days` before the period; one run each) and
-    logs an `evaluate-recommender` MLflow run. Returns the report."""
+    here: never bought in the lake before the period. Writes the train report's shape in both
+    modes (popularity from the lake's last `popularity_days` before the period, "buy it again",
+    and the blend of a model that carries a blend rule; one run each) and logs an
+    `evaluate-recommender` MLflow run. Returns the report."""
     import mlflow
 
+    from models.blend import BlendRule, blend
     from training.recommender.features import load_content_features
     from training.recommender.pyfunc import load_bundle
-    from training.recommender.trainer import recommend_for
 
     cfg = settings.recommender
     say = progress or log.info
@@ -719,12 +1104,10 @@ def evaluate_recommender(
         raise ValueError(
             f"no customer of {interactions_file} has a history in the lake before {first}"
         )
-    histories = customer_histories(history, cut, relevant, max_items=cfg.n_inputs)
+    histories = customer_histories(history, cut, relevant)
     features = load_content_features(settings, cut, content_as_of=last)
-    known = set(features.product_ids)
-    catalogue = np.asarray(
-        [p for p in recommendable_products(settings, last) if p in known], dtype=object
-    )
+    catalogue = np.asarray(features.product_ids, dtype=object)
+    known = set(catalogue)
     bought = set(period["product_id"])
     cold = cold_start_products(combined, cut, catalogue=known | bought)
     say(
@@ -732,28 +1115,42 @@ def evaluate_recommender(
         f"{len(bought - known)} purchased products unknown to the lake"
     )
 
-    runs: dict[str, list] = {}
-    cold_runs: dict[str, list] = {}
-    ranking = popularity_recommender(history, cut, cfg.popularity_days, k=K)
-    main, cold_at = score(popularity_recommendations(ranking, relevant, K), relevant, cold)
-    runs["popularity"], cold_runs["popularity"] = [main], [cold_at]
+    runs: dict[str, dict[str, list]] = {m: {} for m in MODES}
+    cold_runs: dict[str, dict[str, list]] = {m: {} for m in MODES}
+    diag: dict[str, dict[str, list]] = {m: {} for m in MODES}
+
+    def record(mode, label, recs):
+        main, cold_at = score(recs, relevant, cold)
+        runs[mode][label], cold_runs[mode][label] = [main], [cold_at]
+        diag[mode][label] = [
+            {"distinct_products": distinct_products(recs), "customer_cosine": None}
+        ]
+        return main
+
+    ranking = popularity_recommender(history, cut, cfg.popularity_days)
+    record("all_products", "popularity", popularity_recommendations(ranking[:K], relevant, K))
+    record("new_to_customer", "popularity", without_seen(ranking, histories, K))
+    record("all_products", "buy_again", buy_again_recommendations(histories, K))
     described = {}
     for role, uri in models:
         bundle = load_bundle(uri)
         label = bundle.variant
         if label in described:  # the challenger beside a champion of the same variant
             label = f"{bundle.variant}_{role}"
-        recs = recommend_for(
-            bundle,
-            bundle.conform(features),
-            histories,
-            k=K,
-            exclude_seen=cfg.exclude_seen,
-            n_recent=int(bundle.metadata.get("n_recent", cfg.n_inputs)),
-            candidates=catalogue,
-        )
-        main, cold_at = score(recs, relevant, cold)
-        runs[label], cold_runs[label] = [main], [cold_at]
+        scored = Period(cut, last, histories, relevant, bundle.conform(features), catalogue, cold)
+        lists, vectors = _mode_lists(bundle, scored)
+        found = diagnostics(bundle, scored, lists, vectors)
+        for mode in MODES:
+            record(mode, label, lists[mode])
+            diag[mode][label] = [found[mode]]
+        main = runs["all_products"][label][0]
+        rule = bundle.metadata.get("blend")
+        if rule:
+            rule = BlendRule.from_dict(rule)
+            mixed = {
+                c: blend(lists["new_to_customer"][c], histories[c], rule, K) for c in histories
+            }
+            record("all_products", f"blend_{label}" if label != bundle.variant else "blend", mixed)
         train_end = bundle.metadata.get("train_end")
         purchases = [p for items in relevant.values() for p in items]
         described[label] = {
@@ -762,14 +1159,32 @@ def evaluate_recommender(
             "variant": bundle.variant,
             "train_end": train_end,
             "registered_" + METRIC: bundle.metadata.get(METRIC),
+            "registered_evaluation": bundle.metadata.get("evaluation"),
             "purchases_outside_cf_index": int((~bundle.knows(purchases)).sum()),
             "period_overlaps_training": bool(
                 train_end is not None and first <= utc_timestamp(train_end, "train_end")
             ),
         }
-        say(f"{label} ({uri}): {METRIC} {main.precision:.4f}, {RECALL} {main.recall:.4f}")
+        new = runs["new_to_customer"][label][0]
+        say(
+            f"{label} ({uri}): {METRIC} all products {main.precision:.4f}, new to customer "
+            f"{new.precision:.4f}"
+        )
 
-    report = table3(runs, _cold_runs(cold_runs), K)
+    report = table3(runs["all_products"], _cold_runs(cold_runs["all_products"]), K)
+    report["new_to_customer"] = table3(
+        runs["new_to_customer"], _cold_runs(cold_runs["new_to_customer"]), K
+    )
+    report["diagnostics"] = {
+        mode: {
+            v: {
+                "distinct_products": e[0]["distinct_products"],
+                "customer_cosine": e[0]["customer_cosine"],
+            }
+            for v, e in by.items()
+        }
+        for mode, by in diag.items()
+    }
     report["period"] = {
         "history_end": str(cut),
         "test_start": str(first),
@@ -794,6 +1209,7 @@ def evaluate_recommender(
                 "stage": "evaluate-recommender",
                 "interactions_file": str(interactions_file),
                 "models": ",".join(uri for _, uri in models),
+                "evaluation": f"{first.date()}..{last.date()}",
             }
         )
         mlflow.log_metrics(flat_metrics(report))

@@ -1,19 +1,22 @@
-"""Training the recommender (paper Section 3) and recommending with the frozen item tower.
+"""Training the recommender and recommending with the frozen item tower (pure in-memory work).
 
-`train_recommender_model` is pure in-memory work on `data.TrainingExamples` and
-`features.ContentFeatures` (no Feast, no MLflow): per batch one WMRB step with |Z| =
-`config.n_negatives` negatives drawn uniformly from the products available in the training
-window and shared by the whole batch; the row's own positive is masked out of its negatives.
-Early stopping watches the WMRB loss of the validation customers (a `validation_fraction` of
-the customers, all their examples) and restores the best epoch's weights. Everything random
-(split, shuffling, negatives, initial weights) is seeded, so two runs end with identical
-weights.
+`train_recommender_model` trains a fresh item tower on `data.TrainingExamples` with WMRB. Each
+example is scored as of its own cut-off: the match part of every product is static content
+(and its CF row), while the bias reads popularity and recency from a `timeline.SalesTimeline`
+at the example's cut-off, for its positive and for each of its negatives — so no count includes
+the positive or anything after it, and a product that had not sold yet is seen with the zeros it
+really had. Per batch: |Z| = `config.n_negatives` negatives drawn uniformly from `candidates`
+(the products that may be recommended: never-sold ones included) and, with
+`config.negatives == "mixed"`, the batch's other positives too (drawn as often as products
+sell); a row's own positive is masked out. With `validation` examples (the time window before
+the training end) the validation WMRB loss is measured every epoch; training stops after
+`patience` epochs without a lower one and keeps the best epoch's weights. Without, it runs
+`epochs` epochs (a refit with the epoch count validation chose). Everything random (shuffling,
+negatives, initial weights) is seeded: two runs end with identical weights.
 
-`recommend_for` freezes the tower: item vectors of every product (never-bought ones from
-content alone), a customer's vector = the mean of the item vectors of their `n_recent` most
-recent history items. The paper's customer vector averages the sampled earlier interactions
-of a training example; at recommendation time there is no sample to draw, and the most recent
-`n_recent` = 5 (the paper's number of inputs) is the closest deterministic equivalent.
+`recommend_for` freezes the tower: item vectors of every product as of the features' time
+(never-bought ones from content alone) and each customer's vector by `models.ranking` (the
+most recent `n_recent` distinct products, the rule training used).
 """
 
 from __future__ import annotations
@@ -27,9 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.recommender.data import TrainingExamples, item_index, validation_split
+from models.ranking import DOT_BIAS, customer_vectors, recent_items
+from training.recommender.data import TrainingExamples, item_index
 from training.recommender.features import ContentFeatures, content_inputs
 from training.recommender.model import (
+    ITEM_IDX,
+    Batch,
     RecommenderConfig,
     build_item_tower,
     item_vectors,
@@ -37,12 +43,12 @@ from training.recommender.model import (
     make_train_step,
     score,
     top_k,
-    wmrb_loss,
 )
 
 log = logging.getLogger("atelier.recommender")
 
 N_RECENT = 5
+LAYOUT = DOT_BIAS
 
 
 @dataclass
@@ -50,11 +56,11 @@ class TrainedRecommender:
     """A trained item tower and how training went.
 
     `config`: the config the tower was built with (`n_items` = len(`item_index`)).
-    `item_index`: product → CF index 1..n_items (the products of the training window).
+    `item_index`: product → CF index 1..n_items (the products of the training examples).
     `candidates`: the products negatives were drawn from (N of WMRB = their number).
     `history`: {"train_loss": [...], "val_loss": [...]} per epoch (val NaN without validation).
     `best_epoch`: 1-based epoch whose weights the tower holds. `epoch_seconds`: training time
-    of each epoch (validation excluded).
+    of each epoch (validation excluded). `n_recent`: history items in a customer vector.
     """
 
     item_tower: object
@@ -64,10 +70,12 @@ class TrainedRecommender:
     history: dict[str, list[float]]
     best_epoch: int
     epoch_seconds: list[float]
-    train_customers: np.ndarray
-    validation_customers: np.ndarray
+    n_train: int = 0
+    n_validation: int = 0
     stopped_early: bool = False
     seed: int = 0
+    n_recent: int = N_RECENT
+    layout: str = LAYOUT
 
     @property
     def epochs(self) -> int:
@@ -77,6 +85,12 @@ class TrainedRecommender:
     @property
     def seconds_per_epoch(self) -> float:
         return float(np.mean(self.epoch_seconds)) if self.epoch_seconds else float("nan")
+
+    @property
+    def best_validation_loss(self) -> float:
+        """The lowest finite validation loss (inf without validation)."""
+        finite = [v for v in self.history.get("val_loss", []) if math.isfinite(v)]
+        return min(finite) if finite else math.inf
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -109,109 +123,118 @@ def _check_config(config: RecommenderConfig, features: ContentFeatures) -> None:
             )
 
 
-def _draw_negatives(rng: np.random.Generator, n_candidates: int, z: int) -> np.ndarray:
-    """z candidate positions, distinct when there are enough candidates."""
-    return rng.choice(n_candidates, size=z, replace=z > n_candidates)
+class BatchMaker:
+    """Builds `model.Batch`es of examples: feature rows, negatives, dynamic blocks per cut-off."""
 
+    def __init__(self, examples, features, timeline, cf, candidate_rows, config, static, dynamic):
+        self.features, self.timeline, self.cf = features, timeline, cf
+        self.candidate_rows = candidate_rows
+        self.z, self.mixed = config.n_negatives, config.negatives == "mixed"
+        self.static, self.dynamic = static, dynamic
+        self.masks = examples.masks
+        hist = examples.histories
+        known = self.masks > 0
+        self.history_rows = np.zeros(hist.shape, np.int64)
+        if known.any():
+            self.history_rows[known] = features.rows(hist[known])
+        self.positive_rows = features.rows(examples.positives)
+        self.cutoffs = examples.cutoffs
 
-def validation_loss(
-    item_tower,
-    features: ContentFeatures,
-    cf: np.ndarray,
-    history_rows: np.ndarray,
-    positive_rows: np.ndarray,
-    candidate_rows: np.ndarray,
-    n_negatives: int,
-    seed: int,
-    batch_size: int = 1024,
-) -> float:
-    """Mean WMRB loss (no gradient) of examples given as feature rows: history (m, h),
-    positive (m,). Each batch draws its negatives from a generator seeded with `seed`, so the
-    same call gives the same negatives every epoch and the losses are comparable."""
-    m = len(positive_rows)
-    if m == 0:
-        return float("nan")
-    names = item_tower.input.keys()
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for start in range(0, m, batch_size):
-        hist = history_rows[start : start + batch_size]
-        pos = positive_rows[start : start + batch_size]
-        neg = candidate_rows[_draw_negatives(rng, candidate_rows.size, n_negatives)]
-        rows = np.concatenate([hist.ravel(), pos, neg])
-        unique, inverse = np.unique(rows, return_inverse=True)
-        vectors = item_vectors(item_tower, content_inputs(features, unique, cf, names))[inverse]
-        b, h = hist.shape
-        customers = vectors[: b * h].reshape(b, h, -1).mean(axis=1)
-        positives = vectors[b * h : b * h + b]
-        negatives = vectors[b * h + b :]
-        pos_scores = np.sum(customers * positives, axis=1)
-        neg_scores = customers @ negatives.T
-        keep = (neg[None, :] != pos[:, None]).astype(np.float32)
-        losses = wmrb_loss(pos_scores, neg_scores, candidate_rows.size, keep, reduction="none")
-        total += float(np.sum(np.asarray(losses, np.float64)))
-    return total / m
+    def __call__(self, rows: np.ndarray, rng: np.random.Generator) -> Batch:
+        pos = self.positive_rows[rows]
+        hist, mask = self.history_rows[rows], self.masks[rows]
+        z = self.z
+        neg = self.candidate_rows[
+            rng.choice(self.candidate_rows.size, size=z, replace=z > self.candidate_rows.size)
+        ]
+        if self.mixed:
+            neg = np.concatenate([neg, np.unique(pos)])
+        used = np.concatenate([hist[mask > 0], pos, neg])
+        unique, inverse = np.unique(used, return_inverse=True)
+        hist_idx = np.where(mask > 0, np.searchsorted(unique, hist), 0)
+        n_hist = int((mask > 0).sum())
+        pos_idx = inverse[n_hist : n_hist + pos.size]
+        neg_idx = inverse[n_hist + pos.size :]
+        cut = self.cutoffs[rows]
+        pos_dyn, neg_dyn = {}, {}
+        if self.dynamic:
+            pos_blocks = self.timeline.blocks(pos, cut)
+            neg_blocks = self.timeline.blocks(neg[None, :], cut[:, None])
+            pos_dyn = {n: pos_blocks[n] for n in self.dynamic}
+            neg_dyn = {n: neg_blocks[n] for n in self.dynamic}
+        return Batch(
+            static=content_inputs(self.features, unique, self.cf, self.static),
+            hist_idx=hist_idx,
+            hist_mask=mask,
+            pos_idx=pos_idx,
+            neg_idx=neg_idx,
+            neg_mask=(neg[None, :] != pos[:, None]).astype(np.float32),
+            pos_dyn=pos_dyn,
+            neg_dyn=neg_dyn,
+        )
 
 
 def train_recommender_model(
     examples: TrainingExamples,
     features: ContentFeatures,
     config: RecommenderConfig,
+    timeline,
     *,
     candidates: Iterable | None = None,
+    validation: TrainingExamples | None = None,
     epochs: int = 100,
-    batch_size: int = 1024,
-    patience: int = 5,
-    validation_fraction: float = 0.1,
+    batch_size: int = 256,
+    patience: int = 3,
     seed: int | None = None,
+    n_recent: int = N_RECENT,
     progress: Callable[[str], None] | None = None,
 ) -> TrainedRecommender:
     """Train a fresh item tower on `examples` with WMRB; see the module docstring.
 
-    `candidates`: the products available in the training window (`data.window_products`),
-    which negatives are drawn from; default the products of `examples`. The CF index covers
-    them and every product of `examples`; `config.n_items` is set to its size. Every product
-    must have a row in `features`. `patience`: epochs without a lower validation loss before
-    stopping; `validation_fraction` 0 trains on every customer without early stopping (the
-    last epoch is kept). `seed` (default `config.seed`) seeds the split, the shuffling and the
+    `timeline`: a `timeline.SalesTimeline` whose rows are `features`' rows (the dynamic blocks
+    at each cut-off). `candidates`: the products negatives are drawn from (default every
+    product of `features`; for `cf` only those with a CF row are kept: a product without one
+    has no vector to push down). The CF index covers the products of `examples`. Every product
+    must have a row in `features`. `seed` (default `config.seed`) seeds the shuffling and the
     negatives; `config.seed` the initial weights. `progress` gets one line per epoch.
     """
     epochs = _check_int("epochs", epochs, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     patience = _check_int("patience", patience, 1)
-    if not 0.0 <= validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}")
     if not isinstance(examples, TrainingExamples) or len(examples) == 0:
         raise ValueError(f"examples must be non-empty TrainingExamples, got {examples!r:.80}")
+    if len(timeline) != len(features) or not np.array_equal(
+        timeline.product_ids, features.product_ids
+    ):
+        raise ValueError("the sales timeline's rows must be the features' products, in order")
     _check_config(config, features)
     seed = config.seed if seed is None else _check_int("seed", seed, 0)
     say = progress or log.info
 
-    example_products = np.concatenate([examples.histories.ravel(), examples.positives])
-    if candidates is None:
-        candidates = example_products
-    candidates = np.asarray(sorted(set(candidates)), dtype=object)
-    if candidates.size == 0:
-        raise ValueError("candidates (products to draw negatives from) must not be empty")
-    index = item_index([*candidates, *example_products])
+    bought = np.concatenate([examples.histories[examples.masks > 0], examples.positives])
+    index = item_index(bought)
     config = dataclasses.replace(config, n_items=len(index))
     cf = features.cf_indices(index)
-    history_rows = features.rows(examples.histories)
-    positive_rows = features.rows(examples.positives)
+    if candidates is None:
+        candidates = features.product_ids
+    candidates = np.asarray(sorted(set(candidates)), dtype=object)
+    if config.variant == "cf":
+        candidates = np.asarray([p for p in candidates if p in index], dtype=object)
+    if candidates.size == 0:
+        raise ValueError("candidates (products to draw negatives from) must not be empty")
     candidate_rows = features.rows(candidates)
 
-    if validation_fraction > 0:
-        is_validation = validation_split(examples.customer_ids, validation_fraction, seed)
-    else:
-        is_validation = np.zeros(len(examples), dtype=bool)
-    train = np.flatnonzero(~is_validation)
-    valid = np.flatnonzero(is_validation)
-
     tower = build_item_tower(config)
-    step = make_train_step(tower, make_optimizer(config), candidate_rows.size)
-    names = tuple(config.input_names)
+    layer = tower.get_layer("item_tower")
+    static, dynamic = layer.static_names, layer.dynamic_names
+    step = make_train_step(tower, make_optimizer(config), candidate_rows.size, config.l2)
+    make = BatchMaker(examples, features, timeline, cf, candidate_rows, config, static, dynamic)
+    check = None
+    if validation is not None and len(validation):
+        check = BatchMaker(
+            validation, features, timeline, cf, candidate_rows, config, static, dynamic
+        )
     rng = np.random.default_rng(seed)
-    z = config.n_negatives
 
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     epoch_seconds: list[float] = []
@@ -219,49 +242,29 @@ def train_recommender_model(
     stopped_early = False
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        order = train[rng.permutation(train.size)]
+        order = rng.permutation(len(examples))
         total = 0.0
         for start in range(0, order.size, batch_size):
-            batch = order[start : start + batch_size]
-            neg = candidate_rows[_draw_negatives(rng, candidate_rows.size, z)]
-            pos = positive_rows[batch]
-            hist = history_rows[batch]
-            loss = step(
-                content_inputs(features, hist, cf, names),
-                np.ones(hist.shape, np.float32),
-                content_inputs(features, pos, cf, names),
-                content_inputs(features, neg, cf, names),
-                (neg[None, :] != pos[:, None]).astype(np.float32),
-            )
-            total += loss * batch.size
+            rows = order[start : start + batch_size]
+            total += step(make(rows, rng)) * rows.size
         epoch_seconds.append(time.perf_counter() - t0)
         train_loss = total / order.size
-        val_loss = validation_loss(
-            tower,
-            features,
-            cf,
-            history_rows[valid],
-            positive_rows[valid],
-            candidate_rows,
-            z,
-            seed + 1,
-            batch_size,
-        )
+        val_loss = _validation_loss(step, check, len(validation or ()), batch_size, seed + 1)
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
-        improved = not valid.size or (math.isfinite(val_loss) and val_loss < best_loss)
+        improved = check is None or (math.isfinite(val_loss) and val_loss < best_loss)
         if improved:
             best_loss, best_epoch, waited = val_loss, epoch, 0
-            if valid.size:
+            if check is not None:
                 best_weights = [np.array(w) for w in tower.get_weights()]
         else:
             waited += 1
         say(
             f"epoch {epoch}/{epochs}: train loss {train_loss:.4f}, validation loss "
-            f"{val_loss:.4f}{' (best)' if improved and valid.size else ''}, "
+            f"{val_loss:.4f}{' (best)' if improved and check is not None else ''}, "
             f"{epoch_seconds[-1]:.1f}s"
         )
-        if waited >= patience:
+        if check is not None and waited >= patience:
             stopped_early = True
             say(
                 f"early stop after epoch {epoch}: no lower validation loss for {patience} "
@@ -278,16 +281,31 @@ def train_recommender_model(
         history=history,
         best_epoch=best_epoch,
         epoch_seconds=epoch_seconds,
-        train_customers=np.unique(examples.customer_ids[train]),
-        validation_customers=np.unique(examples.customer_ids[valid]),
+        n_train=len(examples),
+        n_validation=len(validation or ()),
         stopped_early=stopped_early,
         seed=seed,
+        n_recent=n_recent,
     )
 
 
-def product_vectors(trained: TrainedRecommender, features: ContentFeatures) -> np.ndarray:
-    """(n, k) item vectors of every product of `features`, in row order. A product outside the
-    CF index gets its content vector (`hybrid`, `content`) or the zero vector (`cf`)."""
+def _validation_loss(step, make, n: int, batch_size: int, seed: int) -> float:
+    """Mean WMRB loss of the validation examples; the negatives come from a generator seeded
+    with `seed`, so every epoch sees the same ones and the losses are comparable."""
+    if make is None or n == 0:
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for start in range(0, n, batch_size):
+        rows = np.arange(start, min(start + batch_size, n))
+        total += step.loss(make(rows, rng)) * rows.size
+    return total / n
+
+
+def product_vectors(trained, features: ContentFeatures) -> np.ndarray:
+    """(n, k + 1) item vectors of every product of `features` (in row order) as of the
+    features' time. A product outside the CF index gets its content vector (`hybrid`,
+    `content`) or the zero vector (`cf`)."""
     names = trained.item_tower.input.keys()
     rows = np.arange(len(features))
     return item_vectors(
@@ -295,28 +313,54 @@ def product_vectors(trained: TrainedRecommender, features: ContentFeatures) -> n
     )
 
 
+def customer_matrix(
+    vectors: np.ndarray, features: ContentFeatures, histories: Mapping, n_recent: int
+) -> tuple[list, np.ndarray]:
+    """(customers with a usable history, their (c, k + 1) vectors) by `models.ranking`:
+    the mean of the item vectors of the `n_recent` most recent distinct products with
+    features. `histories`: customer → product ids, most recent first."""
+    n_recent = _check_int("n_recent", n_recent, 1)
+    customers, rows = [], []
+    for customer, products in histories.items():
+        chosen = recent_items(products, n_recent, features.index)
+        if chosen:
+            customers.append(customer)
+            rows.append([features.index[p] for p in chosen])
+    if not customers:
+        return [], np.zeros((0, vectors.shape[1]), np.float32)
+    mask = np.zeros((len(rows), n_recent), np.float32)
+    idx = np.zeros((len(rows), n_recent), np.int64)
+    for i, r in enumerate(rows):
+        idx[i, : len(r)] = r
+        mask[i, : len(r)] = 1.0
+    return customers, customer_vectors(vectors[idx], mask, LAYOUT)
+
+
 def recommend_for(
-    trained: TrainedRecommender,
+    trained,
     features: ContentFeatures,
     histories: Mapping[object, list],
     k: int = 10,
     exclude_seen: bool = False,
-    n_recent: int = N_RECENT,
+    n_recent: int | None = None,
     candidates: Iterable | None = None,
     batch_size: int = 1024,
+    vectors: np.ndarray | None = None,
 ) -> dict:
     """customer → up to k product ids, best first, from the frozen tower.
 
     `histories`: customer → product ids, most recent first (`data.customer_histories`); the
-    customer vector is the mean item vector of the first `n_recent` of them that have content
-    features (others are skipped; a customer left with none gets []). `candidates`: products
-    that may be recommended (default every product of `features`). A product the variant
-    cannot score — outside the CF index for `cf` — is never recommended, so a list may be
-    shorter than k. `exclude_seen` drops every product of the customer's history.
+    customer vector is `customer_matrix`'s (a customer left with no usable product gets []).
+    `n_recent`: default the trained model's. `candidates`: products that may be recommended
+    (default every product of `features`). A product the variant cannot score — outside the CF
+    index for `cf` — is never recommended, so a list may be shorter than k. `exclude_seen`
+    drops every product of the customer's history (new-to-customer recommendations).
+    `vectors`: `product_vectors(trained, features)` when already computed.
     """
     k = _check_int("k", k, 1)
-    n_recent = _check_int("n_recent", n_recent, 1)
-    vectors = product_vectors(trained, features)
+    n_recent = getattr(trained, "n_recent", N_RECENT) if n_recent is None else n_recent
+    if vectors is None:
+        vectors = product_vectors(trained, features)
     if candidates is None:
         candidate_rows = np.arange(len(features))
     else:
@@ -325,24 +369,29 @@ def recommend_for(
     position = np.full(len(features), -1, np.int64)
     position[candidate_rows] = np.arange(candidate_rows.size)
 
-    out: dict = {}
-    customers, customer_vectors, seen = [], [], []
-    for customer, products in histories.items():
-        rows = [features.index[p] for p in products if p in features.index]
-        if not rows[:n_recent]:
-            out[customer] = []
-            continue
-        customers.append(customer)
-        customer_vectors.append(vectors[rows[:n_recent]].mean(axis=0))
-        seen.append(position[rows] if exclude_seen else ())
+    customers, matrix = customer_matrix(vectors, features, histories, n_recent)
+    out: dict = {c: [] for c in histories}
     for start in range(0, len(customers), batch_size):
-        chunk = slice(start, start + batch_size)
-        scores = score(np.asarray(customer_vectors[chunk]), items)
-        for i, cols in enumerate(seen[chunk]):
-            cols = np.asarray(cols, np.int64)
-            scores[i, cols[cols >= 0]] = -np.inf
+        chunk = customers[start : start + batch_size]
+        scores = score(matrix[start : start + batch_size], items)
+        if exclude_seen:
+            for i, customer in enumerate(chunk):
+                seen = [features.index[p] for p in histories[customer] if p in features.index]
+                cols = position[np.asarray(seen, np.int64)] if seen else np.zeros(0, np.int64)
+                scores[i, cols[cols >= 0]] = -np.inf
         best = top_k(scores, k)
-        for i, customer in enumerate(customers[chunk]):
+        for i, customer in enumerate(chunk):
             picked = best[i][np.isfinite(scores[i, best[i]])]
             out[customer] = [features.product_ids[candidate_rows[j]] for j in picked]
     return out
+
+
+__all__ = [
+    "ITEM_IDX",
+    "N_RECENT",
+    "TrainedRecommender",
+    "customer_matrix",
+    "product_vectors",
+    "recommend_for",
+    "train_recommender_model",
+]

@@ -1,0 +1,1 @@
+"""Model layer: what training, scoring jobs and serving share (see ARCHITECTURE.md)."""
