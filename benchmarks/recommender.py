@@ -1,22 +1,26 @@
-"""Recommender benchmark (issue 5): Table 3 with LightFM and implicit ALS, epoch time vs LightFM.
+"""Recommender benchmark (issue 11): Table 3 in two modes with LightFM and implicit ALS.
 
     .venv/bin/python benchmarks/recommender.py --workdir W --train-end 2020-05-31 --runs 10 \
-        --out benchmarks/results [--source ../shared/data/hm]
+        --grid default --out benchmarks/results
 
 `W` must hold a prepared H&M workdir: ingested, images embedded, text and product features
-built, `feast apply` done (the script says what is missing); `--source DIR` prepares it here
-(ingest, VGG16 with seeded random weights, features, apply). Then, on one split — training
-window up to `--train-end` (inclusive), test period the following `recommender.test_days` days:
+built, `feast apply` done (the script says what is missing). On one split — training up to
+`--train-end` (inclusive), validation window its last `recommender.validation_days`, test
+period the following `recommender.test_days` days:
 
-1. `atelier train recommender` (`training.recommender.pipeline.train_recommender`) trains and
-   scores popularity, cf, content and hybrid over `--runs` seeded runs, logging to W's MLflow;
-2. the peers of `benchmarks/peers.py` — LightFM WARP over the same content features and
-   implicit ALS — train on the same interactions with the same seeds (`settings.seed + run`),
-   recommend to the same test customers from the same catalogue and are scored with the
-   pipeline's own `score`, cold-start breakdown included; the split is recomputed with the
-   pipeline's helpers and checked against the pipeline's own data summary;
-3. Table 3 of all six with paired t-tests (hybrid vs each other), hybrid's seconds per epoch vs
-   LightFM's in this process, and the issue's goals, to `--out`/recommender.json and .md.
+1. with `--grid`, `pipeline.tune_recommender` chooses the recommender settings on the
+   validation window only (hybrid, one seed; scheme, k, learning rate, l2, n_recent,
+   negatives); the test period is not read;
+2. `pipeline.train_recommender` trains popularity, cf, content and hybrid `--runs` times with
+   those settings and scores them once on the test period, in both modes (all products, with
+   "buy it again" and the blend; new to customer), with cold-start rows and diversity;
+3. the peers of `benchmarks/peers.py` — LightFM WARP over the same content features and
+   implicit ALS — train on the same interactions with the same seeds, recommend to the same
+   test customers from the same catalogue in both modes, and are scored with the pipeline's
+   own `score`;
+4. Table 3 of everything in each mode with per-run hit counts and paired t-tests, hybrid's
+   seconds per epoch vs LightFM's in this process, and the issue's goals, to
+   `--out`/recommender.json and .md.
 
 Not a test: numbers depend on the machine; quote ratios.
 """
@@ -33,7 +37,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +49,6 @@ PEERS = ("lightfm", "als")
 K = 10  # the pipeline's cut-off (pipeline.K); precision/recall@10 as in the paper
 METRIC, RECALL = f"precision_at_{K}", f"recall_at_{K}"
 POPULARITY_RATIO = 1.35  # the paper's hybrid / popularity precision ratio
-SPLIT_KEYS = (
-    "interactions",
-    "test_customers",
-    "test_purchases",
-    "window_products",
-    "recommendable_products",
-    "cold_start_products",
-    "cold_start_purchases",
-)
 
 
 def say(message: str) -> None:
@@ -69,32 +63,6 @@ def per_run(message: str) -> None:
 
 
 # -- the workdir -------------------------------------------------------------------------------
-
-
-def prepare(settings, source: Path) -> dict[str, float]:
-    """Ingest `source` (H&M layout), embed, text + product features, feast apply; seconds per
-    stage. Every stage is incremental, so a prepared workdir costs little."""
-    from atelier.feast_store import apply
-    from atelier.spark import get_spark
-    from spark_jobs.embed import run_embed
-    from spark_jobs.ingest import run_ingest
-    from spark_jobs.product_features import run_product_features
-    from spark_jobs.text_features import run_text_features
-
-    spark = get_spark(settings)
-    seconds = {}
-    for name, fn in (
-        ("ingest", lambda: run_ingest(settings, "hm", source, spark=spark)),
-        ("embed", lambda: run_embed(settings, spark=spark)),
-        ("text_features", lambda: run_text_features(settings, spark=spark)),
-        ("product_features", lambda: run_product_features(settings, spark=spark)),
-        ("feast_apply", lambda: apply(settings)),
-    ):
-        t0 = time.perf_counter()
-        fn()
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        say(f"{name}: {seconds[name]}s")
-    return seconds
 
 
 def missing_inputs(settings) -> list[str]:
@@ -122,91 +90,6 @@ def missing_inputs(settings) -> list[str]:
     except Exception as err:  # any registry failure means the same thing here
         return [f"feature service {service!r} in the Feast registry (atelier materialize): {err}"]
     return []
-
-
-# -- the split ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Split:
-    """The pipeline's evaluation split, rebuilt with its own helpers (see `make_split`)."""
-
-    interactions: object  # pd.DataFrame
-    end: object  # pd.Timestamp
-    test_end: object
-    start: object  # None: all history
-    relevant: dict
-    histories: dict
-    catalogue: np.ndarray
-    cold: frozenset
-    window: np.ndarray
-    features: object  # ContentFeatures
-
-    def summary(self) -> dict:
-        """The keys of the pipeline's `report["data"]` that fix the split."""
-        purchases = [set(v) for v in self.relevant.values()]
-        return {
-            "interactions": len(self.interactions),
-            "test_customers": len(self.relevant),
-            "test_purchases": int(sum(len(v) for v in purchases)),
-            "window_products": len(self.window),
-            "recommendable_products": len(self.catalogue),
-            "cold_start_products": len(self.cold),
-            "cold_start_purchases": int(sum(len(v & self.cold) for v in purchases)),
-        }
-
-
-def make_split(settings, train_end) -> Split:
-    """The split `train_recommender` evaluates on, with the same calls in the same order: test
-    customers with a history, their `n_inputs` most recent products, the recommendable catalogue
-    (launched by the test end, with content features), the cold-start products."""
-    import pandas as pd
-
-    from training.recommender.data import (
-        customer_histories,
-        test_set,
-        utc_timestamp,
-        window_products,
-    )
-    from training.recommender.evaluation import cold_start_products
-    from training.recommender.features import load_content_features
-    from training.recommender.pipeline import read_interactions, recommendable_products
-
-    cfg = settings.recommender
-    interactions = read_interactions(settings)
-    end = utc_timestamp(train_end, "train_end")
-    test_end = end + pd.Timedelta(days=cfg.test_days)
-    start = None if cfg.train_days is None else end - pd.Timedelta(days=cfg.train_days)
-    relevant = test_set(interactions, end, test_end, train_start=start)
-    if not relevant:
-        raise ValueError(f"no customer with a history bought anything in ({end}, {test_end}]")
-    catalogue = recommendable_products(settings, test_end)
-    histories = customer_histories(interactions, end, relevant, max_items=cfg.n_inputs)
-    window = window_products(interactions, end, start)
-    features = load_content_features(settings, end, content_as_of=test_end)
-    known = set(features.product_ids)
-    catalogue = np.asarray([p for p in catalogue if p in known], dtype=object)
-    cold = cold_start_products(interactions, end, catalogue=catalogue, train_start=start)
-    # The peers index interactions by catalogue column: every bought product needs one.
-    outside = sorted(set(window) - set(catalogue))
-    if outside:
-        raise ValueError(
-            f"{len(outside)} products bought in the training window are not recommendable "
-            f"(no content features or no catalogue row), e.g. {outside[:5]!r}"
-        )
-    return Split(
-        interactions, end, test_end, start, relevant, histories, catalogue, cold, window, features
-    )
-
-
-def check_same_split(mine: Mapping, pipeline: Mapping, keys: Sequence[str] = SPLIT_KEYS) -> None:
-    """Raise when the rebuilt split's summary differs from the pipeline's `report["data"]`:
-    the peers would then be scored on another test set."""
-    differ = {k: (mine.get(k), pipeline.get(k)) for k in keys if mine.get(k) != pipeline.get(k)}
-    if differ:
-        raise ValueError(
-            f"the peers' split differs from the pipeline's (mine, pipeline): {differ!r}"
-        )
 
 
 # -- LightFM's item features -------------------------------------------------------------------
@@ -284,7 +167,7 @@ def project(matrix: np.ndarray, dim: int, method: str = "svd", seed: int = 0):
 
 def drop_seen(recommended: Mapping, histories: Mapping, k: int) -> dict:
     """customer → the first `k` recommended products not in their history (the pipeline's
-    `exclude_seen`, which drops the products of the same `n_inputs`-long histories)."""
+    new-to-customer mode drops every product the customer bought up to train_end)."""
     out = {}
     for customer, items in recommended.items():
         seen = set(histories.get(customer, ()))
@@ -294,7 +177,7 @@ def drop_seen(recommended: Mapping, histories: Mapping, k: int) -> dict:
 
 def run_peers(
     settings,
-    split: Split,
+    split,
     runs: int,
     item_features: np.ndarray,
     lightfm_epochs: int,
@@ -302,16 +185,29 @@ def run_peers(
     lightfm_threads: int = 1,
     peers: Sequence[str] = PEERS,
 ) -> dict:
-    """name → {"main": [AtK per run], "cold": [AtK | None per run], "info": [model_info],
-    "seconds_per_epoch": [...]}: each peer trained `runs` times with seeds `settings.seed + r`
-    and scored with `pipeline.score` on the split's test customers and catalogue."""
+    """name → {"runs": {mode: [AtK]}, "cold": {mode: [AtK | None]}, "distinct": {mode: [int]},
+    "info": [model_info], "seconds_per_epoch": [...]}: each peer trained `runs` times with seeds
+    `settings.seed + r` on the interactions up to train_end and scored with `pipeline.score`
+    on the test customers and catalogue, in both modes."""
     from benchmarks.peers import implicit_als, lightfm_warp
-    from training.recommender.pipeline import score
+    from training.recommender.evaluation import MODES
+    from training.recommender.pipeline import distinct_products, score
 
     cfg = settings.recommender
-    customers = list(split.relevant)
-    extra = cfg.n_inputs if cfg.exclude_seen else 0  # room for the products dropped as seen
-    out = {name: {"main": [], "cold": [], "info": [], "seconds_per_epoch": []} for name in peers}
+    test = split.test
+    customers = list(test.relevant)
+    longest = max(len(set(h)) for h in test.histories.values())
+    out = {
+        name: {
+            "runs": {m: [] for m in MODES},
+            "cold": {m: [] for m in MODES},
+            "distinct": {m: [] for m in MODES},
+            "info": [],
+            "seconds_per_epoch": [],
+        }
+        for name in peers
+    }
+    catalogue = test.catalogue
     for r in range(runs):
         seed = settings.seed + r
         for name in peers:
@@ -320,11 +216,11 @@ def run_peers(
                     split.interactions,
                     split.end,
                     item_features,
-                    split.catalogue,
+                    catalogue,
                     epochs=lightfm_epochs,
                     no_components=cfg.k,
                     seed=seed,
-                    progress=lambda _m: None,  # one line per run below, not per epoch
+                    progress=lambda _m: None,
                     train_start=split.start,
                     num_threads=lightfm_threads,
                 )
@@ -332,26 +228,32 @@ def run_peers(
                 trained = implicit_als(
                     split.interactions,
                     split.end,
-                    split.catalogue,
+                    catalogue,
                     factors=cfg.k,
                     iterations=als_iterations,
                     seed=seed,
                     progress=lambda _m: None,
                     train_start=split.start,
                 )
-            recs = trained.recommend(customers, K + extra)
-            if cfg.exclude_seen:
-                recs = drop_seen(recs, split.histories, K)
-            main, cold = score(recs, split.relevant, split.cold)
+            ranked = trained.recommend(customers, K + longest)
+            lists = {
+                "all_products": {c: items[:K] for c, items in ranked.items()},
+                "new_to_customer": drop_seen(ranked, test.histories, K),
+            }
+            for mode, recs in lists.items():
+                main, cold = score(recs, test.relevant, test.cold)
+                out[name]["runs"][mode].append(main)
+                out[name]["cold"][mode].append(cold)
+                out[name]["distinct"][mode].append(distinct_products(recs))
             info = dict(trained.model_info)
             info["epoch_seconds"] = [round(x, 4) for x in info["epoch_seconds"]]
-            out[name]["main"].append(main)
-            out[name]["cold"].append(cold)
             out[name]["info"].append(info)
             out[name]["seconds_per_epoch"].append(trained.seconds_per_epoch)
+            all_p = out[name]["runs"]["all_products"][-1].precision
+            new_p = out[name]["runs"]["new_to_customer"][-1].precision
             say(
-                f"{name} run {r + 1}/{runs}: {METRIC} {main.precision:.4f}, {RECALL} "
-                f"{main.recall:.4f}, {trained.seconds_per_epoch:.3f}s/epoch"
+                f"{name} run {r + 1}/{runs}: {METRIC} all {all_p:.4f}, new {new_p:.4f}, "
+                f"{trained.seconds_per_epoch:.3f}s/epoch"
             )
     return out
 
@@ -359,50 +261,21 @@ def run_peers(
 # -- Table 3 -----------------------------------------------------------------------------------
 
 
-def learned_runs(settings, run_id: str, variants: Sequence[str], runs: int) -> dict:
-    """variant → per-run {precision_at_10, recall_at_10} of the pipeline's learned variants,
-    read back from its MLflow run (the report keeps only means): the paired tests need them."""
-    from mlflow import MlflowClient
-
-    metrics = (
-        MlflowClient(settings.tracking_uri, settings.registry_uri).get_run(run_id).data.metrics
-    )
-    out = {}
-    for variant in variants:
-        keys = [(f"{variant}.run{r}.{METRIC}", f"{variant}.run{r}.{RECALL}") for r in range(runs)]
-        absent = [key for pair in keys for key in pair if key not in metrics]
-        if absent:
-            raise ValueError(f"MLflow run {run_id} lacks per-run metrics {absent[:4]!r}")
-        out[variant] = [{METRIC: metrics[p], RECALL: metrics[q]} for p, q in keys]
-    return out
-
-
-def combine(report: Mapping, learned: Mapping, peers: Mapping) -> dict:
-    """Table 3 of the pipeline's variants and the peers (`evaluation.table3` shape): main rows
-    and every paired test from the per-run values, cold-start rows from the pipeline's report
-    and the peers' runs. The recomposed variant means must equal the pipeline's."""
+def combine(out: Mapping, peers: Mapping) -> dict:
+    """mode → Table 3 (`evaluation.table3` shape) of the pipeline's rows and the peers',
+    paired tests included, from the per-run `AtK`s."""
     from training.recommender.evaluation import table3
     from training.recommender.pipeline import _cold_runs
 
-    runs = {}
-    for name, summary in report["variants"].items():
-        # popularity is deterministic: its one run is its mean
-        runs[name] = learned.get(name) or [{METRIC: summary[METRIC], RECALL: summary[RECALL]}]
-    for name, peer in peers.items():
-        runs[name] = peer["main"]
-    table = table3(runs, None, K)
-    for name, summary in report["variants"].items():
-        for key in (METRIC, RECALL):
-            if not math.isclose(table["variants"][name][key], summary[key], abs_tol=1e-12):
-                raise ValueError(
-                    f"{name} {key}: MLflow's runs give {table['variants'][name][key]!r}, the "
-                    f"report {summary[key]!r}"
-                )
-    table["cold_start"] = dict(report.get("cold_start") or {})
-    peer_cold = _cold_runs({name: peer["cold"] for name, peer in peers.items()})
-    if table["cold_start"] and peer_cold:
-        table["cold_start"].update(table3(peer_cold, None, K)["variants"])
-    return table
+    tables = {}
+    for mode, by_variant in out["runs"].items():
+        runs = {name: list(values) for name, values in by_variant.items()}
+        cold = {name: list(values) for name, values in out["cold_runs"][mode].items()}
+        for name, peer in peers.items():
+            runs[name] = peer["runs"][mode]
+            cold[name] = peer["cold"][mode]
+        tables[mode] = table3(runs, _cold_runs(cold), K)
+    return tables
 
 
 def versus(significance: Mapping, name: str) -> dict:
@@ -426,43 +299,74 @@ def versus(significance: Mapping, name: str) -> dict:
     return out
 
 
-def goals(variants: Mapping, ratio: float | None) -> list[dict]:
+def goals(tables: Mapping, diversity: Mapping, ratio: float | None) -> list[dict]:
     """The issue's goals: {"goal", "met" (True / False / None = not measured), "detail"}."""
+    out = []
 
-    def p(name):
-        return variants[name][METRIC] if name in variants else None
+    def p(mode, name, section="variants"):
+        row = tables.get(mode, {}).get(section, {}).get(name)
+        return None if row is None else row[METRIC]
 
-    def check(goal, names, test, detail):
-        values = [p(n) for n in names]
+    def pvalue(mode, a, b):
+        tests = versus(tables[mode]["significance"], a).get(b)
+        return None if tests is None else tests[METRIC]["p_value"]
+
+    def add(goal, values, test, detail):
         if any(v is None for v in values):
-            absent = [n for n, v in zip(names, values) if v is None]
-            return {"goal": goal, "met": None, "detail": f"not measured: no {', '.join(absent)}"}
-        return {"goal": goal, "met": bool(test(*values)), "detail": detail(*values)}
+            out.append({"goal": goal, "met": None, "detail": "not measured"})
+        else:
+            out.append({"goal": goal, "met": bool(test(*values)), "detail": detail(*values)})
 
-    out = [
-        check(
-            "hybrid ≥ cf ≥ popularity (precision@10)",
-            ("hybrid", "cf", "popularity"),
-            lambda h, c, pop: h >= c >= pop,
-            lambda h, c, pop: f"hybrid {h:.5f}, cf {c:.5f}, popularity {pop:.5f}",
-        ),
-        check(
-            f"hybrid ≥ {POPULARITY_RATIO} × popularity (precision@10)",
-            ("hybrid", "popularity"),
-            lambda h, pop: h >= POPULARITY_RATIO * pop,
+    for mode in tables:
+        h, c, pop = p(mode, "hybrid"), p(mode, "cf"), p(mode, "popularity")
+        p_hc, p_cp = pvalue(mode, "hybrid", "cf"), pvalue(mode, "cf", "popularity")
+        add(
+            f"[{mode}] hybrid > cf > popularity, paired p < 0.05",
+            (h, c, pop, p_hc, p_cp),
+            lambda h, c, pop, a, b: h > c > pop and a < 0.05 and b < 0.05,
+            lambda h, c, pop, a, b: (
+                f"hybrid {h:.5f}, cf {c:.5f}, popularity {pop:.5f}; p(hybrid vs cf) {a:.3g}, "
+                f"p(cf vs popularity) {b:.3g}"
+            ),
+        )
+        add(
+            f"[{mode}] hybrid ≥ {POPULARITY_RATIO} × popularity",
+            (h, pop),
+            lambda h, pop: pop > 0 and h >= POPULARITY_RATIO * pop,
             lambda h, pop: (
                 f"hybrid {h:.5f} = {h / pop:.2f} × popularity {pop:.5f}"
-                if pop > 0
+                if pop
                 else f"hybrid {h:.5f}, popularity 0"
             ),
-        ),
-        check(
-            "hybrid ≥ LightFM (precision@10)",
-            ("hybrid", "lightfm"),
-            lambda h, lf: h >= lf,
-            lambda h, lf: f"hybrid {h:.5f}, LightFM {lf:.5f} ({h - lf:+.5f})",
-        ),
-    ]
+        )
+        hc, lc = p(mode, "hybrid", "cold_start"), p(mode, "lightfm", "cold_start")
+        add(
+            f"[{mode}] cold start: hybrid > 0 and > LightFM",
+            (hc, lc),
+            lambda h, lf: h > 0 and h > lf,
+            lambda h, lf: f"hybrid {h:.5f}, LightFM {lf:.5f}",
+        )
+        d = (diversity.get(mode) or {}).get("hybrid", {}).get("distinct_products")
+        add(
+            f"[{mode}] hybrid recommends ≥ 150 distinct products across customers",
+            (d,),
+            lambda d: d >= 150,
+            lambda d: f"{d:.1f} distinct products (mean over runs)",
+        )
+    new = "new_to_customer"
+    for peer in ("lightfm", "als"):
+        add(
+            f"[{new}] hybrid ≥ {peer}",
+            (p(new, "hybrid"), p(new, peer)),
+            lambda h, x: h >= x,
+            lambda h, x, peer=peer: f"hybrid {h:.5f}, {peer} {x:.5f} ({h - x:+.5f})",
+        )
+    add(
+        "[all_products] blend ≥ 1.1 × buy again",
+        (p("all_products", "blend"), p("all_products", "buy_again")),
+        lambda b, a: a > 0 and b >= 1.1 * a,
+        lambda b, a: f"blend {b:.5f} = {b / a:.2f} × buy again {a:.5f}" if a else f"blend {b}",
+    )
     goal = "hybrid / LightFM seconds per epoch ≤ 1.0"
     if ratio is None or not math.isfinite(ratio):
         out.append({"goal": goal, "met": None, "detail": "not measured"})
@@ -486,19 +390,10 @@ def render(result: Mapping) -> str:
     """The Markdown of one benchmark result (the JSON written beside it)."""
     from training.recommender.evaluation import markdown_table
 
-    table, data, m = result["table"], result["data"], result["machine"]
-    per = data["training_examples"]
-    lf = result.get("lightfm_features")
-    period = result["period"]
+    data, m, period = result["data"], result["machine"], result["period"]
     since = "" if period["train_start"] is None else f"after {period['train_start'][:10]} "
-    if not per:
-        examples = "–"
-    elif min(per) == max(per):
-        examples = f"{per[0]:,}"
-    else:
-        examples = f"{min(per):,}–{max(per):,}"
     lines = [
-        "# Recommender benchmark (Table 3)",
+        "# Recommender benchmark (Table 3, two modes)",
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}. Machine: {m['cpus']} CPUs ({m['platform']}), Python "
@@ -508,19 +403,23 @@ def render(result: Mapping) -> str:
         "",
         "## Data",
         "",
-        f"- Training window: interactions {since}up to {period['train_end'][:10]} (inclusive); "
-        f"test period: the purchases after it up to {period['test_end'][:10]} "
-        f"({result['settings']['test_days']} days).",
-        f"- {data['interactions']:,} interactions in the lake; {data['test_customers']:,} test "
-        f"customers (with a history) buying {data['test_purchases']:,} distinct "
-        f"(customer, product) pairs; {data['window_products']:,} products bought in the "
-        f"training window; {data['recommendable_products']:,} recommendable products.",
-        f"- Cold-start (never bought in training): {data['cold_start_products']:,} products, "
-        f"{data['cold_start_purchases']:,} test purchases.",
-        f"- Training examples per run: {examples} ({len(per)} runs).",
+        f"- Training: interactions {since}up to {period['train_end'][:10]} (inclusive); "
+        f"validation window from {period['validation_start'][:10]} (model selection only); "
+        f"test period: the purchases after train_end up to {period['test_end'][:10]}, read "
+        "once by the final runs.",
+        f"- {data['interactions']:,} interactions; {data['training_examples']:,} training "
+        f"examples ({result['settings']['scheme']} scheme), "
+        f"{data['validation_examples']:,} in the validation window; "
+        f"{data['test_customers']:,} test customers (with a history) buying "
+        f"{data['test_purchases']:,} distinct (customer, product) pairs; "
+        f"{data['recommendable_products']:,} recommendable products.",
+        f"- Cold-start (never bought up to train_end): {data['cold_start_products']:,} "
+        f"products, {data['cold_start_purchases']:,} test purchases.",
         f"- Content blocks: {', '.join(f'{b} {w}' for b, w in result['content_blocks'].items())}"
-        f"{'' if 'attributes' in result['content_blocks'] else ' (no predicted attributes)'}.",
+        f"{'' if 'attributes' in result['content_blocks'] else ' (no predicted attributes)'}; "
+        f"image embeddings: {result['images']}.",
     ]
+    lf = result.get("lightfm_features")
     if lf:
         how = (
             "all columns"
@@ -532,33 +431,79 @@ def render(result: Mapping) -> str:
             f"- LightFM item features: identity + the {lf['input_columns']} content columns "
             f"the hybrid's encoder reads (per-block unit norm), {how}."
         )
-    shown = {k: v for k, v in table.items() if k != "significance"}
-    lines += ["", "## Table 3", "", markdown_table(shown, K).rstrip(), ""]
-    vs = result.get("hybrid_vs") or {}
-    if vs:
+    tuning = result.get("tuning")
+    if tuning:
         lines += [
-            "Paired t-tests of hybrid against each other (two-sided, run i with run i; "
-            "mean diff = hybrid − other):",
             "",
-            "| hybrid vs | metric | mean diff | t | p |",
-            "|---|---|---:|---:|---:|",
+            "## Model selection (validation window only)",
+            "",
+            "| overrides | validation precision@10 all | new to customer | loss | best epoch |"
+            " seconds |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        for other, tests in vs.items():
-            for metric, t in tests.items():
-                lines.append(
-                    f"| {other} | {metric.replace('_at_', '@')} | {t['mean_diff']:+.5f} | "
-                    f"{_num(t['t'], '.3g')} | {_num(t['p_value'], '.3g')} |"
-                )
-        lines.append("")
+        for pt in tuning["points"]:
+            lines.append(
+                f"| `{json.dumps(pt['overrides'])}` | {pt[f'all_products.{METRIC}']:.5f} | "
+                f"{pt[f'new_to_customer.{METRIC}']:.5f} | {pt['validation_loss']:.4f} | "
+                f"{pt['best_epoch']} | {pt['seconds']} |"
+            )
+        lines += ["", f"Chosen: `{json.dumps(tuning['best'])}`."]
+    titles = {
+        "all_products": "All products (the paper's protocol)",
+        "new_to_customer": "New to customer (each customer's purchases up to train_end excluded)",
+    }
+    for mode, table in result["tables"].items():
+        shown = {k: v for k, v in table.items() if k != "significance"}
+        lines += ["", f"## Table 3 — {titles.get(mode, mode)}", "", markdown_table(shown, K)]
+        vs = versus(table["significance"], "hybrid")
+        if vs:
+            lines += [
+                "Paired t-tests of hybrid against each other (two-sided, run i with run i; "
+                "mean diff = hybrid − other):",
+                "",
+                "| hybrid vs | metric | mean diff | t | p |",
+                "|---|---|---:|---:|---:|",
+            ]
+            for other, tests in vs.items():
+                for metric, t in tests.items():
+                    lines.append(
+                        f"| {other} | {metric.replace('_at_', '@')} | {t['mean_diff']:+.5f} | "
+                        f"{_num(t['t'], '.3g')} | {_num(t['p_value'], '.3g')} |"
+                    )
+        cf_pop = versus(table["significance"], "cf").get("popularity")
+        if cf_pop:
+            t = cf_pop[METRIC]
+            lines.append(
+                f"| (cf vs popularity) | precision@10 | {t['mean_diff']:+.5f} | "
+                f"{_num(t['t'], '.3g')} | {_num(t['p_value'], '.3g')} |"
+            )
     lines += [
+        "",
+        "## Diversity",
+        "",
+        "| mode | model | distinct products in all top-10s (mean over runs) | customer-vector "
+        "cosine |",
+        "|---|---|---:|---:|",
+    ]
+    for mode, by in result["diversity"].items():
+        for name, d in by.items():
+            cos = d.get("customer_cosine")
+            lines.append(
+                f"| {mode} | {name} | {d['distinct_products']:.1f} | "
+                f"{'–' if cos is None else f'{cos:.3f}'} |"
+            )
+    lines += [
+        "",
         "## Training time",
         "",
-        "| model | runs | epochs (mean) | seconds/epoch (mean) |",
-        "|---|---:|---:|---:|",
+        "| model | runs | epochs (mean) | seconds/epoch (mean) | train loss drop |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, info in result["training"].items():
+        drop = info.get("train_loss_drop")
         lines.append(
-            f"| {name} | {info['runs']} | {info['epochs']:.1f} | {info['seconds_per_epoch']:.3f} |"
+            f"| {name} | {info['runs']} | {info['epochs']:.1f} | {info['seconds_per_epoch']:.3f} "
+            f"| {'–' if drop is None else f'{drop:.1%}'} |"
         )
     ratio = result.get("epoch_time_ratio")
     lines += [
@@ -596,14 +541,38 @@ def configure_tf_threads(threads: int | None) -> int:
     return int(tf.config.threading.get_intra_op_parallelism_threads())
 
 
+# The default tuning grid: one axis at a time around the settings' defaults (the cost of a
+# full product is too high here); `--grid '[{...}, ...]'` gives another.
+DEFAULT_GRID = (
+    {},
+    {"scheme": "last_month"},
+    {"negatives": "uniform"},
+    {"learning_rate": 0.005},
+    {"l2": 0.01},
+    {"k": 64},
+    {"n_recent": 10},
+)
+
+
+def image_summary(settings) -> str:
+    """How many products have an image embedding, and with which weights."""
+    from atelier.lake import Lake
+
+    lake = Lake(settings)
+    emb = lake.read_pandas("image_embeddings", ["product_id", "weights"])
+    products = len(lake.read_pandas("products", ["product_id"]))
+    weights = ", ".join(sorted({str(w)[:24] for w in emb["weights"]}))
+    return f"{emb['product_id'].nunique():,} of {products:,} products ({weights})"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True, help="a prepared H&M workdir")
-    p.add_argument("--source", type=Path, help="H&M-layout folder: prepare the workdir first")
     p.add_argument("--train-end", required=True, help="end of training, inclusive (2020-05-31)")
     p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--epochs", type=int, help="max epochs of the learned variants (setting)")
+    p.add_argument("--grid", help="'default' or a JSON list of recommender overrides to tune")
+    p.add_argument("--settings", default="{}", help="JSON recommender overrides (before tuning)")
     p.add_argument("--variants", default="popularity,cf,content,hybrid")
     p.add_argument("--skip-peers", action="store_true")
     p.add_argument("--lightfm-epochs", type=int, help="default: the hybrid's mean epochs (rounded)")
@@ -623,31 +592,45 @@ def main(argv: list[str] | None = None) -> int:
     from atelier.logs import setup_logging
     from atelier.settings import Settings
     from training.attributes.pipeline import device
-    from training.recommender.pipeline import LEARNED, check_variants, train_recommender
+    from training.recommender.pipeline import (
+        EXAMPLE_SETTINGS,
+        check_variants,
+        prepare_split,
+        train_recommender,
+        tune_recommender,
+    )
 
     setup_logging("WARNING")  # progress lines come from `say`
-    overrides = {"recommender": {"epochs": args.epochs}} if args.epochs else {}
-    if args.source:
-        overrides["embed"] = {"allow_random_weights": True}  # offline: recorded in the lake
-    settings = Settings(workdir=args.workdir, **overrides)
-    cfg = settings.recommender
+    settings = Settings(workdir=args.workdir, recommender=json.loads(args.settings))
     variants = check_variants(args.variants)
-    seconds: dict[str, float] = {}
-    if args.source:
-        seconds.update(prepare(settings, args.source))
     missing = missing_inputs(settings)
     if missing:
         say(f"{settings.workdir} is not prepared; it lacks:\n  " + "\n  ".join(missing))
-        say("prepare it with --source DIR or the atelier commands named above")
+        say("prepare it with the atelier commands named above")
         return 2
 
+    seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    split = make_split(settings, args.train_end)
+    split = prepare_split(settings, args.train_end)
     seconds["split"] = round(time.perf_counter() - t0, 1)
-    mine = split.summary()
+    tuning = None
+    if args.grid:
+        grid = DEFAULT_GRID if args.grid == "default" else json.loads(args.grid)
+        t0 = time.perf_counter()
+        tuning = tune_recommender(settings, split, grid, progress=say)
+        seconds["tuning"] = round(time.perf_counter() - t0, 1)
+        best = tuning["best"]
+        say(f"chosen on validation: {best}")
+        settings = settings.model_copy(
+            update={"recommender": settings.recommender.model_copy(update=best)}
+        )
+        if any(k in best for k in EXAMPLE_SETTINGS):
+            split = prepare_split(settings, split.end, split.interactions, split.features)
+    cfg = settings.recommender
+    test = split.test
     say(
-        f"split: {mine['test_customers']} test customers, {mine['recommendable_products']} "
-        f"recommendable products, {mine['cold_start_purchases']} cold-start purchases"
+        f"split: {len(test.relevant)} test customers, {len(test.catalogue)} recommendable "
+        f"products, {len(test.cold)} cold"
     )
 
     t0 = time.perf_counter()
@@ -659,22 +642,20 @@ def main(argv: list[str] | None = None) -> int:
             args.runs,
             Path(scratch),
             say if args.verbose else per_run,
+            split=split,
         )
     seconds["pipeline"] = round(time.perf_counter() - t0, 1)
     report = out["report"]
-    learned = [v for v in variants if v in LEARNED]
-    # Without a learned variant the pipeline reads no content, so its catalogue is unfiltered.
-    check_same_split(mine, report["data"], SPLIT_KEYS if learned else SPLIT_KEYS[:4])
-
     training = {
-        v: {k: info[k] for k in ("runs", "epochs", "seconds_per_epoch")}
+        v: {k: info[k] for k in ("runs", "epochs", "seconds_per_epoch", "train_loss_drop")}
         for v, info in report["training"].items()
     }
+    diversity = {m: dict(by) for m, by in report["diagnostics"].items()}
     peers, lightfm_features, lightfm_epochs = {}, None, None
     if not args.skip_peers:
         features = split.features
         dense = content_matrix(
-            {b: v[features.rows(split.catalogue)] for b, v in features.blocks.items()},
+            {b: v[features.rows(test.catalogue)] for b, v in features.blocks.items()},
             features.categorical_dims,
             features.recommender_config("content").lifted_blocks,
         )
@@ -702,9 +683,16 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": len(epochs),
                 "epochs": float(np.mean(epochs)),
                 "seconds_per_epoch": float(np.mean(peer["seconds_per_epoch"])),
+                "train_loss_drop": None,
             }
+            for mode, counts in peer["distinct"].items():
+                diversity.setdefault(mode, {})[name] = {
+                    "distinct_products": float(np.mean(counts)),
+                    "distinct_products_runs": counts,
+                    "customer_cosine": None,
+                }
 
-    table = combine(report, learned_runs(settings, out["run_id"], learned, args.runs), peers)
+    tables = combine(out, peers)
     ratio = None
     if "hybrid" in training and "lightfm" in training:
         ratio = training["hybrid"]["seconds_per_epoch"] / training["lightfm"]["seconds_per_epoch"]
@@ -722,15 +710,19 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {**cfg.model_dump(), "seed": settings.seed},
         "period": report["period"],
         "data": report["data"],
+        "images": image_summary(settings),
         "content_blocks": {**split.features.block_dims, **split.features.categorical_dims},
         "attribute_model_versions": list(split.features.attribute_model_versions),
         "lightfm_features": lightfm_features,
         "peer_budget": {"lightfm_epochs": lightfm_epochs, "als_iterations": args.als_iterations},
-        "table": table,
-        "hybrid_vs": versus(table["significance"], "hybrid"),
+        "tuning": tuning,
+        "tables": tables,
+        "diversity": diversity,
+        "validation": report.get("validation"),
+        "blend_rule": (report.get("model") or {}).get("blend"),
         "training": training,
         "epoch_time_ratio": ratio,
-        "goals": goals(table["variants"], ratio),
+        "goals": goals(tables, diversity, ratio),
         "peers": {name: peer["info"] for name, peer in peers.items()},
         "pipeline": {"run_id": out["run_id"], "model_version": out["model_version"]},
         "seconds": seconds,

@@ -3,16 +3,19 @@ path through `content_blocks`, and the MLflow pyfunc (log → load → predict).
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from training.recommender.bundle import RecommenderBundle
-from training.recommender.data import training_examples
+from training.recommender.bundle import FORMAT_VERSION, RecommenderBundle
+from training.recommender.data import split_by_time, training_examples
 from training.recommender.features import IMAGE_DIM, ContentFeatures, content_blocks
+from training.recommender.layers import BIAS_RATE, l2_normalize
 from training.recommender.model import build_item_tower
+from training.recommender.timeline import SalesTimeline
 from training.recommender.trainer import product_vectors, train_recommender_model
 
 pytestmark = pytest.mark.unit
@@ -21,6 +24,8 @@ AS_OF = pd.Timestamp("2020-05-31", tz="UTC")
 GROUPS = ("a", "b")
 PER_GROUP = 4
 COLD = "a_new"  # group a's content, never bought: no CF row
+K = 8
+N_RECENT = 3
 
 
 def raw_frame(seed: int = 0) -> pd.DataFrame:
@@ -64,13 +69,23 @@ def interactions(n_customers: int = 20, per_customer: int = 8, seed: int = 0) ->
 
 
 def train(variant: str, features: ContentFeatures):
-    examples = training_examples(
-        interactions(), AS_OF, positive_days=30, n_inputs=3, min_interactions=4, seed=1
+    frame = interactions()
+    examples = training_examples(frame, AS_OF, n_recent=N_RECENT)
+    fit, valid = split_by_time(examples, AS_OF - pd.Timedelta(days=10))
+    config = features.recommender_config(
+        variant, k=K, hidden_units=(16,), bias_units=4, n_negatives=4, seed=3
     )
-    config = features.recommender_config(variant, n_items=1, k=8, hidden_units=(16,))
-    config = type(config)(**{**config.to_dict(), "n_negatives": 4, "seed": 3})
     return train_recommender_model(
-        examples, features, config, epochs=1, batch_size=16, validation_fraction=0.2, seed=3
+        examples.subset(fit),
+        features,
+        config,
+        SalesTimeline(frame, features.product_ids),
+        validation=examples.subset(valid),
+        epochs=1,
+        batch_size=16,
+        seed=3,
+        n_recent=N_RECENT,
+        progress=lambda line: None,
     )
 
 
@@ -87,39 +102,108 @@ def world():
 
 def test_item_vectors_are_the_trained_towers_and_a_new_product_gets_its_content(world):
     frame, features, trained, bundle = world
-    assert bundle.variant == "hybrid" and bundle.k == 8
+    assert bundle.variant == "hybrid" and bundle.k == K
     assert bundle.blocks == features.block_dims and bundle.categorical == {"type": 4}
     assert COLD not in bundle.item_index and bundle.item_index["a0"] >= 1
     vectors = bundle.item_vectors(features)
-    assert vectors.shape == (9, 8) and vectors.dtype == np.float32
+    assert vectors.shape == (9, K + 1) and vectors.dtype == np.float32  # match, then bias
     np.testing.assert_array_equal(vectors, product_vectors(trained, features))
 
-    # The hybrid vector is CF row + content: give the new product a0's content and the
-    # difference of their vectors is exactly a0's embedding row.
+    # Give the new product a0's content (dynamic blocks included): their vectors then differ
+    # by a0's CF row alone. Match: unit(content) vs unit(content + CF row), times the scale;
+    # bias: exactly a0's CF bias (times BIAS_RATE) apart.
     twin = frame.copy()
     cold_row = int(np.flatnonzero(twin["product_id"] == COLD)[0])
     a0_row = int(np.flatnonzero(twin["product_id"] == "a0")[0])
     for column in twin.columns.drop("product_id"):
         twin.at[cold_row, column] = twin.at[a0_row, column]
-    v = bundle.item_vectors(features_of(twin))
-    embedding = bundle.item_tower.get_layer("item_tower").cf_embedding.embeddings.numpy()
+    twin_features = features_of(twin)
+    v = bundle.item_vectors(twin_features)
+    layer = bundle.item_tower.get_layer("item_tower")
+    assert layer.dynamic_names == ("popularity", "recency")
+    index = bundle.item_index["a0"]
+    row = layer.cf_embedding.embeddings.numpy()[index].astype(np.float64)
+    cf_bias = float(layer.cf_bias.embeddings.numpy()[index, 0]) * BIAS_RATE
+    scale = float(np.asarray(layer.match_scale))
+    names = layer.content_encoder.input_names
+    content = np.asarray(
+        layer.content_encoder({n: twin_features.blocks[n][[a0_row]] for n in names}),
+        np.float64,
+    )[0]
     np.testing.assert_allclose(
-        v[a0_row] - v[cold_row], embedding[bundle.item_index["a0"]], atol=1e-5
+        v[cold_row, :K], np.asarray(l2_normalize(content)) * scale, atol=1e-5
     )
+    both = content + row
+    np.testing.assert_allclose(v[a0_row, :K], both / np.linalg.norm(both) * scale, atol=1e-5)
+    assert v[a0_row, K] - v[cold_row, K] == pytest.approx(cf_bias, abs=1e-6)
     assert np.isfinite(v[cold_row]).all() and np.abs(v[cold_row]).sum() > 0
 
 
+def test_dynamic_blocks_move_only_the_bias(world):
+    frame, _, _, bundle = world
+    busier = frame.assign(popularity_7d=frame["popularity_7d"] + 50)
+    before = np.array(bundle.predict(frame, AS_OF)["vector"].tolist())
+    after = np.array(bundle.predict(busier, AS_OF)["vector"].tolist())
+    np.testing.assert_allclose(after[:, :K], before[:, :K], rtol=1e-6, atol=1e-7)
+    assert (np.abs(after[:, K] - before[:, K]) > 1e-6).all()
+
+
 def test_save_load_round_trip_gives_identical_vectors(world, tmp_path):
-    _, features, _, bundle = world
+    _, features, trained, bundle = world
+    assert bundle.n_recent == trained.n_recent == N_RECENT and bundle.layout == "dot+bias"
+    assert bundle.metadata == {
+        "train_end": str(AS_OF),
+        "precision_at_10": 0.25,
+        "n_recent": N_RECENT,
+        "layout": "dot+bias",
+    }
     bundle.save(tmp_path / "b")
     assert {p.name for p in (tmp_path / "b").iterdir()} == {"model.keras", "bundle.json"}
+    state = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert state["format"] == FORMAT_VERSION == 2
+    assert state["metadata"]["n_recent"] == N_RECENT and state["metadata"]["layout"] == "dot+bias"
     loaded = RecommenderBundle.load(tmp_path / "b")
     assert loaded.config == bundle.config and loaded.variant == "hybrid"
     assert loaded.item_index == bundle.item_index and loaded.metadata == bundle.metadata
     assert loaded.blocks == bundle.blocks and loaded.categorical == bundle.categorical
-    np.testing.assert_array_equal(loaded.item_vectors(features), bundle.item_vectors(features))
+    assert loaded.n_recent == N_RECENT and loaded.layout == "dot+bias"
+    vectors = loaded.item_vectors(features)
+    assert vectors.shape == (9, K + 1)
+    np.testing.assert_array_equal(vectors, bundle.item_vectors(features))
     with pytest.raises(FileNotFoundError, match="not a recommender bundle"):
         RecommenderBundle.load(tmp_path)
+
+
+def test_a_format_1_bundle_is_refused_with_a_message_to_retrain(world, tmp_path):
+    _, _, _, bundle = world
+    bundle.save(tmp_path / "old")
+    path = tmp_path / "old" / "bundle.json"
+    state = json.loads(path.read_text())
+    state["format"] = 1
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="bundle format 1 is not the supported 2: retrain"):
+        RecommenderBundle.load(tmp_path / "old")
+    del state["format"]
+    path.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="bundle format None is not the supported 2"):
+        RecommenderBundle.load(tmp_path / "old")
+
+
+def test_metadata_defaults_and_checks(world):
+    _, _, _, bundle = world
+    bare = RecommenderBundle(bundle.item_tower, bundle.config)
+    assert bare.metadata == {"layout": "dot+bias", "n_recent": 5}
+    assert bare.n_recent == 5 and bare.layout == "dot+bias"
+    given = RecommenderBundle(bundle.item_tower, bundle.config, metadata={"n_recent": 2})
+    assert given.n_recent == 2
+    for bad in (0, "5", True):
+        with pytest.raises(
+            ValueError, match=f"metadata n_recent must be an integer >= 1, got {bad!r}"
+        ):
+            RecommenderBundle(bundle.item_tower, bundle.config, metadata={"n_recent": bad})
+    narrow = type(bundle.config)(**{**bundle.config.to_dict(), "k": 4})
+    with pytest.raises(ValueError, match="output width 9 differs from config k=4 \\+ 1"):
+        RecommenderBundle(bundle.item_tower, narrow)
 
 
 def test_cf_gives_a_never_bought_product_the_zero_vector(world):
@@ -127,7 +211,8 @@ def test_cf_gives_a_never_bought_product_the_zero_vector(world):
     trained = train("cf", features)
     bundle = RecommenderBundle.from_trained(trained, features)
     vectors = bundle.item_vectors(features)
-    assert not vectors[features.index[COLD]].any()
+    assert vectors.shape == (9, K + 1)
+    assert not vectors[features.index[COLD]].any()  # match and bias: never ranked
     assert np.abs(vectors[features.index["a0"]]).sum() > 0
     assert bundle.knows(["a0", COLD, "zz"]).tolist() == [True, False, False]
 
@@ -137,6 +222,7 @@ def test_raw_frame_goes_through_content_blocks_like_training(world):
     got = bundle.predict(frame, as_of=AS_OF)
     assert list(got.columns) == ["product_id", "vector"]
     assert list(got["product_id"]) == list(frame["product_id"])
+    assert {len(v) for v in got["vector"]} == {K + 1}
     np.testing.assert_allclose(np.array(got["vector"].tolist()), bundle.item_vectors(features))
     # A product type added after training is unknown (0) to the model, not an error.
     newer = frame.assign(type_idx=np.where(frame["product_id"] == COLD, 9, frame["type_idx"]))

@@ -654,6 +654,72 @@ def fit_variant(settings: Settings, split: Split, variant: str, seed: int, say) 
     return out
 
 
+# Settings whose change rebuilds the training examples (the rest only retrain).
+EXAMPLE_SETTINGS = ("scheme", "positive_days", "n_recent", "min_history", "validation_days")
+
+
+def tune_recommender(
+    settings: Settings,
+    split: Split,
+    grid: Sequence[Mapping],
+    variant: str = REGISTERED_VARIANT,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Choose `recommender` settings on the validation window only (the test period is never
+    read): each grid point (a dict of `RecommenderSettings` overrides) trains `variant` once
+    (seed `settings.seed`) on the examples before the window, early-stopped on its loss, and
+    is scored by validation precision@10, the mean of the two modes. Returns {"points": [...],
+    "best": overrides of the highest score (ties: the lower validation loss)}."""
+    from training.recommender.trainer import train_recommender_model
+
+    say = progress or log.info
+    if not grid:
+        raise ValueError("the tuning grid is empty")
+    points = []
+    for i, overrides in enumerate(grid):
+        tuned = settings.model_copy(
+            update={"recommender": settings.recommender.model_copy(update=dict(overrides))}
+        )
+        cfg = tuned.recommender
+        here = split
+        if any(k in overrides for k in EXAMPLE_SETTINGS):
+            here = prepare_split(tuned, split.end, split.interactions, split.features)
+        if here.validation is None:
+            raise ValueError("no validation window to tune on (too little history before it)")
+        t0 = time.perf_counter()
+        model = train_recommender_model(
+            here.fit_examples,
+            here.features,
+            _config(tuned, here.features, variant, tuned.seed),
+            here.timeline,
+            validation=here.validation_examples,
+            epochs=cfg.epochs,
+            patience=cfg.patience,
+            batch_size=cfg.batch_size,
+            seed=tuned.seed,
+            n_recent=cfg.n_recent,
+            progress=lambda _line: None,
+        )
+        scores = _validation_scores(model, here.validation)
+        point = {
+            "overrides": dict(overrides),
+            "validation_loss": model.best_validation_loss,
+            "best_epoch": model.best_epoch,
+            **{f"{m}.{METRIC}": v for m, v in scores.items()},
+            "score": float(np.mean(list(scores.values()))),
+            "examples": len(here.fit_examples),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        points.append(point)
+        say(
+            f"grid {i + 1}/{len(grid)} {dict(overrides)}: validation {METRIC} all "
+            f"{scores['all_products']:.5f}, new {scores['new_to_customer']:.5f}, best epoch "
+            f"{model.best_epoch}, {point['seconds']}s"
+        )
+    best = max(points, key=lambda p: (p["score"], -p["validation_loss"]))
+    return {"points": points, "best": best["overrides"], "variant": variant}
+
+
 def train_recommender(
     settings: Settings,
     train_end: date | datetime | str | None = None,
@@ -661,16 +727,19 @@ def train_recommender(
     runs: int | None = None,
     report_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    split: Split | None = None,
 ) -> dict:
     """Train, evaluate (Table 3 in both modes), log and register the recommender; returns a
-    summary dict (run_id, model_version, report_dir, report).
+    summary dict (run_id, model_version, report_dir, report, and `runs` / `cold_runs`: mode →
+    variant → the per-run `AtK`s, for tables that add peers).
 
     `train_end`: end of the training window, inclusive (a date is its midnight UTC, which
     keeps that day's H&M purchases in training); default `default_train_end`. The test period
     is `(train_end, train_end + settings.recommender.test_days]`; with `train_end` at or after
     the last interaction there is none ("train to deploy": the model trains on all history,
     is selected on the validation window, and is registered with its validation metrics; score
-    it later with `atelier evaluate recommender`). `runs`: default the setting.
+    it later with `atelier evaluate recommender`). `runs`: default the setting. `split`: a
+    `prepare_split` of the same settings and train_end, to reuse (the benchmark does).
     """
     import mlflow
 
@@ -687,7 +756,8 @@ def train_recommender(
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     learned = [v for v in variants if v in LEARNED]
 
-    split = prepare_split(settings, train_end)
+    if split is None:
+        split = prepare_split(settings, train_end)
     end, test = split.end, split.test
     interactions = split.interactions
     if split.deploy:
@@ -879,6 +949,8 @@ def train_recommender(
         "model_version": version,
         "report_dir": str(report_dir),
         "report": report,
+        "runs": runs_by,
+        "cold_runs": cold_by,
     }
 
 
@@ -1087,8 +1159,11 @@ def evaluate_recommender(
     from training.recommender.features import load_content_features
     from training.recommender.pyfunc import load_bundle
 
+    from training import registry
+
     cfg = settings.recommender
     say = progress or log.info
+    registry.configure(settings)  # a given models:/ URI resolves in this workdir's registry
     models = registered_models(settings, model_uri)
     period, skipped = read_transactions(interactions_file, settings.layouts_dir)
     if period.empty:
