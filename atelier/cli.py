@@ -526,7 +526,7 @@ def evaluate_attributes_cmd(
             settings, source, layout, report, model_uri, progress=typer.echo
         )
     )
-    typer.echo(summary_markdown(result))
+    typer.echo(markdown_table(result))
     typer.echo(f"report: {report}")
 
 

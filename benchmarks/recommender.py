@@ -547,7 +547,7 @@ DEFAULT_GRID = (
     {},
     {"scheme": "last_month"},
     {"negatives": "uniform"},
-    {"learning_rate": 0.005},
+    {"learning_rate": 0.002},
     {"l2": 0.01},
     {"k": 64},
     {"n_recent": 10},

@@ -22,22 +22,29 @@ def test_demo_runs_every_stage_and_prints_online_features(demo_run):
     assert "| attribute | #samples |" in text and "Mean weighted F1:" in text
     assert re.search(r"PROMOTED version 1 to champion", text), text
     assert re.search(r"labels kept \d+, predicted [1-9]\d*", text), text
-    # Steps 9-11: Table 3 of the four variants, the hybrid registered and promoted, the
+    # Steps 9-11: Table 3 of the four variants in both modes (all products with "buy it
+    # again" and the blend; new to customer), the hybrid registered and promoted, the
     # champion's vector of every product written and materialised.
-    assert "| variant | runs | precision@10 | recall@10 |" in text
-    for variant in ("popularity", "cf", "content", "hybrid"):
+    assert "## All products (the paper's protocol)" in text
+    assert "## New to customer" in text
+    assert "| variant | runs | precision@10 | recall@10 | hits per run | customers |" in text
+    for variant in ("popularity", "cf", "content", "hybrid", "buy_again", "blend"):
         assert re.search(rf"\| {variant} \| 1 \| 0\.\d+", text), text
+    new = text[text.index("## New to customer") :]
+    for variant in ("popularity", "cf", "content", "hybrid"):
+        assert re.search(rf"\| {variant} \| 1 \| 0\.\d+", new), new
     assert "Figure 7" in text
     assert "atelier-recommender: PROMOTED version 1 to champion" in text
     assert re.search(r"products 150: scored 150", text), text
     # The online lookup of step 12 prints the product's 512-d embedding, its token ids, the
-    # attribute values served from the predicted_attributes view and its 16-d item vector.
+    # attribute values served from the predicted_attributes view and its item vector (16
+    # match coordinates and the bias).
     step12 = text[text.index("[12/12]"):]
     assert "(512 values)" in step12
     assert "token_ids" in step12 and "type_idx" in step12
     assert "predicted_attributes.model_version: atelier-attributes/1" in step12
     assert re.search(r"predicted_attributes.attribute_values: \['", step12), step12
-    assert re.search(r"item_vectors.vector: \[.*\(16 values\)", step12), step12
+    assert re.search(r"item_vectors.vector: \[.*\(17 values\)", step12), step12
     assert "item_vectors.model_version: atelier-recommender/1" in step12
     assert "similar products of" in step12
     # A second demo run on the same workdir embeds nothing new.

@@ -267,7 +267,8 @@ def test_every_product_gets_the_champions_vector_as_of(published):
     expected = bundle.item_vectors(features)
     for i, pid in enumerate(IDS):
         row = rows[pid]
-        assert len(row["vector"]) == K and np.isfinite(row["vector"]).all()
+        # k match coordinates, then the product's bias (layout "dot+bias")
+        assert len(row["vector"]) == K + 1 and np.isfinite(row["vector"]).all()
         np.testing.assert_allclose(row["vector"], expected[i], rtol=1e-5, atol=1e-6)
         assert (row["variant"], row["model_version"]) == ("hybrid", model_version)
         assert row["event_timestamp"] == AS_OF
@@ -319,7 +320,7 @@ def test_the_gate_rejects_a_wrong_length_and_non_finite_vectors(published):
     settings, lake, *_ = published
     good = lake.read_arrow("item_vectors")
     products = {"product_id": lake.read_arrow("products")["product_id"].to_pylist()}
-    checks = gate_checks(settings, "item_vectors", vector_size=K)
+    checks = gate_checks(settings, "item_vectors", vector_size=K + 1)
     ok = validate_table(
         settings,
         "item_vectors",
@@ -355,7 +356,8 @@ def test_similar_cli_lists_cosine_neighbours_from_the_lake(published):
 
     settings, lake, _, model_version, *_ = published
     rows = _rows(lake)
-    want = similar_products(IDS, [rows[p]["vector"] for p in IDS], "p0", n=2)
+    # cosine over the match coordinates: the last one is the bias
+    want = similar_products(IDS, [rows[p]["vector"][:-1] for p in IDS], "p0", n=2)
     runner = CliRunner()
     out = runner.invoke(
         app,

@@ -1,7 +1,9 @@
 """The recommender stage end to end on a small demo catalogue: ingest (purchases up to January
-2020) → embed → text/product features → Feast → train the four variants (Table 3 report, MLflow
-run, hybrid registered as challenger) → promote; a worse challenger is refused; the registered
-models are scored on February 2020 given as an H&M transactions file (also through the CLI)."""
+2020) → embed → text/product features → Feast → train the four variants (Table 3 in both modes,
+MLflow run, hybrid registered as challenger) → promote; a worse challenger is refused; the
+registered models are scored on February 2020 given as an H&M transactions file (also through
+the CLI); training to deploy on all of the lake's history, then scoring that model on February;
+the sales timeline the training examples read equals Feast's product features at train_end."""
 
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ def trained(tmp_path_factory, spark):
             "batch_size": 256,
             "n_negatives": 20,
             "runs": 2,
+            "learning_rate": 0.01,
         },
     )
     run_ingest(settings, "hm", root / "source", spark=spark)
@@ -89,47 +92,76 @@ def lake_interactions(settings) -> pd.DataFrame:
     return frame
 
 
-def test_table3_report_with_cold_start_and_the_popularity_baseline(trained):
+def test_table3_report_in_both_modes_with_cold_start_and_the_baselines(trained):
     settings, root, out, lines = trained
     report = json.loads((root / "report" / "recommender.json").read_text())
     assert report == json.loads(json.dumps(out["report"], default=str))
-    assert list(report["variants"]) == VARIANTS
+    assert list(report["variants"]) == [*VARIANTS, "buy_again", "blend"]
+    assert list(report["new_to_customer"]["variants"]) == VARIANTS
     for name, m in report["variants"].items():
         assert 0.0 <= m["precision_at_10"] <= 1.0 and 0.0 <= m["recall_at_10"] <= 1.0
-        assert m["runs"] == (1 if name == "popularity" else 2)
+        assert m["runs"] == (1 if name in ("popularity", "buy_again") else 2)
         assert m["precision_at_10_std"] >= 0.0
+        # per-run hit counts beside the mean
+        assert len(m["hits_per_run"]) == m["runs"]
+        assert m["precision_at_10"] == pytest.approx(
+            np.mean(m["hits_per_run"]) / 10 / m["customers"]
+        )
     assert report["period"]["train_end"].startswith("2019-12-31")
+    assert report["period"]["validation_start"].startswith("2019-12-01")
     assert report["period"]["test_end"].startswith("2020-01-30")
 
     # The popularity baseline by hand: the 10 most bought products of December for everyone
-    # who bought in January and has a history.
+    # who bought in January and has a history; new to customer: their own purchases skipped.
     frame = lake_interactions(settings)
     end = pd.Timestamp("2019-12-31", tz="UTC")
     window = frame[(frame["timestamp"] > end - pd.Timedelta(days=30)) & (frame["timestamp"] <= end)]
     counts = window.groupby("product_id").size().reset_index(name="n")
-    top = counts.sort_values(["n", "product_id"], ascending=[False, True])["product_id"][:10]
+    ranked = list(counts.sort_values(["n", "product_id"], ascending=[False, True])["product_id"])
     test = frame[(frame["timestamp"] > end) & (frame["timestamp"] <= end + pd.Timedelta(days=30))]
     test = test[test["customer_id"].isin(set(frame.loc[frame["timestamp"] <= end, "customer_id"]))]
     bought = test.groupby("customer_id")["product_id"].agg(set)
-    precision = np.mean([len(set(top) & items) / 10 for items in bought])
+    past = frame[frame["timestamp"] <= end].groupby("customer_id")["product_id"].agg(set)
+    precision = np.mean([len(set(ranked[:10]) & items) / 10 for items in bought])
     assert report["variants"]["popularity"]["precision_at_10"] == pytest.approx(precision)
+    new = np.mean(
+        [
+            len(set([p for p in ranked if p not in past[c]][:10]) & bought[c]) / 10
+            for c in bought.index
+        ]
+    )
+    assert report["new_to_customer"]["variants"]["popularity"]["precision_at_10"] == pytest.approx(
+        new
+    )
     assert report["data"]["test_customers"] == len(bought)
 
     # Cold-start: products never bought up to train_end. Only the content path reaches them:
     # cf and popularity cannot put one in a top 10.
     cold = report["cold_start"]
-    assert list(cold) == VARIANTS and report["data"]["cold_start_purchases"] > 0
+    assert set(VARIANTS) <= set(cold) and report["data"]["cold_start_purchases"] > 0
     assert cold["cf"]["precision_at_10"] == 0.0 and cold["popularity"]["precision_at_10"] == 0.0
     assert {"hybrid_vs_cf", "hybrid_vs_popularity", "content_vs_cf"} <= set(report["significance"])
     assert report["significance"]["hybrid_vs_cf"]["precision_at_10"]["n"] == 2
 
+    # Diversity: distinct products in the top-10s and the customer-vector cosine per variant.
+    for mode in ("all_products", "new_to_customer"):
+        diag = report["diagnostics"][mode]
+        popular = diag["popularity"]["distinct_products"]
+        assert popular == 10 if mode == "all_products" else popular >= 10
+        for variant in ("cf", "content", "hybrid"):
+            assert 10 <= diag[variant]["distinct_products"] <= 150
+            assert -1.0 <= diag[variant]["customer_cosine"] <= 1.0
+
     training = report["training"]
     assert set(training) == {"cf", "content", "hybrid"}
     assert all(1 <= t["epochs"] <= 2 and t["seconds_per_epoch"] > 0 for t in training.values())
+    assert set(report["validation"]) == {"cf", "content", "hybrid"}
     assert report["feature_service"] == "recommender_v1"
-    assert "| hybrid | 2 |" in (root / "report" / "recommender.md").read_text()
+    text = (root / "report" / "recommender.md").read_text()
+    assert "## New to customer" in text and "| hybrid | 2 |" in text
     assert (root / "report" / "recommender.png").read_bytes()[:4] == b"\x89PNG"
     assert any(line.startswith("hybrid run 2/2: epoch 1/2") for line in lines)
+    assert any("refit on every example up to 2019-12-31" in line for line in lines)
 
 
 def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_challenger(trained):
@@ -171,14 +203,18 @@ def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_cha
     assert float(version.tags["metric_value"]) == pytest.approx(model["precision_at_10"])
 
     bundle = load_bundle(f"models:/{name}@challenger")
-    assert bundle.variant == "hybrid" and bundle.k == 8
+    assert bundle.variant == "hybrid" and bundle.k == 8 and bundle.layout == "dot+bias"
     assert bundle.metadata["feature_service"] == "recommender_v1"
     assert bundle.metadata["n_recent"] == N_RECENT
+    rule = bundle.metadata["blend"]  # calibrated on the validation window
+    assert len(rule["new"]) == 10 and len(rule["repeat"]) == 10
+    assert run.data.params["vector_layout"] == "dot+bias"
+    assert json.loads(run.data.params["recommender.blend_rule"]) == rule
     from training.recommender.features import load_content_features
 
     features = load_content_features(settings, pd.Timestamp("2019-12-31", tz="UTC"))
     vectors = bundle.item_vectors(features)
-    assert vectors.shape == (len(features), 8) and np.isfinite(vectors).all()
+    assert vectors.shape == (len(features), 9) and np.isfinite(vectors).all()
     never = ~bundle.knows(features.product_ids)
     assert never.any() and (np.abs(vectors[never]).sum(axis=1) > 0).all()
 
@@ -205,7 +241,20 @@ def test_promotion_refuses_a_worse_challenger_then_evaluation_on_february(traine
 
     # February, never in the lake: champion and challenger (the same tower) score the same.
     report = evaluate_recommender(settings, root / "february.csv", root / "february-report")
-    assert list(report["variants"]) == ["popularity", "hybrid", "hybrid_challenger"]
+    # popularity, the models (champion, then challenger), then the baselines in table order
+    assert list(report["variants"]) == [
+        "popularity",
+        "hybrid",
+        "buy_again",
+        "blend",
+        "hybrid_challenger",
+        "blend_hybrid_challenger",
+    ]
+    assert list(report["new_to_customer"]["variants"]) == [
+        "popularity",
+        "hybrid",
+        "hybrid_challenger",
+    ]
     assert report["models"]["hybrid"]["role"] == "champion"
     assert report["models"]["hybrid_challenger"]["model_uri"] == f"models:/{name}/2"
     hybrid = report["variants"]["hybrid"]
@@ -232,6 +281,86 @@ def test_promotion_refuses_a_worse_challenger_then_evaluation_on_february(traine
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "| hybrid | 1 |" in result.output
+    assert "| hybrid | 1 |" in result.output and "## New to customer" in result.output
     cli = json.loads((root / "cli-report" / "recommender.json").read_text())
     assert cli["variants"]["hybrid"]["precision_at_10"] == pytest.approx(hybrid["precision_at_10"])
+
+
+def test_training_to_deploy_then_scoring_on_later_purchases(trained):
+    """--train-end at the lake's last day: no test table, registered with its validation
+    precision; `evaluate recommender` then scores it on February (issue 11, item 8)."""
+    from typer.testing import CliRunner
+
+    from atelier.cli import app
+
+    settings, root, _, _ = trained
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "--workdir",
+            str(settings.workdir),
+            "train",
+            "recommender",
+            "--train-end",
+            LAKE_END,
+            "--variants",
+            "hybrid",
+            "--runs",
+            "1",
+            "--report",
+            str(root / "deploy"),
+        ],
+        env={
+            "ATELIER_RECOMMENDER__K": "8",
+            "ATELIER_RECOMMENDER__EPOCHS": "2",
+            "ATELIER_RECOMMENDER__HIDDEN_UNITS": "[16]",
+        },
+    )
+    assert result.exit_code == 0, result.output
+    assert "Trained to deploy" in result.output
+    report = json.loads((root / "deploy" / "recommender.json").read_text())
+    assert report["period"]["deploy"] is True and report["variants"] == {}
+    model = report["model"]
+    assert model["evaluation"] == "validation:2020-01-01..2020-01-31"
+    assert model["precision_at_10"] == pytest.approx(
+        report["validation"]["hybrid"]["all_products.precision_at_10"]
+    )
+    uri = model["model_uri"]
+    result = runner.invoke(
+        app,
+        [
+            "--workdir",
+            str(settings.workdir),
+            "evaluate",
+            "recommender",
+            "--interactions",
+            str(root / "february.csv"),
+            "--report",
+            str(root / "deploy-feb"),
+            "--model-uri",
+            uri,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    scored = json.loads((root / "deploy-feb" / "recommender.json").read_text())
+    assert scored["models"]["hybrid"]["period_overlaps_training"] is False
+    assert 0.0 <= scored["variants"]["hybrid"]["precision_at_10"] <= 1.0
+
+
+def test_the_sales_timeline_equals_feast_product_features_at_train_end(trained):
+    """Training examples read popularity and recency from the timeline at their cut-offs;
+    scoring reads Feast's product features at train_end: the two must agree there."""
+    from training.recommender.features import load_content_features
+    from training.recommender.timeline import SalesTimeline, to_micros
+
+    settings, _, _, _ = trained
+    end = pd.Timestamp("2019-12-31", tz="UTC")
+    features = load_content_features(settings, end)
+    frame = lake_interactions(settings)
+    timeline = SalesTimeline(frame[frame["timestamp"] <= end], features.product_ids)
+    rows = np.arange(len(features))
+    mine = timeline.blocks(rows, np.full(len(rows), to_micros([end])[0]))
+    np.testing.assert_allclose(mine["popularity"], features.blocks["popularity"], atol=1e-6)
+    np.testing.assert_allclose(mine["recency"], features.blocks["recency"], atol=1e-5)
+    assert (features.blocks["popularity"] > 0).any()

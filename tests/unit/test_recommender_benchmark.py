@@ -1,5 +1,5 @@
 """The recommender benchmark's pure helpers: LightFM's content matrix and its projection, the
-seen-product filter, hybrid-vs-others tests, the goals and the split check."""
+seen-product filter, hybrid-vs-others tests, the goals and the two-mode tables."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from benchmarks.recommender import (
-    check_same_split,
     content_matrix,
     drop_seen,
     goals,
@@ -70,20 +69,93 @@ def test_versus_flips_pairs_where_hybrid_comes_first():
     assert set(got) == {"cf", "lightfm"}
 
 
-def test_goals_mark_met_not_met_and_not_measured():
-    variants = {
-        "popularity": {"precision_at_10": 0.010},
-        "cf": {"precision_at_10": 0.012},
-        "hybrid": {"precision_at_10": 0.014},
+def _row(p):
+    return {"precision_at_10": p}
+
+
+def _sig(p_hc, p_cp):
+    test = {"t": 3.0, "mean_diff": 0.001, "n": 10}
+    return {
+        "hybrid_vs_cf": {"precision_at_10": {**test, "p_value": p_hc}},
+        "cf_vs_popularity": {"precision_at_10": {**test, "p_value": p_cp}},
     }
-    got = goals(variants, 1.2)
-    assert [g["met"] for g in got] == [True, True, None, False]
-    assert got[1]["detail"] == "hybrid 0.01400 = 1.40 × popularity 0.01000"
-    assert got[2]["detail"] == "not measured: no lightfm"
-    assert got[3]["detail"] == "ratio 1.20"
 
 
-def test_check_same_split_names_the_differing_keys():
-    check_same_split({"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 9}, ("a", "b"))
-    with pytest.raises(ValueError, match=r"'b': \(2, 3\)"):
-        check_same_split({"a": 1, "b": 2}, {"a": 1, "b": 3}, ("a", "b"))
+def test_goals_mark_met_not_met_and_not_measured():
+    tables = {
+        "all_products": {
+            "variants": {
+                "popularity": _row(0.010),
+                "cf": _row(0.012),
+                "hybrid": _row(0.014),
+                "buy_again": _row(0.020),
+                "blend": _row(0.023),
+            },
+            "cold_start": {"hybrid": _row(0.001), "lightfm": _row(0.0)},
+            "significance": _sig(0.01, 0.2),
+        },
+        "new_to_customer": {
+            "variants": {
+                "popularity": _row(0.010),
+                "cf": _row(0.012),
+                "hybrid": _row(0.014),
+                "lightfm": _row(0.013),
+            },
+            "cold_start": {},
+            "significance": _sig(0.01, 0.01),
+        },
+    }
+    diversity = {"all_products": {"hybrid": {"distinct_products": 151.0}}, "new_to_customer": {}}
+    got = {g["goal"]: g for g in goals(tables, diversity, 1.2)}
+    order = hybrid_cf = "[all_products] hybrid > cf > popularity, paired p < 0.05"
+    assert got[order]["met"] is False  # cf vs popularity: p 0.2
+    assert got["[new_to_customer] hybrid > cf > popularity, paired p < 0.05"]["met"] is True
+    assert got[hybrid_cf]["detail"].endswith("p(hybrid vs cf) 0.01, p(cf vs popularity) 0.2")
+    ratio = got["[all_products] hybrid ≥ 1.35 × popularity"]
+    assert ratio["met"] is True and ratio["detail"] == "hybrid 0.01400 = 1.40 × popularity 0.01000"
+    assert got["[all_products] cold start: hybrid > 0 and > LightFM"]["met"] is True
+    assert got["[new_to_customer] cold start: hybrid > 0 and > LightFM"]["met"] is None
+    assert got["[all_products] hybrid recommends ≥ 150 distinct products across customers"]["met"]
+    assert got["[new_to_customer] hybrid ≥ lightfm"]["met"] is True
+    assert got["[new_to_customer] hybrid ≥ als"]["met"] is None  # not measured
+    blend = got["[all_products] blend ≥ 1.1 × buy again"]
+    assert blend["met"] is True and blend["detail"] == "blend 0.02300 = 1.15 × buy again 0.02000"
+    assert got["hybrid / LightFM seconds per epoch ≤ 1.0"] == {
+        "goal": "hybrid / LightFM seconds per epoch ≤ 1.0",
+        "met": False,
+        "detail": "ratio 1.20",
+    }
+
+
+def test_combine_adds_the_peers_to_each_mode_with_paired_tests():
+    from benchmarks.recommender import combine
+    from training.recommender.evaluation import AtK
+
+    def at(precision):
+        per = np.array([precision, precision])
+        return AtK(precision, precision, per, per, np.array(["a", "b"], dtype=object), 10)
+
+    out = {
+        "runs": {
+            "all_products": {"popularity": [at(0.1)], "hybrid": [at(0.2), at(0.3)]},
+            "new_to_customer": {"popularity": [at(0.05)], "hybrid": [at(0.1), at(0.2)]},
+        },
+        "cold_runs": {
+            "all_products": {"popularity": [None], "hybrid": [None, None]},
+            "new_to_customer": {"popularity": [None], "hybrid": [None, None]},
+        },
+    }
+    peers = {
+        "lightfm": {
+            "runs": {"all_products": [at(0.1), at(0.2)], "new_to_customer": [at(0.0), at(0.1)]},
+            "cold": {"all_products": [None, None], "new_to_customer": [None, None]},
+        }
+    }
+    tables = combine(out, peers)
+    assert list(tables["all_products"]["variants"]) == ["popularity", "hybrid", "lightfm"]
+    assert tables["new_to_customer"]["variants"]["lightfm"]["precision_at_10"] == pytest.approx(
+        0.05
+    )
+    test = tables["all_products"]["significance"]["lightfm_vs_hybrid"]["precision_at_10"]
+    assert test["mean_diff"] == pytest.approx(-0.1) and test["n"] == 2
+    assert tables["all_products"]["variants"]["hybrid"]["hits_per_run"] == [4, 6]

@@ -8,8 +8,8 @@ data, one a nanosecond later is test data. Times are UTC: naive timestamps (and 
 stamped at midnight of the day, so `train_end="2020-05-31"` keeps all of May 31 in training.
 
 Inputs are DataFrames with the `interactions` contract columns `customer_id`, `product_id` and
-`timestamp` (other columns are ignored). Rows are sorted by (customer, timestamp, product) before
-anything random happens, so results depend on the rows and the seed, not on the row order.
+`timestamp` (other columns are ignored). Rows are sorted by (customer, timestamp, product) first,
+so results depend on the rows, not on their order.
 """
 
 from __future__ import annotations
@@ -87,22 +87,6 @@ def _run_starts(*keys: np.ndarray) -> np.ndarray:
         new[1:] = ~same
     starts = np.flatnonzero(new)
     return starts[np.cumsum(new) - 1]
-
-
-def _sample_without_replacement(
-    rng: np.random.Generator, population: np.ndarray, size: int
-) -> np.ndarray:
-    """(m, size) distinct indices in [0, population[i]) per row, ascending (Floyd's algorithm,
-    vectorised over rows; every size-subset is equally likely). Needs population >= size."""
-    m = population.size
-    picks = np.empty((m, size), dtype=np.int64)
-    u = rng.random((m, size))
-    for i in range(size):
-        j = population - size + i
-        t = np.minimum((u[:, i] * (j + 1)).astype(np.int64), j)  # guard float rounding up to j+1
-        taken = (picks[:, :i] == t[:, None]).any(axis=1)
-        picks[:, i] = np.where(taken, j, t)
-    return np.sort(picks, axis=1)
 
 
 SCHEMES = ("last_month", "rolling")
@@ -226,23 +210,6 @@ def split_by_time(examples: TrainingExamples, boundary) -> tuple[np.ndarray, np.
     cut = utc_timestamp(boundary, "boundary").tz_convert(None).to_datetime64()
     after = examples.timestamps > cut
     return ~after, after
-
-
-def validation_split(customers, fraction: float = 0.1, seed: int = 0) -> np.ndarray:
-    """Bool mask over `customers` (ids, repeats allowed, e.g. `TrainingExamples.customer_ids`):
-    True for the validation customers. round(fraction × distinct customers), at least 1 and at
-    most all but 1, distinct customers are drawn (seeded, from the sorted ids), so every example
-    of a customer falls on the same side."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
-    customers = np.asarray(customers)
-    distinct = np.unique(customers)
-    if distinct.size < 2:
-        raise ValueError(f"a split needs at least 2 distinct customers, got {distinct.size}")
-    n_validation = min(max(int(round(fraction * distinct.size)), 1), distinct.size - 1)
-    rng = np.random.default_rng(seed)
-    chosen = distinct[rng.permutation(distinct.size)[:n_validation]]
-    return np.isin(customers, chosen)
 
 
 def test_set(

@@ -53,9 +53,10 @@ class RecommenderConfig:
     `l2`: weight of the squared norm of the batch's CF rows and biases (a product bought
     rarely is pulled towards the shared prior: zero in `cf`, its content vector in `hybrid`).
     `normalize`: unit-length match vectors times one learned scale (a product cannot reach
-    every customer by growing its norm). `negatives`: "uniform" (|Z| drawn from the candidates) or "mixed" (those plus the other
-    positives of the batch, which are drawn as often as products sell: they push down the
-    products everyone buys unless the customer's taste supports them).
+    every customer by growing its norm). `negatives`: "uniform" (|Z| drawn from the
+    candidates) or "mixed" (those plus the other positives of the batch, which are drawn as
+    often as products sell: they push down the products everyone buys unless the customer's
+    taste supports them).
     """
 
     variant: str = "hybrid"

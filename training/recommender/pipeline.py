@@ -412,6 +412,7 @@ def _config(settings: Settings, features: ContentFeatures, variant: str, seed: i
         n_items=1,  # the trainer sets the size of its CF index
         k=cfg.k,
         hidden_units=tuple(cfg.hidden_units),
+        dropout=cfg.dropout,
         n_negatives=cfg.n_negatives,
         negatives=cfg.negatives,
         optimizer=cfg.optimizer,
@@ -717,7 +718,29 @@ def tune_recommender(
             f"{model.best_epoch}, {point['seconds']}s"
         )
     best = max(points, key=lambda p: (p["score"], -p["validation_loss"]))
-    return {"points": points, "best": best["overrides"], "variant": variant}
+    # The level to beat on the same window: popularity of the month before it.
+    val = split.validation
+    ranking = popularity_recommender(
+        split.interactions, val.end, settings.recommender.popularity_days
+    )
+    reference = {
+        "all_products": precision_recall_at_k(
+            popularity_recommendations(ranking[:K], val.relevant, K), val.relevant, K
+        ).precision,
+        "new_to_customer": precision_recall_at_k(
+            without_seen(ranking, val.histories, K), val.relevant, K
+        ).precision,
+    }
+    say(
+        f"validation popularity: {METRIC} all {reference['all_products']:.5f}, new "
+        f"{reference['new_to_customer']:.5f}"
+    )
+    return {
+        "points": points,
+        "best": best["overrides"],
+        "variant": variant,
+        "popularity": reference,
+    }
 
 
 def train_recommender(
@@ -743,9 +766,9 @@ def train_recommender(
     """
     import mlflow
 
+    from models.blend import blend, fit_blend
     from training import registry
     from training.attributes.pipeline import device, git_commit
-    from models.blend import blend, fit_blend
 
     cfg = settings.recommender
     say = progress or log.info
@@ -1156,10 +1179,9 @@ def evaluate_recommender(
     import mlflow
 
     from models.blend import BlendRule, blend
+    from training import registry
     from training.recommender.features import load_content_features
     from training.recommender.pyfunc import load_bundle
-
-    from training import registry
 
     cfg = settings.recommender
     say = progress or log.info
