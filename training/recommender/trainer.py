@@ -273,6 +273,8 @@ def train_recommender_model(
             break
     if best_weights is not None:
         tower.set_weights(best_weights)
+    else:  # no finite validation loss at all: the tower holds the last epoch
+        best_epoch = len(epoch_seconds)
     return TrainedRecommender(
         item_tower=tower,
         config=config,
