@@ -59,14 +59,14 @@ def trained(data):
             patience=12,
             progress=lambda line: None,
         )
-        out[variant] = (model, None)
+        out[variant] = model
     return out
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_training_lowers_the_loss_and_moves_the_weights(data, trained, variant):
     _, features, timeline, examples = data
-    model, _ = trained[variant]
+    model = trained[variant]
     train = model.history["train_loss"]
     valid = model.history["val_loss"]
     assert 1 - train[-1] / train[0] >= LOSS_DROP[variant], train
@@ -91,7 +91,7 @@ def test_training_lowers_the_loss_and_moves_the_weights(data, trained, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_two_segments_get_their_own_lists_and_far_apart_vectors(data, trained, variant):
     frame, features, _, _ = data
-    model, _ = trained[variant]
+    model = trained[variant]
     histories = customer_histories(frame, world.TRAIN_END)
     lists = recommend_for(model, features, histories, k=10)
     for seg in world.STYLES:
@@ -115,10 +115,10 @@ def test_cold_start_products_are_reachable_only_through_content(data, trained):
     histories = customer_histories(frame, world.TRAIN_END)
     cold = {p for p in features.product_ids if "_new" in p}
     for variant in ("content", "hybrid"):
-        vectors = product_vectors(trained[variant][0], features)
+        vectors = product_vectors(trained[variant], features)
         rows = [features.index[p] for p in cold]
         assert (np.abs(vectors[rows]).sum(axis=1) > 0).all()  # content gives them a vector
-    lists = recommend_for(trained["cf"][0], features, histories, k=30)
+    lists = recommend_for(trained["cf"], features, histories, k=30)
     assert not cold & {p for items in lists.values() for p in items}
 
 
@@ -166,7 +166,7 @@ def test_training_evaluation_and_serving_build_the_same_customer_vector(data, tr
     import keras
 
     frame, features, timeline, examples = data
-    model, _ = trained["hybrid"]
+    model = trained["hybrid"]
     customer = "c003"
     history = customer_histories(frame, world.TRAIN_END)[customer]
     history = [history[0], history[0], *history]  # a rebuy counts once
