@@ -598,11 +598,11 @@ def distinct_products(recommended: Mapping) -> int:
     return len({p for items in recommended.values() for p in items})
 
 
-def _validation_scores(model, period: Period) -> dict:
+def _validation_scores(model, period: Period) -> tuple[dict, dict]:
+    """({mode: precision@10}, {mode: customer → top-10}) of `model` on `period`."""
     lists, _ = _mode_lists(model, period)
-    return {
-        mode: precision_recall_at_k(lists[mode], period.relevant, K).precision for mode in lists
-    }
+    scores = {m: precision_recall_at_k(lists[m], period.relevant, K).precision for m in lists}
+    return scores, lists
 
 
 def fit_variant(settings: Settings, split: Split, variant: str, seed: int, say) -> dict:
@@ -632,11 +632,7 @@ def fit_variant(settings: Settings, split: Split, variant: str, seed: int, say) 
             patience=cfg.patience,
             **common,
         )
-        lists, _ = _mode_lists(selection, split.validation)
-        out["validation"] = {
-            mode: precision_recall_at_k(lists[mode], split.validation.relevant, K).precision
-            for mode in MODES
-        }
+        out["validation"], lists = _validation_scores(selection, split.validation)
         out["new_lists"] = lists["new_to_customer"]
         epochs = max(selection.best_epoch, 1)
         model = selection
@@ -701,7 +697,7 @@ def tune_recommender(
             n_recent=cfg.n_recent,
             progress=lambda _line: None,
         )
-        scores = _validation_scores(model, here.validation)
+        scores, _ = _validation_scores(model, here.validation)
         point = {
             "overrides": dict(overrides),
             "validation_loss": model.best_validation_loss,
