@@ -218,6 +218,41 @@ IMAGE_EMBEDDINGS = TableContract(
     references={"product_id": ("products", "product_id")},
 )
 
+COLOUR_FEATURES = TableContract(
+    name="colour_features",
+    doc="Colour descriptor of the garment (atelier.colour), one row per product shot.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("shot", "int32", False),
+        _c("content_hash", "string", False, "sha256 of the image described (incremental key)"),
+        _c(
+            "descriptor_version",
+            "string",
+            False,
+            "atelier.colour.DESCRIPTOR_VERSION: palette and parameters (incremental key)",
+        ),
+        _c(
+            "colour",
+            "list<float32>",
+            False,
+            "atelier.colour.COLOUR_DIM floats: palette shares of the garment's pixels (sum 1), "
+            "then foreground fraction, mean lightness, mean chroma, lightness spread in [0, 1]",
+        ),
+        _c("foreground_fraction", "float64", False, "share of the image described"),
+        _c(
+            "mask",
+            "string",
+            False,
+            "'background' (garment found), or the central crop: 'centre_empty', "
+            "'centre_full', 'centre_busy'",
+        ),
+        *_STAMPS,
+    ),
+    key=("product_id", "shot"),
+    unit_interval=("foreground_fraction",),
+    references={"product_id": ("products", "product_id")},
+)
+
 VOCABULARY = TableContract(
     name="vocabulary",
     doc="Versioned text vocabulary: ids 0 (padding) and 1 (out of vocabulary) are reserved.",
@@ -309,7 +344,13 @@ PREDICTED_ATTRIBUTES = TableContract(
             "the head's class probabilities (one-hot for a label that maps to a class, "
             "empty when it maps to none)",
         ),
-        _c("source", "string", False, "'label' (known) or 'predicted'"),
+        _c(
+            "source",
+            "string",
+            False,
+            "'label' (known), 'predicted' (fills the gap) or 'below_confidence' (under the "
+            "attribute's minimum confidence: the gap stays empty)",
+        ),
         _c("model_version", "string", False, "'<registered model>/<version>' that encoded it"),
         *_STAMPS,
     ),
@@ -368,6 +409,7 @@ ITEM_VECTORS = TableContract(
 
 FEATURES = (
     IMAGE_EMBEDDINGS,
+    COLOUR_FEATURES,
     TEXT_FEATURES,
     PRODUCT_FEATURES,
     CUSTOMER_HISTORY,

@@ -45,6 +45,7 @@ PROFILE_YAML = {"embedded": "feature_store.yaml", "scale": "feature_store.scale.
 # Lake feature table -> the feature view that serves it (see feature_repo/definitions.py).
 VIEWS = {
     "image_embeddings": "image_embedding",
+    "colour_features": "colour_features",
     "text_features": "text_features",
     "product_features": "product_features",
     "customer_history": "customer_history",
@@ -217,6 +218,20 @@ def gate_checks(settings: Settings, table: str, vector_size: int | None = None) 
         return {"vector": ListCheck(length=vector_size, finite=True)}
     if table == "image_embeddings":
         return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
+    if table == "colour_features":
+        from atelier.colour import COLOUR_DIM, PALETTE
+
+        # Palette shares then summary numbers, all in [0, 1]; the shares sum to 1.
+        return {
+            "colour": ListCheck(
+                length=COLOUR_DIM,
+                min=0.0,
+                max=1.0,
+                finite=True,
+                total=1.0,
+                total_over=len(PALETTE),
+            )
+        }
     if table == "text_features":
         return {
             "token_ids": ListCheck(length=settings.text.sequence_length, min=0),
@@ -320,7 +335,7 @@ def online_features(
     """Online values for products: {name: [value per product]} (plus the key columns).
 
     features: a feature service name (default `attributes_v1`) or refs "view:feature". The
-    image embedding is the main shot's (shot 0). Unknown products get None values.
+    image embedding and colour are the main shot's (shot 0). Unknown products get None values.
     """
     store = store or feature_store(settings)
     refs = _feature_arg(store, features or DEFAULT_ONLINE_FEATURES)
@@ -340,7 +355,8 @@ def historical_features(
 ) -> pd.DataFrame:
     """Point-in-time correct training frame: `entity_df` (keys + `event_timestamp`, UTC)
     joined with each feature's latest value whose event time is <= the row's and within the
-    view's TTL. A `shot` column (0, the main image) is added when the image view is used.
+    view's TTL. A `shot` column (0, the main image) is added when a view keyed by shot (image
+    embedding, colour) is used.
     """
     store = store or feature_store(settings)
     refs = _feature_arg(store, features)
@@ -404,10 +420,14 @@ def _feature_arg(store: FeatureStore, features: str | Sequence[str]):
     return list(features)
 
 
+# Views keyed by (product, shot): lookups without a shot get the main image's.
+_SHOT_VIEWS = {VIEWS["image_embeddings"], VIEWS["colour_features"]}
+
+
 def _needs_shot(store: FeatureStore, refs) -> bool:
     if isinstance(refs, list):
-        return any(r.split(":", 1)[0] == VIEWS["image_embeddings"] for r in refs)
-    return any(p.name == VIEWS["image_embeddings"] for p in refs.feature_view_projections)
+        return any(r.split(":", 1)[0] in _SHOT_VIEWS for r in refs)
+    return any(p.name in _SHOT_VIEWS for p in refs.feature_view_projections)
 
 
 # The vector column whose rows must share one length, per table (see `_vector_size`).

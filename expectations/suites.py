@@ -169,7 +169,8 @@ def build_suite(
 class ListCheck:
     """Rules for a list column (embeddings, token ids, probabilities): every row's length,
     value bounds, whether every element must be finite and what a non-empty row must add up to
-    (within `total_tolerance`). None means "not checked"."""
+    (within `total_tolerance`; only its first `total_over` values when set, e.g. the palette
+    shares of a colour descriptor ahead of its summary numbers). None means "not checked"."""
 
     length: int | None = None
     min: float | None = None
@@ -177,6 +178,7 @@ class ListCheck:
     finite: bool = False
     total: float | None = None
     total_tolerance: float = 1e-4
+    total_over: int | None = None
 
 
 def with_list_checks(df: Any, list_checks: Mapping[str, ListCheck] | None) -> Any:
@@ -205,8 +207,9 @@ def with_list_checks(df: Any, list_checks: Mapping[str, ListCheck] | None) -> An
         if check.max is not None:
             out[f"{col}__max"] = [None if a is None or not len(a) else a.max() for a in arrays]
         if check.total is not None:
+            head = check.total_over  # None slices the whole row
             out[f"{col}__total_error"] = [
-                None if a is None or not len(a) else abs(float(a.sum()) - check.total)
+                None if a is None or not len(a) else abs(float(a[:head].sum()) - check.total)
                 for a in arrays
             ]
     return out

@@ -20,10 +20,10 @@ rows with the same event time, the latest write wins).
 TTLs (how far back a point-in-time join looks for a view's latest row; also where the first
 materialisation window starts): effectively unlimited for every view (`NO_EXPIRY`, 100 years),
 each for its own reason:
-- content (image embedding, text) holds from the product's first_seen, or the epoch when that
-  is unknown, however old; so do the predicted attributes (`predicted_attributes`), which are
-  computed from that content and keep its event time: the latest model's values replace them in
-  place (a later created_timestamp);
+- content (image embedding, colour, text) holds from the product's first_seen, or the epoch
+  when that is unknown, however old; so do the predicted attributes (`predicted_attributes`),
+  which are computed from that content and keep its event time: the latest model's values
+  replace them in place (a later created_timestamp);
 - product_features is a complete timeline: a row at the product's anchor (first_seen, else the
   epoch) and at every time a popularity window count changes, including when a sale leaves a
   window. The latest row is exact until the next one, so a TTL would only turn true zeros and
@@ -60,15 +60,17 @@ CUSTOMER_HISTORY_TTL = NO_EXPIRY
 PREDICTED_ATTRIBUTES_TTL = CONTENT_TTL
 ITEM_VECTORS_TTL = NO_EXPIRY
 
-# The main image of a product. image_embeddings holds one row per (product, shot); the view is
-# keyed by both, and callers ask for shot 0 (`atelier.feast_store` adds it to entity rows and
-# entity frames that lack it). Other shots are served by the same view with shot=k; a
-# multi-shot model would request several shots per product (or pool them in a Spark job into
-# a per-product table with its own view) rather than a second view over the same table.
+# The main image of a product. image_embeddings (and colour_features) hold one row per
+# (product, shot); their views are keyed by both, and callers ask for shot 0
+# (`atelier.feast_store` adds it to entity rows and entity frames that lack it). Other shots
+# are served by the same view with shot=k; a multi-shot model would request several shots per
+# product (or pool them in a Spark job into a per-product table with its own view) rather than
+# a second view over the same table.
 MAIN_SHOT = 0
 
 FEATURE_TABLES = (
     "image_embeddings",
+    "colour_features",
     "text_features",
     "product_features",
     "customer_history",
@@ -127,6 +129,7 @@ def _source(name: str, lake_dir: Path, profile: str):
 def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
     """Every Feast object of the repository, by name, with sources under `lake_dir`."""
     images = _source("image_embeddings", lake_dir, profile)
+    colours = _source("colour_features", lake_dir, profile)
     texts = _source("text_features", lake_dir, profile)
     products = _source("product_features", lake_dir, profile)
     histories = _source("customer_history", lake_dir, profile)
@@ -146,6 +149,27 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         source=images,
         online=True,
         description="Image embedding per product shot; request shot 0 for the main image.",
+        tags={"kind": "content"},
+    )
+    colour_features = FeatureView(
+        name="colour_features",
+        entities=[product, shot],
+        ttl=CONTENT_TTL,
+        schema=[
+            Field(name="product_id", dtype=String),
+            Field(name="shot", dtype=Int32),
+            Field(
+                name="colour",
+                dtype=Array(Float32),
+                description="atelier.colour descriptor: palette shares of the garment (sum 1), "
+                "then foreground fraction, mean lightness, mean chroma, lightness spread",
+            ),
+            Field(name="mask", dtype=String, description="background, or the centre_* fallback"),
+            Field(name="descriptor_version", dtype=String, description="palette and parameters"),
+        ],
+        source=colours,
+        online=True,
+        description="Colour descriptor per product shot; request shot 0 for the main image.",
         tags={"kind": "content"},
     )
     text_features = FeatureView(
@@ -254,6 +278,19 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         description="Inputs of the multi-task attribute model (version 1).",
         tags={"model": "attributes", "version": "1"},
     )
+    # Version 2 adds the garment's colour (attributes_v1 stays as it was: model bundles trained
+    # on it record its name and are served with it).
+    attributes_v2 = FeatureService(
+        name="attributes_v2",
+        features=[
+            image_embedding[["embedding"]],
+            colour_features[["colour"]],
+            text_features[["token_ids"]],
+            product_features[["type_idx", "brand_idx", "division_idx"]],
+        ],
+        description="Inputs of the multi-task attribute model (version 2: v1 plus colour).",
+        tags={"model": "attributes", "version": "2"},
+    )
     recommender_v1 = FeatureService(
         name="recommender_v1",
         features=[
@@ -297,18 +334,21 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         "shot": shot,
         "customer": customer,
         "image_embeddings_source": images,
+        "colour_features_source": colours,
         "text_features_source": texts,
         "product_features_source": products,
         "customer_history_source": histories,
         "attribute_vectors_source": attribute_vectors,
         "item_vectors_source": item_vector_rows,
         "image_embedding": image_embedding,
+        "colour_features": colour_features,
         "text_features": text_features,
         "product_features": product_features,
         "customer_history": customer_history,
         "predicted_attributes": predicted_attributes,
         "item_vectors": item_vectors,
         "attributes_v1": attributes_v1,
+        "attributes_v2": attributes_v2,
         "recommender_v1": recommender_v1,
         "predicted_attributes_v1": predicted_attributes_v1,
         "serving_v1": serving_v1,
@@ -328,18 +368,21 @@ def profile_from_env() -> str:
 # What `feast apply` (the CLI) collects: the module's Feast objects, built from the env.
 _objects = build(workdir_from_env() / "lake", profile_from_env())
 image_embeddings_source = _objects["image_embeddings_source"]
+colour_features_source = _objects["colour_features_source"]
 text_features_source = _objects["text_features_source"]
 product_features_source = _objects["product_features_source"]
 customer_history_source = _objects["customer_history_source"]
 attribute_vectors_source = _objects["attribute_vectors_source"]
 item_vectors_source = _objects["item_vectors_source"]
 image_embedding = _objects["image_embedding"]
+colour_features = _objects["colour_features"]
 text_features = _objects["text_features"]
 product_features = _objects["product_features"]
 customer_history = _objects["customer_history"]
 predicted_attributes = _objects["predicted_attributes"]
 item_vectors = _objects["item_vectors"]
 attributes_v1 = _objects["attributes_v1"]
+attributes_v2 = _objects["attributes_v2"]
 recommender_v1 = _objects["recommender_v1"]
 predicted_attributes_v1 = _objects["predicted_attributes_v1"]
 serving_v1 = _objects["serving_v1"]

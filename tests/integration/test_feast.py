@@ -33,6 +33,7 @@ END = T0 + timedelta(days=30)
 DIM = 512
 VIEWS = {
     "image_embedding",
+    "colour_features",
     "text_features",
     "product_features",
     "customer_history",
@@ -362,6 +363,7 @@ def test_scale_profile_spark_delta_sources_sql_registry_and_redis(settings, redi
     assert stored.path == source.path
     assert services == {
         "attributes_v1",
+        "attributes_v2",
         "recommender_v1",
         "predicted_attributes_v1",
         "serving_v1",

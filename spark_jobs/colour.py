@@ -1,0 +1,467 @@
+"""Colour features: the garment's colour descriptor (`atelier.colour`) for every product shot.
+
+    spark-submit spark_jobs/colour.py [--workdir W] [--max-images N]
+    atelier --workdir W colour                                  # the same job
+
+Every shot of `product_images` without a descriptor of the same content hash and
+`atelier.colour.DESCRIPTOR_VERSION` is decoded and described inside Spark (`mapInPandas`: numpy
+and PIL only, a few milliseconds an image) and merged into `colour_features` by (product_id,
+shot). A rerun on an unchanged catalogue describes nothing and commits no new Delta version; a
+new descriptor version recomputes every shot. Images that are missing, do not decode or no
+longer match their recorded hash are quarantined with the reason; the others are published
+once the batch passes its quality gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+    from atelier.lake import Lake
+    from atelier.settings import Settings
+
+log = logging.getLogger("atelier.colour")
+
+# A worker logs its progress every this many images (and once at the end of its partition).
+PROGRESS_EVERY = 500
+
+
+class ColourError(RuntimeError):
+    """The job cannot run at all (no catalogue); nothing was written."""
+
+
+class GateFailure(ColourError):
+    """The batch failed its quality gate; nothing was published (quarantine was recorded)."""
+
+    def __init__(self, failures: list[str], report: dict):
+        super().__init__(
+            "colour_features gate failed, nothing published:\n  " + "\n  ".join(failures)
+        )
+        self.failures = failures
+        self.report = report
+
+
+@dataclass
+class ColourReport:
+    run_id: str
+    descriptor_version: str
+    started_at: str
+    images: int = 0  # rows of product_images
+    skipped: int = 0  # already described with the same content and descriptor version
+    described: int = 0
+    remaining: int = 0  # pending shots left for the next run (max_images)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    masks: dict[str, int] = field(default_factory=dict)  # described shots by mask kind
+    inserted: int = 0
+    updated: int = 0
+    version: int | None = None
+    published: bool = False
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    colour_seconds: float = 0.0  # the Spark stage that decodes and describes
+    images_per_second: float = 0.0  # described / colour_seconds
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side (numpy / PIL)
+# ---------------------------------------------------------------------------------------------
+def read_image(path: str, content_hash: str) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(RGB uint8 array, None, None), or (None, reason, detail) when the file cannot be used.
+
+    Reasons, as the embed job's: image_missing (cannot be read), image_corrupt (does not decode
+    fully), image_changed (decodes, but its sha256 differs from product_images': re-run ingest).
+    """
+    from atelier.colour import decode
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "image_missing", f"{path}: file not found"
+    except OSError as e:
+        return None, "image_missing", f"{path}: {e}"
+    try:
+        rgb = decode(data)
+    except Exception as e:  # PIL raises many types for bad data
+        return None, "image_corrupt", f"{path}: {type(e).__name__}: {e}"
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != content_hash:
+        return (
+            None,
+            "image_changed",
+            f"{path}: sha256 {actual[:12]}… differs from product_images' {content_hash[:12]}…; "
+            "re-run ingest",
+        )
+    return rgb, None, None
+
+
+DESCRIBED_SCHEMA = (
+    "product_id STRING, shot INT, path STRING, content_hash STRING, colour ARRAY<FLOAT>, "
+    "foreground_fraction DOUBLE, mask STRING, _event_us BIGINT, _reason STRING, _detail STRING"
+)
+_OUT_COLUMNS = [c.split()[0] for c in DESCRIBED_SCHEMA.split(", ")]
+
+
+def colour_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: pending rows -> DESCRIBED_SCHEMA rows (colour, or _reason)."""
+    import pandas as pd
+
+    from atelier.colour import analyse
+
+    part = _partition_id()
+    t0 = time.time()
+    done = bad = 0
+    for batch in batches:
+        out: list[dict] = []
+        for r in batch.to_dict("records"):
+            rgb, reason, detail = read_image(r["path"], r["content_hash"])
+            row = {c: r.get(c) for c in _OUT_COLUMNS}
+            row.update(colour=None, foreground_fraction=None, mask=None)
+            row.update(_reason=reason, _detail=detail)
+            if rgb is not None:
+                c = analyse(rgb)
+                row.update(colour=c.vector, foreground_fraction=c.foreground_fraction, mask=c.mask)
+                done += 1
+            else:
+                bad += 1
+            if (done + bad) % PROGRESS_EVERY == 0:
+                _worker_log(f"partition {part}: {done} described, {bad} bad, {_rate(done, t0)}")
+            out.append(row)
+        if out:
+            yield pd.DataFrame(out, columns=_OUT_COLUMNS)
+    if done + bad:
+        _worker_log(f"partition {part}: done, {done} described, {bad} bad, {_rate(done, t0)}")
+
+
+def _rate(done: int, t0: float) -> str:
+    seconds = time.time() - t0
+    return f"{seconds:.1f}s ({done / max(seconds, 1e-9):.0f} images/s)"
+
+
+def _worker_log(msg: str) -> None:
+    # Python workers have no logging set-up; stderr reaches the driver console in local mode
+    # and the executor log on a cluster.
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} INFO atelier.colour[worker {os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def _partition_id() -> int:
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.partitionId() if ctx is not None else -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure Spark transforms (DataFrame -> DataFrame)
+# ---------------------------------------------------------------------------------------------
+def pending_images(
+    images: DataFrame, products: DataFrame, existing: DataFrame, descriptor_version: str
+) -> DataFrame:
+    """Shots of `images` with no descriptor of the same content hash and descriptor version.
+
+    images: product_images; products: product_id, first_seen; existing: colour_features'
+    (product_id, shot, content_hash, descriptor_version). Adds `_event_us`: the product's
+    first_seen in epoch microseconds, 0 (the epoch) when unknown or the product is absent.
+    """
+    from pyspark.sql import functions as F
+
+    keys = ["product_id", "shot", "content_hash"]
+    done = existing.where(F.col("descriptor_version") == F.lit(descriptor_version))
+    todo = images.select("product_id", "shot", "path", "content_hash").join(
+        done.select(*keys), keys, "left_anti"
+    )
+    first = products.select("product_id", F.unix_micros("first_seen").alias("_event_us"))
+    return todo.join(first, "product_id", "left").fillna({"_event_us": 0})
+
+
+def describe_images(pending: DataFrame, partitions: int) -> DataFrame:
+    """pending_images rows -> DESCRIBED_SCHEMA rows, in the workers.
+
+    Spread by key hash over `partitions`: the same catalogue lands the same way every run.
+    """
+    return pending.repartition(partitions, "product_id", "shot").mapInPandas(
+        colour_partition, DESCRIBED_SCHEMA
+    )
+
+
+def colour_rows(described: DataFrame, descriptor_version: str, now: datetime) -> DataFrame:
+    """Good rows of `describe_images` in the colour_features contract; created_timestamp = now,
+    event_timestamp = the product's first_seen (content holds from then)."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.common import timestamp_lit
+
+    return described.where("_reason IS NULL").select(
+        "product_id",
+        "shot",
+        "content_hash",
+        F.lit(descriptor_version).alias("descriptor_version"),
+        "colour",
+        "foreground_fraction",
+        "mask",
+        F.timestamp_micros("_event_us").alias("event_timestamp"),
+        timestamp_lit(now).alias("created_timestamp"),
+    )
+
+
+def quarantine_rows(described: DataFrame, run_id: str, now: datetime) -> DataFrame:
+    """Bad rows of `describe_images` in the quarantine contract: source_file = image path,
+    line = shot, record = the product_images key and hash as JSON."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.common import timestamp_lit
+
+    return described.where("_reason IS NOT NULL").select(
+        F.lit("colour_features").alias("table"),
+        F.col("path").alias("source_file"),
+        F.col("shot").cast("long").alias("line"),
+        F.col("_reason").alias("reason"),
+        F.col("_detail").alias("detail"),
+        F.to_json(F.struct("product_id", "shot", "content_hash")).alias("record"),
+        F.lit(run_id).alias("run_id"),
+        timestamp_lit(now).alias("quarantined_at"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The job
+# ---------------------------------------------------------------------------------------------
+def run_colour(
+    settings: Settings,
+    spark: SparkSession | None = None,
+    now: datetime | None = None,
+    max_images: int | None = None,
+) -> dict:
+    """Describe every pending product shot into `colour_features`; returns the report as a dict.
+
+    now: created_timestamp of new rows (default: the current UTC time). event_timestamp is the
+    product's first_seen, or 1970-01-01 UTC when unknown. max_images: at most this many pending
+    shots, in (product_id, shot) order (a backfill in slices; the next run takes the next).
+    Spreads the work over `settings.image_check_partitions` partitions. Raises ColourError when
+    there is nothing to read, GateFailure when the batch fails its quality gate (quarantine is
+    still recorded then).
+    """
+    import atelier.colour
+    from atelier.lake import Lake
+    from atelier.spark import get_spark
+
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be at least 1, got {max_images}")
+    t0 = time.time()
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    version = atelier.colour.DESCRIPTOR_VERSION
+    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    report = ColourReport(run_id, version, now.isoformat())
+    if not Lake(settings).exists("product_images"):
+        raise ColourError(f"no product_images table in {settings.lake_dir}: run ingest first")
+    spark = spark or get_spark(settings)
+    lake = Lake(settings, spark)
+    partitions = settings.image_check_partitions
+
+    images = lake.read_spark("product_images")
+    pending = pending_images(
+        images,
+        lake.read_spark("products", ["product_id", "first_seen"]),
+        lake.read_spark(
+            "colour_features", ["product_id", "shot", "content_hash", "descriptor_version"]
+        ),
+        version,
+    ).cache()
+    report.images = images.count()
+    n_pending = pending.count()
+    report.skipped = report.images - n_pending
+    log.info(
+        "descriptor %s: %d shots in the catalogue, %d already described, %d to describe in "
+        "%d partitions",
+        version,
+        report.images,
+        report.skipped,
+        n_pending,
+        partitions,
+    )
+    if max_images is not None and n_pending > max_images:
+        # A slice in key order, so that successive runs walk the catalogue without overlap.
+        report.remaining = n_pending - max_images
+        sliced = pending.orderBy("product_id", "shot").limit(max_images).cache()
+        pending.unpersist()
+        pending = sliced
+        log.info("describing %d now (max_images), %d left", max_images, report.remaining)
+    try:
+        if n_pending:
+            _describe_and_publish(settings, lake, pending, version, run_id, now, report, t0)
+    finally:
+        pending.unpersist()
+    report.version = lake.version("colour_features")
+    return _finish(settings, report, t0, published=True)
+
+
+def _describe_and_publish(
+    settings: Settings,
+    lake: Lake,
+    pending: DataFrame,
+    version: str,
+    run_id: str,
+    now: datetime,
+    report: ColourReport,
+    t0: float,
+) -> None:
+    """Describe `pending` in the workers, record quarantine, gate and merge the descriptors."""
+    from pyspark.sql import functions as F
+
+    from atelier.contracts import contract
+
+    t1 = time.time()
+    described = describe_images(pending, settings.image_check_partitions).cache()
+    try:
+        counts = described.groupBy("_reason", "mask").agg(F.count("*").alias("n")).collect()
+        report.colour_seconds = round(time.time() - t1, 1)
+        by_reason: dict[str, int] = {}
+        for r in counts:
+            if r["_reason"] is None:
+                report.masks[r["mask"]] = r["n"]
+            else:
+                by_reason[r["_reason"]] = by_reason.get(r["_reason"], 0) + r["n"]
+        report.masks = dict(sorted(report.masks.items()))
+        report.described = sum(report.masks.values())
+        report.quarantined = dict(sorted(by_reason.items()))
+        report.images_per_second = round(report.described / max(report.colour_seconds, 1e-9), 1)
+        log.info(
+            "described %d (masks %s), quarantined %d in %.1fs (%.1f images/s)",
+            report.described,
+            report.masks,
+            sum(by_reason.values()),
+            report.colour_seconds,
+            report.images_per_second,
+        )
+        # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
+        if by_reason:
+            q = lake.merge("quarantine", quarantine_rows(described, run_id, now), update=False)
+            log.info("quarantine: %d new rows (table version %s)", q.inserted, q.version)
+        if not report.described:
+            return
+        c = contract("colour_features")
+        rows = colour_rows(described, version, now)
+        # Arrow for the gate (keeps NaN apart from null) and for delta-rs.
+        arrow = rows.toArrow().select(c.column_names).cast(c.schema())
+        report.failures = _gate(settings, lake, arrow, now)
+        if report.failures:
+            report.version = lake.version("colour_features")
+            raise GateFailure(report.failures, _finish(settings, report, t0, published=False))
+        res = lake.merge("colour_features", rows if lake.uses_delta_spark else arrow)
+        report.inserted, report.updated = res.inserted, res.updated
+    finally:
+        described.unpersist()
+
+
+def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime) -> list[str]:
+    """Failures of the colour_features suite on the batch: the contract (keys, known products,
+    foreground_fraction in [0, 1]) and the colour list checks the materialisation gate uses."""
+    from atelier.feast_store import gate_checks
+    from expectations.gate import validate_table
+
+    products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
+    result = validate_table(
+        settings,
+        "colour_features",
+        arrow,
+        row_count_band=(settings.gate.min_rows.get("colour_features", 0), settings.gate.max_rows),
+        reference_values={"product_id": products},
+        now=now,
+        list_checks=gate_checks(settings, "colour_features"),
+    )
+    return [] if result.success else list(result.failures)
+
+
+def _finish(settings: Settings, report: ColourReport, t0: float, published: bool) -> dict:
+    """Stamps, saves (reports/colour/<run_id>.json and latest.json) and logs the report."""
+    report.seconds = round(time.time() - t0, 1)
+    report.published = published
+    folder = settings.reports_dir / "colour"
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(asdict(report), indent=2, sort_keys=True)
+    (folder / f"{report.run_id}.json").write_text(text, encoding="utf-8")
+    (folder / "latest.json").write_text(text, encoding="utf-8")
+    log.info(
+        "done in %.1fs: %d described, %d skipped, %d quarantined",
+        report.seconds,
+        report.described,
+        report.skipped,
+        sum(report.quarantined.values()),
+    )
+    return asdict(report)
+
+
+def format_report(report: dict) -> str:
+    """The run's counts as plain text (printed by the CLI and spark-submit)."""
+    q = report["quarantined"]
+    masks = report["masks"]
+    lines = [
+        f"colour (run {report['run_id']}): descriptor {report['descriptor_version']}",
+        f"images {report['images']}: described {report['described']}, skipped "
+        f"{report['skipped']}, quarantined {sum(q.values())}"
+        + (f", left for the next run {report['remaining']}" if report.get("remaining") else ""),
+        "masks: " + (", ".join(f"{k}={v}" for k, v in sorted(masks.items())) if masks else "-"),
+        "quarantine by reason: "
+        + (", ".join(f"{k}={v}" for k, v in sorted(q.items())) if q else "none"),
+        f"colour_features: inserted {report['inserted']}, updated {report['updated']}, "
+        f"version {'-' if report['version'] is None else report['version']}",
+        f"{report['seconds']}s in all; describing {report['colour_seconds']}s "
+        f"({report['images_per_second']} images/s)",
+        "published" if report["published"] else "NOT published: " + "; ".join(report["failures"]),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`spark-submit spark_jobs/colour.py [--workdir W] [--max-images N]`."""
+    from atelier.logs import setup_logging
+    from atelier.settings import load_settings
+
+    p = argparse.ArgumentParser(prog="spark_jobs/colour.py", description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", type=Path)
+    p.add_argument(
+        "--max-images",
+        type=int,
+        help="describe at most N pending shots (in product order); rerun to continue",
+    )
+    args = p.parse_args(argv)
+    if args.max_images is not None and args.max_images < 1:
+        p.error("--max-images must be at least 1")
+    setup_logging()
+    settings = load_settings(workdir=args.workdir)
+    try:
+        report = run_colour(settings, max_images=args.max_images)
+    except GateFailure as e:
+        print(format_report(e.report))
+        return 2
+    except (ColourError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the installed module rather than this file as __main__: Spark pickles __main__'s
+    # functions by value, and the workers should import the same module the driver did.
+    from spark_jobs.colour import main as _main
+
+    sys.exit(_main())
