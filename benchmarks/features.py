@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The real ImageNet weights where the repository is checked out beside `shared` (the default).
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared/models/vgg16_imagenet_notop.h5"
+
 
 def make_slice(src: Path, dst: Path, n: int) -> list[str]:
     """The first `n` articles of an H&M-layout folder, their purchases and customers."""
@@ -58,14 +61,17 @@ BARE = r"""
 import sys, time, json
 import pyarrow as pa
 from deltalake import DeltaTable
-from spark_jobs.embed import configure_tensorflow, build_model, load_image, batch_plan, WeightsSpec
+from atelier.settings import EmbedSettings
+from spark_jobs.embed import (configure_tensorflow, build_model, load_image, batch_plan,
+                              resolve_weights)
 lake, mode = sys.argv[1], sys.argv[2]
 seed, threads, batch = (int(v) for v in sys.argv[3:6])
+weights = sys.argv[6]  # a file, or "random"
 t0 = time.perf_counter()
 configure_tensorflow(threads)
 import numpy as np
 rows = DeltaTable(lake + "/product_images").to_pyarrow_table().to_pylist()
-model = build_model(WeightsSpec(id=f"random:{seed}", path=None, seed=seed))
+model = build_model(resolve_weights(EmbedSettings(weights=weights, random_seed=seed)))
 arrays = [load_image(r["path"], r["content_hash"], mode)[0] for r in rows]
 order = sorted(range(len(arrays)), key=lambda i: arrays[i].shape[:2])
 arrays = [arrays[i] for i in order]
@@ -83,7 +89,8 @@ def bare_keras(settings, threads: int) -> dict:
 
     out = subprocess.run(
         [sys.executable, "-c", BARE, str(settings.lake_dir), settings.embed.input_size,
-         str(settings.embed.random_seed), str(threads), str(settings.embed.batch_size)],
+         str(settings.embed.random_seed), str(threads), str(settings.embed.batch_size),
+         settings.embed.weights],
         capture_output=True, text=True, check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,6 +153,11 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--repeat", type=int, default=200)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/features.md"))
+    ap.add_argument("--weights", type=Path,
+                    default=SHARED_WEIGHTS if SHARED_WEIGHTS.is_file() else None,
+                    help="VGG16 no-top weights file (default: ../shared/models/"
+                         "vgg16_imagenet_notop.h5 when present, else seeded random weights, "
+                         "flagged in the results)")
     args = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
@@ -158,9 +170,10 @@ def main() -> int:
     setup_logging("WARNING")
     tmp = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     cores = os.cpu_count() or 1
+    # Weights named outright (a file, or "random" without one): nothing falls back silently.
+    weights = str(args.weights.resolve()) if args.weights else "random"
     settings = Settings(workdir=tmp / "w", gate={"build_data_docs": False},
-                        embed={"allow_random_weights": True, "partitions": cores,
-                               "tf_threads": 1})
+                        embed={"weights": weights, "partitions": cores, "tf_threads": 1})
     ids = make_slice(args.hm.resolve(), tmp / "src", args.images)
     spark = get_spark(settings)
     run_ingest(settings, "hm", tmp / "src", spark=spark)
@@ -182,8 +195,11 @@ def main() -> int:
         "",
         f"Command: `.venv/bin/python benchmarks/features.py --hm {args.hm} --images {args.images}"
         f" --repeat {args.repeat}`  ",
-        f"Machine: {cores} cores, CPU only; {time.strftime('%Y-%m-%d')}. VGG16 with seeded random "
-        f"weights (same FLOPs as ImageNet's), input size `{settings.embed.input_size}`.",
+        f"Machine: {cores} cores, CPU only; {time.strftime('%Y-%m-%d')}. VGG16 weights "
+        f"`{first['weights']}`"
+        + (" (**seeded random weights**: no weights file; same FLOPs as ImageNet's)"
+           if first["weights"].startswith("random:") else "")
+        + f", input size `{settings.embed.input_size}`.",
         "",
         "## Image embeddings: Spark job vs one bare Keras process",
         "",

@@ -10,8 +10,14 @@ nothing and commits no new Delta version. Images that are missing, do not decode
 match their recorded hash are quarantined with the reason; the others are published.
 
 Weights: `embed.weights` is "imagenet" (used only when Keras' cache already holds the no-top
-file: nothing is downloaded) or a path to a local weights file. Without either the job stops,
-unless seeded random weights are explicitly allowed; those are recorded as `random:<seed>`.
+file: nothing is downloaded), a path to a local weights file, or "random" (seeded random
+weights, e.g. to reproduce a dry run). Without real weights the job stops, unless seeded random
+weights are explicitly allowed; those are recorded as `random:<seed>`.
+
+Input: each image as RGB floats in 0..255, fed to `keras.applications.vgg16.preprocess_input`
+("caffe" mode: RGB -> BGR, ImageNet mean subtracted, no scaling), the preprocessing the
+original VGG16 weights were trained with; tests/integration/test_embed_reference.py checks it
+against a stored reference vector.
 """
 
 from __future__ import annotations
@@ -127,6 +133,52 @@ def _digest(path: Path, algorithm: str) -> str:
     return h.hexdigest()
 
 
+# (input channels, filters) of VGG16's 13 convolutions, block by block (3x3 kernels).
+VGG16_CONVS = {
+    "block1_conv1": (3, 64),
+    "block1_conv2": (64, 64),
+    "block2_conv1": (64, 128),
+    "block2_conv2": (128, 128),
+    "block3_conv1": (128, 256),
+    "block3_conv2": (256, 256),
+    "block3_conv3": (256, 256),
+    "block4_conv1": (256, 512),
+    "block4_conv2": (512, 512),
+    "block4_conv3": (512, 512),
+    "block5_conv1": (512, 512),
+    "block5_conv2": (512, 512),
+    "block5_conv3": (512, 512),
+}
+
+
+def notop_file_problem(path: Path) -> str | None:
+    """Why `path` is not a complete legacy-HDF5 VGG16 no-top weights file, or None when it is.
+
+    Reads every kernel and bias (a truncated download fails here), with h5py: no TensorFlow.
+    """
+    import h5py
+    import numpy as np
+
+    try:
+        with h5py.File(path, "r") as f:
+            for layer, (cin, cout) in VGG16_CONVS.items():
+                if layer not in f:
+                    return f"no layer {layer}"
+                group = f[layer]
+                names = [
+                    n.decode() if isinstance(n, bytes) else str(n)
+                    for n in group.attrs.get("weight_names", [])
+                ]
+                shapes = sorted((group[n].shape for n in names), key=len)
+                if shapes != [(cout,), (3, 3, cin, cout)]:
+                    return f"{layer} holds {shapes}, not [({cout},), (3, 3, {cin}, {cout})]"
+                if not all(np.isfinite(group[n][()]).all() for n in names):
+                    return f"{layer} holds non-finite values"
+    except Exception as e:  # h5py raises OSError, KeyError, ValueError... for broken files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def resolve_weights(embed: EmbedSettings) -> WeightsSpec:
     """The weights this run uses, checked on the driver before Spark starts.
 
@@ -134,14 +186,26 @@ def resolve_weights(embed: EmbedSettings) -> WeightsSpec:
     nor the configured file exists and `embed.allow_random_weights` is off.
     """
     problem: str
+    if embed.weights == "random":  # asked for by name: no fallback, nothing to allow
+        return WeightsSpec(f"random:{embed.random_seed}", seed=embed.random_seed)
     if embed.weights == "imagenet":
         candidates = keras_cache_candidates()
         found = next((p for p in candidates if p.is_file()), None)
         if found is not None and _digest(found, "md5") == KERAS_NOTOP_MD5:
             return WeightsSpec("imagenet", str(found))
+        # The same weights saved by another tool differ in bytes, not in values: a complete
+        # VGG16 no-top file placed in the cache by hand is used, a partial download is not.
+        broken = notop_file_problem(found) if found is not None else None
+        if found is not None and broken is None:
+            log.info(
+                "%s: md5 differs from Keras' download, but it holds complete VGG16 "
+                "no-top weights; using it as 'imagenet'",
+                found,
+            )
+            return WeightsSpec("imagenet", str(found))
         if found is not None:
             problem = (
-                f"{found} is incomplete or corrupt (md5 differs from Keras' "
+                f"{found} is incomplete or corrupt ({broken}; md5 differs from Keras' "
                 f"{KERAS_NOTOP_MD5}); delete it and fetch it again"
             )
         else:

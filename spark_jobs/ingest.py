@@ -6,7 +6,9 @@
 Rows that fail a check go to the `quarantine` table with the reason, the source file and line;
 every good row is published. A table-level failure (GX suite, too many bad rows, missing
 columns) publishes nothing and leaves the previous table versions in place. Rerunning on the same
-input commits nothing new (merge by key, only changed rows rewritten).
+input commits nothing new (merge by key, only changed rows rewritten). Only the catalogue
+(products and their images) must be there: a layout's customers and purchases files are read
+when present, and their tables left as they are when not (a new catalogue to evaluate).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ class IngestReport:
     published: bool = False
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # Optional source files (customers, purchases) the folder does not have.
+    absent: list[str] = field(default_factory=list)
 
     def quarantine_by_reason(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -505,6 +509,23 @@ def read_source(spark: SparkSession, path: Path) -> tuple[list[str], DataFrame]:
     return header, parse_csv(lines, header)
 
 
+def _optional_file(layout: Layout, table: str, source_dir: Path, report: IngestReport) -> bool:
+    """Whether the layout's customers / interactions file is there to read.
+
+    Only the catalogue (products and images) is required: a folder without customers or
+    purchases (a new catalogue to evaluate or predict on) lands its products, and those
+    tables are left as they are, noted in `report.absent`.
+    """
+    name = getattr(layout.files, table)
+    if getattr(layout, table) is None or not name:
+        return False
+    if (source_dir / name).is_file():
+        return True
+    report.absent.append(name)
+    log.warning("%s not found in %s: no %s ingested (catalogue only)", name, source_dir, table)
+    return False
+
+
 def _require_columns(layout: Layout, table: str, header: list[str], path: Path) -> None:
     missing = sorted(layout.source_columns(table) - set(header))
     if missing:
@@ -554,7 +575,7 @@ def run_ingest(
 
     # -- customers -----------------------------------------------------------------------
     custs = None
-    if layout.customers and layout.files.customers:
+    if _optional_file(layout, "customers", source_dir, report):
         cpath = source_dir / layout.files.customers
         header, parsed = read_source(spark, cpath)
         _require_columns(layout, "customers", header, cpath)
@@ -563,7 +584,7 @@ def run_ingest(
 
     # -- interactions --------------------------------------------------------------------
     inter = None
-    if layout.interactions and layout.files.interactions:
+    if _optional_file(layout, "interactions", source_dir, report):
         ipath = source_dir / layout.files.interactions
         header, parsed = read_source(spark, ipath)
         _require_columns(layout, "interactions", header, ipath)
@@ -577,6 +598,9 @@ def run_ingest(
                 .select("customer_id")
                 .unionByName(lake.read_spark("customers", ["customer_id"]))
             )
+        elif layout.customers is not None and lake.exists("customers"):
+            # Purchases without a customers file: their customers must be in the lake already.
+            known_c = lake.read_spark("customers", ["customer_id"])
         inter = interactions_candidates(parsed, layout, known_p, known_c, now).cache()
         step(f"interactions parsed from {ipath.name}")
 
@@ -741,6 +765,8 @@ def format_report(report: IngestReport) -> str:
             f"{name:<16}{t.read:>9}{t.good:>9}{q:>7}{t.inserted:>9}{t.updated:>7}  "
             f"{'-' if t.version is None else t.version}"
         )
+    if report.absent:
+        lines.append(f"not in the folder (left untouched): {', '.join(report.absent)}")
     reasons = report.quarantine_by_reason()
     lines.append(
         "quarantine by reason: "

@@ -1,8 +1,11 @@
-"""Shared fixtures: real data slices (read-only source, copies made by the tests), Spark."""
+"""Shared fixtures: real data slices (read-only source, copies made by the tests), Spark, and
+the real VGG16 weights for every test that embeds images."""
 
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -16,6 +19,57 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ATELIER_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+# The real ImageNet VGG16 no-top weights sit beside the repository where CI and the team check
+# it out (../shared/models); users' checkouts lack them and the tests fall back to seeded random
+# weights. ATELIER_TEST_VGG16_WEIGHTS names another copy, or "none" to test as users do.
+VGG16_WEIGHTS = REPO.parent / "shared" / "models" / "vgg16_imagenet_notop.h5"
+RANDOM_SEED = 20181
+
+
+@functools.cache
+def vgg16_weights_path() -> Path | None:
+    """The real VGG16 weights file for tests, or None where it is absent."""
+    override = os.environ.get("ATELIER_TEST_VGG16_WEIGHTS")
+    if override and override.lower() == "none":
+        return None
+    if override:
+        path = Path(override).expanduser().resolve()
+        if not path.is_file():  # a typo must not silently test random weights instead
+            raise FileNotFoundError(f"ATELIER_TEST_VGG16_WEIGHTS={override}: no such file")
+        return path
+    return VGG16_WEIGHTS.resolve() if VGG16_WEIGHTS.is_file() else None
+
+
+def embed_settings(seed: int = RANDOM_SEED, **extra) -> dict:
+    """`embed` settings for a test that embeds images: the real weights when present, else
+    seeded random weights (recorded as `random:<seed>`). Named outright either way, so neither
+    ATELIER_EMBED__WEIGHTS nor a Keras cache on the machine changes what a test embeds with."""
+    path = vgg16_weights_path()
+    if path is not None:
+        return {"weights": str(path), "allow_random_weights": False, **extra}
+    return {"weights": "random", "random_seed": seed, **extra}
+
+
+@functools.cache
+def embed_weights_id(seed: int = RANDOM_SEED) -> str:
+    """The `weights` that image_embeddings records for `embed_settings(seed)`."""
+    path = vgg16_weights_path()
+    if path is None:
+        return f"random:{seed}"
+    return "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def embed_env() -> dict[str, str]:
+    """Environment for CLI and spark-submit runs that embed, as `embed_settings()`."""
+    return {"ATELIER_EMBED__WEIGHTS": embed_settings()["weights"]}
+
+
+@pytest.fixture(scope="session")
+def vgg16_weights() -> Path | None:
+    """The real VGG16 no-top weights file, or None (tests then use seeded random weights)."""
+    return vgg16_weights_path()
 
 
 def _need(path: Path) -> Path:
@@ -74,6 +128,29 @@ def make_hm_slice(src: Path, dst: Path, n_articles: int = 40) -> dict[str, int]:
         link.parent.mkdir(parents=True, exist_ok=True)
         link.symlink_to(img)
     return {"products": len(arows), "interactions": len(trows), "customers": len(crows)}
+
+
+def make_hm_catalogue(
+    src: Path, dst: Path, n_articles: int, skip: set[str], types: set[str]
+) -> list[str]:
+    """A new catalogue as a user has it in the H&M layout: articles.csv and images only (no
+    customers, no purchases), the first `n_articles` of `types` with an image, not in `skip`;
+    images are symlinked. Returns the article ids."""
+    ah, arows = read_csv(src / "articles.csv")
+    kind = ah.index("product_type_name")
+    picked = [
+        r
+        for r in arows
+        if r[0] not in skip
+        and r[kind] in types
+        and (src / "images" / r[0][:3] / f"{r[0]}.jpg").is_file()
+    ][:n_articles]
+    write_csv(dst / "articles.csv", ah, picked)
+    for r in picked:
+        link = dst / "images" / r[0][:3] / f"{r[0]}.jpg"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(src / "images" / r[0][:3] / f"{r[0]}.jpg")
+    return [r[0] for r in picked]
 
 
 def make_fashion_slice(src: Path, dst: Path, rows: slice) -> int:
@@ -135,7 +212,7 @@ def demo_run(tmp_path_factory):
     import subprocess
 
     workdir = tmp_path_factory.mktemp("demo") / "w"
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **DEMO_ENV)
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, **DEMO_ENV, **embed_env())
     out = subprocess.run(
         [str(Path(sys.executable).parent / "atelier"), "--workdir", str(workdir), "demo",
          *DEMO_ARGS],

@@ -1,8 +1,10 @@
-"""The embed job end to end on a tiny catalogue of generated JPEGs (seeded random weights).
+"""The embed job end to end on a tiny catalogue of generated JPEGs, with the real ImageNet
+weights where ../shared has them (else seeded random weights; tests/conftest.py).
 
 Values are checked against VGG16 built with bare Keras in this process, across workdirs and
 worker counts; incrementality (nothing to do, a changed image), quarantine and the weights
-error are checked on the lake tables themselves.
+error are checked on the lake tables themselves. A weights file saved from seeded random weights
+and the random/refused paths are tested with random weights whatever is available.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from PIL import Image
+
+from tests.conftest import embed_settings, embed_weights_id, vgg16_weights_path
 
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 
@@ -33,13 +37,14 @@ SIZES = {(60, 80): "96x64", (112, 160): "160x128"}
 
 
 def _settings(workdir: Path, **embed):
+    """The real weights when present (tests/conftest.py); `embed` overrides."""
     from atelier.settings import Settings
 
     return Settings(
         workdir=workdir,
         spark={"master": "local[2]", "shuffle_partitions": 4},
         gate={"build_data_docs": False},
-        embed={"allow_random_weights": True, "random_seed": SEED, **embed},
+        embed=embed_settings(SEED, **embed),
     )
 
 
@@ -117,12 +122,25 @@ def first_run(tmp_path_factory, spark):
 
 
 @pytest.fixture(scope="module")
-def bare_vgg16():
+def random_vgg16():
     """VGG16 built with bare Keras in the test process, from the job's seed."""
     import keras
 
     keras.utils.set_random_seed(SEED)
     return keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+
+
+@pytest.fixture(scope="module")
+def bare_vgg16(request):
+    """VGG16 built with bare Keras in the test process, with the job's weights."""
+    import keras
+
+    path = vgg16_weights_path()
+    if path is None:
+        return request.getfixturevalue("random_vgg16")
+    return keras.applications.VGG16(
+        include_top=False, weights=str(path), input_shape=(None, None, 3)
+    )
 
 
 def _bare_embedding(model, path: str) -> np.ndarray:
@@ -143,7 +161,7 @@ def test_embeddings_are_512_finite_float32_and_stamped(first_run):
     assert (report["images"], report["embedded"], report["skipped"]) == (4, 4, 0)
     assert report["quarantined"] == {} and report["published"]
     assert (report["inserted"], report["updated"], report["version"]) == (4, 0, 0)
-    assert report["weights"] == f"random:{SEED}" and report["input_size"] == "native"
+    assert report["weights"] == embed_weights_id(SEED) and report["input_size"] == "native"
     table = Lake(settings).read_arrow("image_embeddings")
     assert table.schema.field("embedding").type == pa.list_(pa.float32())
     assert table.schema == contract("image_embeddings").schema()
@@ -157,7 +175,7 @@ def test_embeddings_are_512_finite_float32_and_stamped(first_run):
         assert v.min() >= 0 and v.max() > 0  # ReLU then max-pool: non-negative, not all 0
         vectors.append(v)
         assert r["content_hash"] == hashes[key]
-        assert r["weights"] == f"random:{SEED}"
+        assert r["weights"] == embed_weights_id(SEED)
         assert r["input_size"] == SIZES[SHOTS[key]]
         assert r["event_timestamp"] == (FIRST_SEEN[key[0]] or EPOCH)
         assert r["created_timestamp"] == NOW
@@ -216,7 +234,7 @@ def test_same_vectors_in_fresh_workdirs_and_across_worker_counts(first_run, spar
             [],
             "product_id STRING, shot INT, content_hash STRING, weights STRING, input_size STRING",
         ),
-        f"random:{SEED}",
+        embed_weights_id(SEED),
         "native",
     )
     parts = partition_for_embedding(pending, 2).selectExpr("spark_partition_id() AS p")
@@ -258,23 +276,24 @@ def test_max_images_embeds_slices_in_key_order_until_done(first_run, spark, tmp_
         np.testing.assert_allclose(got[key]["embedding"], r["embedding"], rtol=1e-4, atol=1e-5)
 
 
-def test_weights_file_is_loaded_by_every_worker(first_run, bare_vgg16, spark, tmp_path):
+def test_weights_file_is_loaded_by_every_worker(first_run, random_vgg16, spark, tmp_path):
     from spark_jobs.embed import run_embed
 
-    settings, rows, _ = first_run
+    _, rows, _ = first_run
     path = tmp_path / "vgg16_notop.weights.h5"
-    bare_vgg16.save_weights(path)  # the seeded weights, so vectors must match the random run
+    random_vgg16.save_weights(path)  # the seeded weights: vectors must match them, not ImageNet
     other = _settings(tmp_path / "w", weights=str(path), allow_random_weights=False)
     _write_catalogue(other, rows[:2])
     report = run_embed(other, spark=spark, now=NOW)
     weights_id = "file:" + hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     assert report["weights"] == weights_id and report["embedded"] == 2
-    reference = _embeddings(settings)
-    for key, r in _embeddings(other).items():
-        assert r["weights"] == weights_id
-        np.testing.assert_allclose(
-            r["embedding"], reference[key]["embedding"], rtol=1e-4, atol=1e-5
-        )
+    got = _embeddings(other)
+    assert sorted(got) == sorted((r["product_id"], r["shot"]) for r in rows[:2])
+    for r in rows[:2]:
+        row = got[(r["product_id"], r["shot"])]
+        assert row["weights"] == weights_id
+        expected = _bare_embedding(random_vgg16, r["path"])
+        np.testing.assert_allclose(row["embedding"], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_changed_image_is_reembedded(spark, tmp_path):
@@ -365,7 +384,7 @@ def test_without_weights_a_clear_error_and_nothing_written(spark, tmp_path, monk
 
     empty = tmp_path / "keras" / "models" / KERAS_NOTOP_FILE
     monkeypatch.setattr("spark_jobs.embed.keras_cache_candidates", lambda: [empty])
-    settings = _settings(tmp_path / "work", allow_random_weights=False)
+    settings = _settings(tmp_path / "work", weights="imagenet", allow_random_weights=False)
     rows = [_image_row("p1", 0, _jpeg(tmp_path / "a.jpg", (60, 80), 1), (60, 80))]
     _write_catalogue(settings, rows)
     with pytest.raises(WeightsUnavailable, match="--allow-random-weights"):
@@ -382,6 +401,7 @@ def test_spark_submit_entry_point_and_flag(spark, tmp_path, monkeypatch, capsys)
         lambda: [tmp_path / "keras" / "models" / KERAS_NOTOP_FILE],
     )
     monkeypatch.delenv("ATELIER_EMBED__ALLOW_RANDOM_WEIGHTS", raising=False)
+    monkeypatch.delenv("ATELIER_EMBED__WEIGHTS", raising=False)  # CI points it at real weights
     monkeypatch.setenv("ATELIER_GATE__BUILD_DATA_DOCS", "false")
     settings = _settings(tmp_path / "work")
     _write_catalogue(

@@ -243,6 +243,39 @@ def test_fashion_images_slice(tmp_path, fashion_dir, spark, settings):
     assert lake.read_arrow("product_images").num_rows == 60
 
 
+def test_catalogue_only_folder_lands_and_a_full_one_adds_purchases_later(
+    tmp_path, hm_dir, spark, settings
+):
+    from atelier.lake import Lake
+    from spark_jobs.ingest import format_report, run_ingest
+
+    full = tmp_path / "full"
+    expected = make_hm_slice(hm_dir, full, n_articles=5)
+    src = tmp_path / "catalogue"
+    shutil.copytree(full, src, symlinks=True)
+    (src / "customers.csv").unlink()
+    (src / "transactions_train.csv").unlink()
+    report = run_ingest(settings, "hm", src, spark=spark, now=NOW)
+    assert report.published and report.absent == ["customers.csv", "transactions_train.csv"]
+    assert set(report.tables) == {"products", "product_labels", "product_images"}
+    text = format_report(report)
+    assert "not in the folder (left untouched): customers.csv, transactions_train.csv" in text
+    lake = Lake(settings)
+    assert not lake.exists("customers") and not lake.exists("interactions")
+    products = lake.read_pandas("products", ["product_id", "price", "first_seen"])
+    assert len(products) == expected["products"] == lake.read_arrow("product_images").num_rows
+    # H&M has no list price: price and first_seen come from purchases, none yet.
+    assert products["price"].isna().all() and products["first_seen"].isna().all()
+
+    report = run_ingest(settings, "hm", full, spark=spark, now=NOW)
+    assert report.published and report.absent == []
+    assert report.tables["interactions"].inserted == expected["interactions"]
+    assert report.tables["customers"].inserted == expected["customers"]
+    assert report.tables["products"].updated == expected["products"]
+    products = lake.read_pandas("products", ["price", "first_seen"])
+    assert products["price"].notna().all() and products["first_seen"].notna().all()
+
+
 def test_missing_column_is_a_clear_error(tmp_path, hm_dir, spark, settings):
     from spark_jobs.ingest import IngestError, run_ingest
 

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import embed_settings
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRAIN_END = date(2019, 12, 31)
@@ -59,7 +61,7 @@ def trained(tmp_path_factory, spark):
         image_check_partitions=2,
         spark={"master": "local[2]", "shuffle_partitions": 4},
         gate={"build_data_docs": False},
-        embed={"allow_random_weights": True},
+        embed=embed_settings(),
         text={"tfidf_dim": 64},
         recommender={
             "k": 8,

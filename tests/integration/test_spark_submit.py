@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, make_hm_slice
+from tests.conftest import REPO, embed_env, embed_weights_id, make_hm_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -19,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 def _submit(script: str, *args: str) -> str:
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable,
-               ATELIER_GATE__BUILD_DATA_DOCS="false")
+               ATELIER_GATE__BUILD_DATA_DOCS="false", **embed_env())
     out = subprocess.run(
         [str(BIN / "spark-submit"), "--master", "local[2]", f"spark_jobs/{script}", *args],
         cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
@@ -38,10 +38,14 @@ def test_spark_submit_jobs(tmp_path, hm_dir):
     assert "published" in out
 
     out = _submit("embed.py", "--workdir", w, "--allow-random-weights")
-    assert "weights random:" in out
+    assert f"weights {embed_weights_id()}," in out
     assert re.search(rf"embedded {expected['products']},", out), out
     out = _submit("embed.py", "--workdir", w, "--allow-random-weights")
     assert re.search(r"embedded 0,", out), out
+    out = _submit("colour.py", "--workdir", w)
+    assert re.search(rf"described {expected['products']},", out), out
+    out = _submit("colour.py", "--workdir", w, "--max-images", "1")
+    assert re.search(r"described 0, skipped \d+, quarantined 0", out), out
 
     _submit("text_features.py", "--workdir", w)
     _submit("product_features.py", "--workdir", w)
@@ -51,4 +55,5 @@ def test_spark_submit_jobs(tmp_path, hm_dir):
     lake = Lake(Settings(workdir=w))
     assert lake.read_arrow("text_features").num_rows == expected["products"]
     assert lake.read_arrow("image_embeddings").num_rows == expected["products"]
+    assert lake.read_arrow("colour_features").num_rows == expected["products"]
     assert lake.read_arrow("customer_history").num_rows >= expected["customers"]

@@ -14,14 +14,17 @@ from PIL import Image
 from spark_jobs.embed import (
     IMAGENET_MEAN_RGB,
     KERAS_NOTOP_FILE,
+    KERAS_NOTOP_MD5,
     WeightsUnavailable,
     allow_random_weights,
     batch_plan,
     fit_image,
     input_size,
     load_image,
+    notop_file_problem,
     resolve_weights,
 )
+from tests.conftest import vgg16_weights_path
 
 pytestmark = pytest.mark.unit
 
@@ -109,6 +112,49 @@ def test_cached_imagenet_file_is_used_only_when_complete(no_keras_cache):
         m.setattr(embed, "KERAS_NOTOP_MD5", md5)
         spec = resolve_weights(_embed_settings())
     assert (spec.id, spec.path, spec.seed) == ("imagenet", str(no_keras_cache), None)
+
+
+def test_real_imagenet_file_in_a_keras_cache_is_the_imagenet_spec(tmp_path, monkeypatch):
+    """A user with network has Keras' download; an offline one may copy the same weights into
+    Keras' cache by hand: a complete no-top file is "imagenet" even when its bytes differ."""
+    real = vgg16_weights_path()
+    if real is None:
+        pytest.skip("real VGG16 weights not found (../shared/models)")
+    cached = tmp_path / "keras-home" / "models" / KERAS_NOTOP_FILE
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(real)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+    spec = resolve_weights(_embed_settings())
+    assert (spec.id, spec.path, spec.seed) == ("imagenet", str(cached), None)
+    # Keras' own download is recognised by its md5 without opening it.
+    import spark_jobs.embed as embed
+
+    monkeypatch.setattr(embed, "KERAS_NOTOP_MD5", hashlib.md5(real.read_bytes()).hexdigest())
+    monkeypatch.setattr(embed, "notop_file_problem", lambda path: "must not be called")
+    assert resolve_weights(_embed_settings()).id == "imagenet"
+    assert KERAS_NOTOP_MD5 != embed.KERAS_NOTOP_MD5  # this copy is not byte-identical
+
+
+def test_a_file_without_the_vgg16_layers_is_not_a_notop_file(tmp_path):
+    import h5py
+
+    path = tmp_path / KERAS_NOTOP_FILE
+    with h5py.File(path, "w") as f:
+        g = f.create_group("block1_conv1")
+        g.create_dataset("kernel", data=np.zeros((3, 3, 3, 32), np.float32))
+        g.create_dataset("bias", data=np.zeros(32, np.float32))
+        g.attrs["weight_names"] = [b"kernel", b"bias"]
+    assert "block1_conv1 holds [(32,), (3, 3, 3, 32)]" in notop_file_problem(path)
+    with h5py.File(path, "a") as f:
+        del f["block1_conv1"]
+    assert notop_file_problem(path) == "no layer block1_conv1"
+    (tmp_path / "cut.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"0" * 100)
+    assert notop_file_problem(tmp_path / "cut.h5").startswith("OSError")
+
+
+def test_random_by_name_needs_no_permission(no_keras_cache):
+    spec = resolve_weights(_embed_settings(weights="random", random_seed=5))
+    assert (spec.id, spec.path, spec.seed) == ("random:5", None, 5)
 
 
 def test_weights_file_is_identified_by_its_hash(tmp_path, no_keras_cache):
