@@ -497,13 +497,16 @@ def common_filters(lake, candidates: Sequence[str], n: int = 3) -> list[tuple[st
     """The `n` commonest (attribute, value) pairs among the candidates: filters that keep
     results non-empty."""
     table = "predicted_attributes" if lake.exists("predicted_attributes") else "product_labels"
-    rows = lake.read_arrow(table, ["product_id", "attribute", "value"])
+    columns = ["product_id", "attribute", "value"]
+    rows = lake.read_arrow(table, columns + (["source"] if table == "predicted_attributes" else []))
     data = rows.to_pydict()
+    # Serving leaves predictions below the minimum confidence out.
+    shown = [s != "below_confidence" for s in data.get("source", [None] * rows.num_rows)]
     keep = set(candidates)
     counts = Counter(
         (a, v)
-        for p, a, v in zip(data["product_id"], data["attribute"], data["value"])
-        if p in keep and v is not None
+        for p, a, v, ok in zip(data["product_id"], data["attribute"], data["value"], shown)
+        if p in keep and v is not None and ok
     )
     return [pair for pair, _ in counts.most_common(n)]
 

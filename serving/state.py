@@ -310,7 +310,9 @@ def _attribute_rows(lake):
 
     columns = ["product_id", "attribute", "value", "confidence", "source"]
     if lake.exists("predicted_attributes"):
-        return lake.read_pandas("predicted_attributes", columns)
+        rows = lake.read_pandas("predicted_attributes", columns)
+        # A prediction below its attribute's minimum confidence leaves the gap empty.
+        return rows[rows["source"] != "below_confidence"].reset_index(drop=True)
     log.warning(
         "no predicted_attributes table: serving the known labels only (`atelier train "
         "attributes`, `atelier predict attributes` and a reload fill in the rest)"

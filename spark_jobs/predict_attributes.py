@@ -1,7 +1,8 @@
 """Batch attribute prediction: the champion model fills every product's missing attributes.
 
     spark-submit spark_jobs/predict_attributes.py [--workdir W] [--model-uri URI]
-    atelier --workdir W predict attributes [--model-uri URI]        # the same job
+        [--min-confidence 0.8] [--min-confidence ATTRIBUTE=0.9 ...]
+    atelier --workdir W predict attributes [--model-uri URI] [--min-confidence ...]  # the same
 
 The model (default: the `champion` alias of `settings.mlflow.attributes_model`, pinned to its
 version for the run) is downloaded once by the driver into the workdir; each Python worker
@@ -15,6 +16,13 @@ predicted value, its confidence and the probability vector. Two tables are writt
   attribute that does not apply to the product's type and has no label has no row;
 - `attribute_vectors`, one row per product, for Feast: every attribute's probabilities end to
   end in the model's attribute order (labels one-hot, non-applicable attributes zeros).
+
+A minimum confidence per attribute (`settings.predict.min_confidence`, `--min-confidence`)
+keeps unsure predictions out of the catalogue: such a gap stays empty. Its row is still
+written, with source "below_confidence" (value, confidence and probabilities of the model's
+guess, for audit; serving ignores it), so a stricter rerun also empties gaps an earlier run
+filled (merges never delete). In `attribute_vectors` its value is "" but its probabilities stay:
+the recommender's features do not depend on what people are shown.
 
 Both hold from the product's first_seen (or the epoch), like the content they are computed
 from. Only rows that changed are merged, after their GX suites pass: a rerun with the same
@@ -48,7 +56,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("atelier.predict_attributes")
 
-LABEL, PREDICTED = "label", "predicted"
+LABEL, PREDICTED, BELOW_CONFIDENCE = "label", "predicted", "below_confidence"
+SOURCES = (LABEL, PREDICTED, BELOW_CONFIDENCE)
+# The min_confidence key that applies to every attribute without its own.
+EVERY_ATTRIBUTE = "*"
 # Products per model call inside a partition (the bundle batches again below this).
 BATCH_SIZE = 512
 
@@ -124,6 +135,49 @@ def resolve_model(model_uri: str) -> tuple[str, str]:
     return model_uri, model_uri
 
 
+def _unit_interval(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} must be a number in [0, 1], got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # NaN fails too
+        raise ValueError(f"{where} must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def parse_min_confidence(values: list[str] | tuple[str, ...]) -> dict[str, float]:
+    """`--min-confidence` values as a min_confidence mapping: "0.8" sets every attribute
+    ("*"), "ATTRIBUTE=0.9" one attribute; a later value for the same key wins. ValueError
+    quoting a malformed value or one outside [0, 1]."""
+    out: dict[str, float] = {}
+    for item in values:
+        name, sep, number = str(item).rpartition("=")
+        name = name.strip() if sep else EVERY_ATTRIBUTE
+        if not name:
+            raise ValueError(f"--min-confidence {item!r}: the attribute name is empty")
+        try:
+            value = float(number)
+        except ValueError:
+            raise ValueError(f"--min-confidence {item!r}: expected 0.8 or ATTRIBUTE=0.8") from None
+        out[name] = _unit_interval(value, f"--min-confidence {item!r}")
+    return out
+
+
+def min_confidence_by_attribute(
+    min_confidence: Mapping[str, float], attributes: list[str] | tuple[str, ...]
+) -> dict[str, float]:
+    """The minimum confidence of each of the model's `attributes`: its own entry, else the
+    "*" entry, else 0 (every prediction fills). PredictError naming the model's attributes
+    when an entry names another attribute; ValueError for a value outside [0, 1]."""
+    unknown = sorted(set(min_confidence) - set(attributes) - {EVERY_ATTRIBUTE})
+    if unknown:
+        raise PredictError(
+            f"min_confidence names attributes the model does not predict: {unknown!r}; "
+            f"the model's attributes are {list(attributes)!r} (or {EVERY_ATTRIBUTE!r} for all)"
+        )
+    checked = {k: _unit_interval(v, f"min_confidence[{k!r}]") for k, v in min_confidence.items()}
+    default = checked.get(EVERY_ATTRIBUTE, 0.0)
+    return {a: checked.get(a, default) for a in attributes}
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker side: one bundle per Python worker
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +239,7 @@ def score_partition(
     t0 = time.time()
     for start in range(0, len(rows), batch_size):
         chunk = rows.iloc[start : start + batch_size]
-        frame = chunk[["product_id", "text", "type", "brand", "division", "embeddings"]]
+        frame = chunk[["product_id", "text", "type", "brand", "division", "embeddings", "colours"]]
         out = bundle.predict(frame.reset_index(drop=True))
         out = out[out["applicable"]]
         _worker_log(f"{start + len(chunk)}/{len(rows)} products scored in {time.time() - t0:.1f}s")
@@ -195,20 +249,31 @@ def score_partition(
 # ---------------------------------------------------------------------------------------------
 # Pure Spark transforms (DataFrame -> DataFrame)
 # ---------------------------------------------------------------------------------------------
-def product_inputs(products: DataFrame, embeddings: DataFrame) -> DataFrame:
+def product_inputs(
+    products: DataFrame, embeddings: DataFrame, colours: DataFrame | None = None
+) -> DataFrame:
     """The model's inputs, one row per product.
 
     products: product_id, title, description, type, brand, division, first_seen;
-    embeddings: image_embeddings' product_id, shot, embedding. Output: product_id, title,
-    description, type, brand, division, `embeddings` (every shot's vector in shot order; null
-    without images) and event_timestamp (first_seen, else the epoch: the content rule).
+    embeddings: image_embeddings' product_id, shot, embedding; colours (optional):
+    colour_features' product_id, shot, colour. Output: product_id, title, description, type,
+    brand, division, `embeddings` (every shot's vector in shot order; null without images),
+    `colours` (the same shots' colour descriptors, null where a shot has none) and
+    event_timestamp (first_seen, else the epoch: the content rule).
     """
     from pyspark.sql import functions as F
 
     from spark_jobs.common import EPOCH, timestamp_lit
 
-    shots = embeddings.groupBy("product_id").agg(
-        F.sort_array(F.collect_list(F.struct("shot", "embedding"))).alias("_shots")
+    if colours is None:
+        shots = embeddings.withColumn("colour", F.lit(None).cast("array<float>"))
+    else:
+        # Joined per shot, so shot j's colour sits beside shot j's embedding.
+        shots = embeddings.join(
+            colours.select("product_id", "shot", "colour"), ["product_id", "shot"], "left"
+        )
+    shots = shots.groupBy("product_id").agg(
+        F.sort_array(F.collect_list(F.struct("shot", "embedding", "colour"))).alias("_shots")
     )
     return products.join(shots, "product_id", "left").select(
         "product_id",
@@ -218,6 +283,7 @@ def product_inputs(products: DataFrame, embeddings: DataFrame) -> DataFrame:
         "brand",
         "division",
         F.transform("_shots", lambda s: s["embedding"]).alias("embeddings"),
+        F.transform("_shots", lambda s: s["colour"]).alias("colours"),
         F.coalesce(F.col("first_seen"), timestamp_lit(EPOCH)).alias("event_timestamp"),
     )
 
@@ -298,6 +364,24 @@ def attribute_rows(
     )
 
 
+def withhold_below(rows: DataFrame, min_confidence: Mapping[str, float]) -> DataFrame:
+    """`attribute_rows` with every predicted row whose confidence is below its attribute's
+    minimum (`min_confidence_by_attribute`; an attribute absent: 0) marked source
+    "below_confidence": the gap stays empty. Known labels are never touched."""
+    from pyspark.sql import functions as F
+
+    below = {a: m for a, m in min_confidence.items() if m > 0.0}
+    if not below:
+        return rows
+    minimum = F.create_map(*[F.lit(x) for a, m in sorted(below.items()) for x in (a, m)])
+    withheld = (F.col("source") == F.lit(PREDICTED)) & (
+        F.col("confidence") < F.coalesce(minimum[F.col("attribute")], F.lit(0.0))
+    )
+    return rows.withColumn(
+        "source", F.when(withheld, F.lit(BELOW_CONFIDENCE)).otherwise(F.col("source"))
+    )
+
+
 def attribute_vectors(
     rows: DataFrame, layout: DataFrame, events: DataFrame, model_version: str
 ) -> DataFrame:
@@ -306,7 +390,8 @@ def attribute_vectors(
     rows: `attribute_rows`; layout: (attribute, position, size) from `attribute_layout`.
     Each attribute contributes `size` floats at its position: the row's probabilities when
     they have that length, zeros otherwise (no row: not applicable; a label that maps to no
-    class). attribute_values holds each attribute's value, "" without a row.
+    class). attribute_values holds each attribute's value, "" without a row or below the
+    minimum confidence (its probabilities are kept).
     """
     from pyspark.sql import functions as F
 
@@ -315,7 +400,7 @@ def attribute_vectors(
         events.select("product_id")
         .crossJoin(layout)
         .join(
-            rows.select("product_id", "attribute", "value", "probabilities"),
+            rows.select("product_id", "attribute", "value", "probabilities", "source"),
             ["product_id", "attribute"],
             "left",
         )
@@ -326,7 +411,9 @@ def attribute_vectors(
                 F.when(F.size("probabilities") == F.col("size"), F.col("probabilities"))
                 .otherwise(zeros)
                 .alias("probabilities"),
-                F.coalesce(F.col("value"), F.lit("")).alias("value"),
+                F.when(F.col("source") == F.lit(BELOW_CONFIDENCE), F.lit(""))
+                .otherwise(F.coalesce(F.col("value"), F.lit("")))
+                .alias("value"),
             ).alias("part"),
         )
     )
@@ -367,14 +454,17 @@ def run_predict_attributes(
     spark: SparkSession | None = None,
     model_uri: str | None = None,
     now: datetime | None = None,
+    min_confidence: Mapping[str, float] | None = None,
 ) -> dict:
     """Score every product with the model, keep known labels, write both tables; the report.
 
     model_uri: an MLflow model URI (default: the champion of `settings.mlflow.attributes_model`).
-    now: created_timestamp of the rows written (default: the current UTC time). Raises
-    PredictError when there is no model or catalogue, or when the catalogue's image embeddings
-    were made with other weights than the model was trained on; GateFailure when a batch
-    fails its suite (nothing is written then).
+    now: created_timestamp of the rows written (default: the current UTC time).
+    min_confidence: attribute (or "*") -> the confidence a prediction needs to fill a gap
+    (default: `settings.predict.min_confidence`). Raises PredictError when there is no model
+    or catalogue, when min_confidence names an attribute the model lacks, or when the
+    catalogue's image embeddings were made with other weights than the model was trained on;
+    GateFailure when a batch fails its suite (nothing is written then).
     """
     from mlflow.exceptions import MlflowException
 
@@ -395,17 +485,27 @@ def run_predict_attributes(
         bundle, bundle_dir = fetch_bundle(settings, pinned, run_id)
     except (MlflowException, registry.RegistryError, OSError) as e:
         raise PredictError(f"cannot load the attribute model: {e}") from e
+    try:
+        minimums = min_confidence_by_attribute(
+            settings.predict.min_confidence if min_confidence is None else min_confidence,
+            bundle.attribute_order,
+        )
+    except (PredictError, ValueError):  # refused before any work: leave no bundle behind
+        shutil.rmtree(bundle_dir, ignore_errors=True)
+        raise
     report: dict[str, Any] = {
         "run_id": run_id,
         "model_uri": uri,
         "model_version": model_version,
         "attributes": bundle.attribute_order,
         "vector_size": bundle.vector_size,
+        "min_confidence": minimums,
         "now": now.isoformat(),
     }
     spark = spark or get_spark(settings)
     lake = Lake(settings, spark)
     _check_embedding_weights(lake, bundle)
+    _check_colour_version(lake, bundle)
     try:
         _predict_and_publish(settings, lake, bundle, str(bundle_dir), model_version, now, report)
     finally:
@@ -435,8 +535,13 @@ def _predict_and_publish(
         "products",
         ["product_id", "title", "description", "type", "brand", "division", "first_seen"],
     )
+    colours = (
+        lake.read_spark("colour_features", ["product_id", "shot", "colour"])
+        if bundle.config.colour_dim > 0 and lake.exists("colour_features")
+        else None
+    )
     inputs = product_inputs(
-        products, lake.read_spark("image_embeddings", ["product_id", "shot", "embedding"])
+        products, lake.read_spark("image_embeddings", ["product_id", "shot", "embedding"]), colours
     ).cache()
     report["products"] = n_products = inputs.count()
     log.info(
@@ -465,8 +570,9 @@ def _predict_and_publish(
     layout = spark.createDataFrame(
         attribute_layout(bundle.attributes), "attribute STRING, position INT, size INT"
     )
-    rows = attribute_rows(
-        scored, lake.read_spark("product_labels"), encoding, events, model_version
+    rows = withhold_below(
+        attribute_rows(scored, lake.read_spark("product_labels"), encoding, events, model_version),
+        report["min_confidence"],
     ).cache()
     vectors = attribute_vectors(rows, layout, events, model_version)
     try:
@@ -475,11 +581,11 @@ def _predict_and_publish(
             for r in rows.groupBy("attribute", "source").agg(F.count("*").alias("n")).collect()
         }
         report["by_attribute"] = {
-            a: {s: counts.get((a, s), 0) for s in (LABEL, PREDICTED)}
-            for a in sorted({a for a, _ in counts})
+            a: {s: counts.get((a, s), 0) for s in SOURCES} for a in sorted({a for a, _ in counts})
         }
         report["labels_kept"] = sum(n for (_, s), n in counts.items() if s == LABEL)
         report["predicted"] = sum(n for (_, s), n in counts.items() if s == PREDICTED)
+        report[BELOW_CONFIDENCE] = sum(n for (_, s), n in counts.items() if s == BELOW_CONFIDENCE)
         batches = {
             "predicted_attributes": changed_rows(
                 rows, lake.read_spark("predicted_attributes"), ["product_id", "attribute"], now
@@ -561,6 +667,30 @@ def _check_embedding_weights(lake: Lake, bundle: AttributeBundle) -> None:
         )
 
 
+def _check_colour_version(lake: Lake, bundle: AttributeBundle) -> None:
+    """PredictError when the catalogue's colour descriptors are of another version than the
+    model's training descriptors, or missing for a model that reads colour."""
+    trained_on = bundle.metadata.get("colour_descriptor_version")
+    if bundle.config.colour_dim == 0 or not trained_on:
+        return
+    if not lake.exists("colour_features"):
+        raise PredictError(
+            "the model reads colour but colour_features is missing: run `atelier colour`"
+        )
+    here = sorted(
+        set(
+            lake.read_arrow("colour_features", ["descriptor_version"])[
+                "descriptor_version"
+            ].to_pylist()
+        )
+    )
+    if here and here != [trained_on]:
+        raise PredictError(
+            f"colour descriptors of the catalogue ({here}) differ from the model's ({trained_on}): "
+            "rerun `atelier colour` with this version of atelier"
+        )
+
+
 def _save_report(settings: Settings, report: dict) -> Path:
     folder = settings.reports_dir / "predict_attributes"
     folder.mkdir(parents=True, exist_ok=True)
@@ -577,10 +707,16 @@ def format_report(report: dict) -> str:
         f"predict attributes (run {report['run_id']}): model {report['model_version']}, "
         f"{len(report['attributes'])} attributes, vector size {report['vector_size']}",
         f"products {report.get('products', 0)}: labels kept {report.get('labels_kept', 0)}, "
-        f"predicted {report.get('predicted', 0)} ({report.get('score_seconds', 0)}s scoring)",
+        f"predicted {report.get('predicted', 0)}, below minimum confidence (left empty) "
+        f"{report.get(BELOW_CONFIDENCE, 0)} ({report.get('score_seconds', 0)}s scoring)",
     ]
+    minimums = report.get("min_confidence", {})
     for attribute, n in report.get("by_attribute", {}).items():
-        lines.append(f"  {attribute:<32} label {n[LABEL]:>7}  predicted {n[PREDICTED]:>7}")
+        minimum = f"  (min. confidence {minimums[attribute]:g})" if minimums.get(attribute) else ""
+        lines.append(
+            f"  {attribute:<32} label {n[LABEL]:>7}  predicted {n[PREDICTED]:>7}  "
+            f"below {n.get(BELOW_CONFIDENCE, 0):>7}{minimum}"
+        )
     for table in ("predicted_attributes", "attribute_vectors"):
         t = report.get(table)
         if t:
@@ -597,7 +733,8 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`spark-submit spark_jobs/predict_attributes.py [--workdir W] [--model-uri URI]`."""
+    """`spark-submit spark_jobs/predict_attributes.py [--workdir W] [--model-uri URI]
+    [--min-confidence [ATTRIBUTE=]VALUE ...]`."""
     from atelier.logs import setup_logging
     from atelier.settings import load_settings
 
@@ -606,11 +743,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", type=Path)
     p.add_argument("--model-uri", help="MLflow model URI (default: the attribute model's champion)")
+    p.add_argument(
+        "--min-confidence",
+        action="append",
+        metavar="[ATTRIBUTE=]VALUE",
+        help="confidence in [0, 1] a prediction needs to fill a gap: VALUE for every attribute, "
+        "ATTRIBUTE=VALUE for one; repeatable; replaces settings.predict.min_confidence",
+    )
     args = p.parse_args(argv)
+    try:
+        min_confidence = parse_min_confidence(args.min_confidence) if args.min_confidence else None
+    except ValueError as e:
+        p.error(str(e))
     setup_logging()
     settings = load_settings(workdir=args.workdir)
     try:
-        report = run_predict_attributes(settings, model_uri=args.model_uri)
+        report = run_predict_attributes(
+            settings, model_uri=args.model_uri, min_confidence=min_confidence
+        )
     except GateFailure as e:
         print(format_report(e.report))
         return 2

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from tests.conftest import make_hm_slice
+from tests.conftest import embed_settings, embed_weights_id, make_hm_slice
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 LATER = NOW + timedelta(days=1)
@@ -77,6 +77,58 @@ def test_labels_map_to_classes_through_the_grouping():
     assert not [r for r in enc if r[1] == "Denim"]
     assert len(enc) == 5 + 4  # graphic: 4 raw values + "other"; colour: 3 raw + "other"
     assert attribute_layout(_specs()) == [(GRAPHIC, 0, 3), (COLOUR_VALUE, 1, 3)]
+
+
+@pytest.mark.unit
+def test_min_confidence_is_parsed_checked_and_resolved_per_attribute(capsys):
+    from typer.testing import CliRunner
+
+    from atelier.cli import app
+    from spark_jobs.predict_attributes import (
+        PredictError,
+        main,
+        min_confidence_by_attribute,
+        parse_min_confidence,
+    )
+
+    assert parse_min_confidence(["0.8"]) == {"*": 0.8}
+    assert parse_min_confidence(["0.8", f"{GRAPHIC}=0.95", f"{GRAPHIC}=0.9", "x = 1"]) == {
+        "*": 0.8,
+        GRAPHIC: 0.9,  # the later value wins
+        "x": 1.0,
+    }
+    assert parse_min_confidence(["0"]) == {"*": 0.0}  # 0: fill every gap
+    for bad, why in [
+        ("1.5", r"must be in \[0, 1\], got 1.5"),
+        ("-0.1", r"must be in \[0, 1\]"),
+        ("nan", r"must be in \[0, 1\]"),
+        (f"{GRAPHIC}=high", "expected 0.8 or ATTRIBUTE=0.8"),
+        ("=0.5", "the attribute name is empty"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_min_confidence([bad])
+
+    attributes = [GRAPHIC, COLOUR_VALUE]
+    assert min_confidence_by_attribute({}, attributes) == {GRAPHIC: 0.0, COLOUR_VALUE: 0.0}
+    assert min_confidence_by_attribute({"*": 0.8, COLOUR_VALUE: 0.0}, attributes) == {
+        GRAPHIC: 0.8,
+        COLOUR_VALUE: 0.0,
+    }
+    with pytest.raises(PredictError, match="does not predict: \\['colour'\\]") as e:
+        min_confidence_by_attribute({"colour": 0.8}, attributes)
+    assert f"the model's attributes are {attributes!r}" in str(e.value)
+    with pytest.raises(ValueError, match=r"min_confidence\['\*'\] must be in \[0, 1\]"):
+        min_confidence_by_attribute({"*": 2.0}, attributes)
+
+    # Both entry points refuse a bad value before doing anything.
+    with pytest.raises(SystemExit) as exit_:
+        main(["--min-confidence", "1.5"])
+    assert exit_.value.code == 2
+    assert "--min-confidence '1.5' must be in [0, 1]" in capsys.readouterr().err
+    out = CliRunner().invoke(app, ["predict", "attributes", "--min-confidence", "colour=x"])
+    assert out.exit_code == 2
+    message = " ".join(out.output.replace("│", " ").split())  # unwrap the error box
+    assert "--min-confidence 'colour=x': expected 0.8 or ATTRIBUTE=0.8" in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,6 +213,64 @@ def test_attribute_rows_and_vectors_by_hand(spark):
     assert vectors["p2"]["event_timestamp"].replace(tzinfo=UTC) == EPOCH
 
 
+@pytest.mark.spark
+def test_predictions_below_the_minimum_confidence_leave_the_gap_empty(spark):
+    from spark_jobs.predict_attributes import (
+        attribute_layout,
+        attribute_vectors,
+        min_confidence_by_attribute,
+        withhold_below,
+    )
+
+    t1 = datetime(2020, 5, 1, tzinfo=UTC)
+    events = spark.createDataFrame(
+        [("p1", t1), ("p2", t1), ("p3", t1)], "product_id STRING, event_timestamp TIMESTAMP"
+    )
+    rows = spark.createDataFrame(
+        [
+            ("p1", GRAPHIC, "Lace", 1.0, [0.0, 0.0, 1.0], "label", "m/3", t1),
+            ("p1", COLOUR_VALUE, "Dark", 0.75, [0.75, 0.125, 0.125], "predicted", "m/3", t1),
+            ("p2", GRAPHIC, "Solid", 0.625, [0.625, 0.25, 0.125], "predicted", "m/3", t1),
+            ("p2", COLOUR_VALUE, "Light", 0.5, [0.25, 0.5, 0.25], "predicted", "m/3", t1),
+            ("p3", COLOUR_VALUE, "other", 0.5, [0.25, 0.25, 0.5], "predicted", "m/3", t1),
+            ("p3", "colour_group_name", "Black", 1.0, [], "label", "m/3", t1),
+        ],
+        "product_id STRING, attribute STRING, value STRING, confidence DOUBLE, "
+        "probabilities ARRAY<FLOAT>, source STRING, model_version STRING, "
+        "event_timestamp TIMESTAMP",
+    )
+
+    def sources(df):
+        return {(r["product_id"], r["attribute"]): r["source"] for r in df.collect()}
+
+    everything = sources(rows)
+    # graphic needs 0.7: p2's 0.625 stays empty; colour needs 0.5: exactly 0.5 fills
+    withheld = withhold_below(rows, {GRAPHIC: 0.7, COLOUR_VALUE: 0.5})
+    assert sources(withheld) == {**everything, ("p2", GRAPHIC): "below_confidence"}
+    assert withheld.columns == rows.columns
+    kept = {r["product_id"]: r for r in withheld.where("attribute = '" + GRAPHIC + "'").collect()}
+    assert (kept["p2"]["value"], kept["p2"]["confidence"]) == ("Solid", 0.625)  # for audit
+    # 1 for every attribute: no prediction fills, every label stays
+    strict = withhold_below(rows, min_confidence_by_attribute({"*": 1.0}, [GRAPHIC, COLOUR_VALUE]))
+    assert sources(strict) == {
+        k: ("label" if s == "label" else "below_confidence") for k, s in everything.items()
+    }
+    # 0 everywhere: the rows as they were
+    assert withhold_below(rows, {GRAPHIC: 0.0, COLOUR_VALUE: 0.0}) is rows
+
+    # The vector keeps a withheld prediction's probabilities; its value is empty.
+    layout = spark.createDataFrame(
+        attribute_layout(_specs()), "attribute STRING, position INT, size INT"
+    )
+    vectors = {
+        r["product_id"]: r for r in attribute_vectors(withheld, layout, events, "m/3").collect()
+    }
+    assert vectors["p2"]["attribute_vector"] == [0.625, 0.25, 0.125, 0.25, 0.5, 0.25]
+    assert vectors["p2"]["attribute_values"] == ["", "Light"]
+    assert vectors["p1"]["attribute_values"] == ["Lace", "Dark"]
+    assert vectors["p3"]["attribute_values"] == ["", "other"]
+
+
 # ---------------------------------------------------------------------------------------------
 # The job end to end
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +321,10 @@ def _tiny_bundle(settings, lake):
         sequence_length=settings.text.sequence_length,
         categories=categories,
         max_shots=4,
-        metadata={"feature_service": "attributes_v1", "embedding_weights": [f"random:{SEED}"]},
+        metadata={
+            "feature_service": "attributes_v1",
+            "embedding_weights": [embed_weights_id(SEED)],
+        },
     )
 
 
@@ -251,7 +364,7 @@ def predicted(tmp_path_factory, hm_dir, spark):
         workdir=root / "w",
         spark={"master": "local[2]", "shuffle_partitions": 4},
         gate={"build_data_docs": False},
-        embed={"allow_random_weights": True, "random_seed": SEED, "partitions": 2},
+        embed=embed_settings(SEED, partitions=2),
     )
     run_ingest(settings, "hm", root / "hm", spark=spark, now=NOW)
     run_embed(settings, spark=spark, now=NOW)
@@ -477,4 +590,74 @@ def test_materialize_without_predictions_reports_the_view_missing(settings):
         "table": "attribute_vectors",
         "status": "missing",
         "failures": [],
+    }
+
+
+@pytest.mark.spark
+@pytest.mark.integration
+def test_min_confidence_leaves_gaps_empty_and_zero_fills_them_again(predicted, spark):
+    from atelier.lake import Lake
+    from serving.state import _attribute_rows
+    from spark_jobs.predict_attributes import PredictError, format_report, run_predict_attributes
+
+    settings, bundle, version, report, kept, hidden, ring = predicted
+    lake = Lake(settings)
+    key = ("product_id", "attribute")
+    before = _by_key(lake, "predicted_attributes", key)
+    vectors_before = _by_key(lake, "attribute_vectors", ("product_id",))
+    gaps = set(hidden - {(ring, GRAPHIC)})
+    gap_products = {p for p, _ in gaps}
+    assert {k for k, r in before.items() if r["source"] == "predicted"} == gaps
+
+    # A name the model does not predict: refused, naming the model's attributes; nothing written.
+    versions = {t: lake.version(t) for t in ("predicted_attributes", "attribute_vectors")}
+    with pytest.raises(PredictError, match=f"model's attributes are \\['{GRAPHIC}'"):
+        run_predict_attributes(settings, spark=spark, now=LATER, min_confidence={"colour": 0.5})
+    assert {t: lake.version(t) for t in versions} == versions
+    assert not list((settings.workdir / "tmp" / "predict_attributes").iterdir())  # bundle removed
+
+    # 1 for every attribute: an untrained model is never that sure, so no gap is filled.
+    strict = run_predict_attributes(settings, spark=spark, now=LATER, min_confidence={"*": 1.0})
+    assert strict["published"] and strict["min_confidence"] == {GRAPHIC: 1.0, COLOUR_VALUE: 1.0}
+    assert strict["predicted"] == 0
+    assert strict["below_confidence"] == len(gaps)
+    assert strict["labels_kept"] == len(kept)
+    assert strict["predicted_attributes"]["updated"] == len(gaps)  # only the gaps' rows
+    assert strict["attribute_vectors"]["updated"] == len(gap_products)
+    assert f"predicted 0, below minimum confidence (left empty) {len(gaps)}" in format_report(
+        strict
+    )
+    rows = _by_key(lake, "predicted_attributes", key)
+    assert set(rows) == set(before)
+    for k, row in rows.items():
+        if k in gaps:
+            # the model's guess is kept for audit, marked as not filled
+            assert row["source"] == "below_confidence" and row["created_timestamp"] == LATER
+            for column in ("value", "confidence", "probabilities", "model_version"):
+                assert row[column] == before[k][column]
+        else:
+            assert row == before[k]  # known labels untouched
+    vectors = _by_key(lake, "attribute_vectors", ("product_id",))
+    for (pid,), v in vectors.items():
+        assert v["attribute_vector"] == vectors_before[(pid,)]["attribute_vector"]
+        assert v["attribute_values"] == [
+            "" if (pid, a) in gaps else value
+            for a, value in zip(bundle.attribute_order, vectors_before[(pid,)]["attribute_values"])
+        ]
+    # Serving shows the labels only.
+    served = _attribute_rows(lake)
+    assert set(zip(served["product_id"], served["attribute"])) == set(before) - gaps
+    assert set(served["source"]) == {"label"}
+
+    # 0: every gap is filled again with the same prediction.
+    relaxed = run_predict_attributes(settings, spark=spark, now=LATER, min_confidence={"*": 0.0})
+    assert relaxed["predicted"] == len(gaps) and relaxed["below_confidence"] == 0
+    assert relaxed["predicted_attributes"]["updated"] == len(gaps)
+    rows = _by_key(lake, "predicted_attributes", key)
+    for k, row in rows.items():
+        stamp = LATER if k in gaps else before[k]["created_timestamp"]
+        assert row == {**before[k], "created_timestamp": stamp}
+    vectors = _by_key(lake, "attribute_vectors", ("product_id",))
+    assert {p: v["attribute_values"] for p, v in vectors.items()} == {
+        p: v["attribute_values"] for p, v in vectors_before.items()
     }

@@ -1,4 +1,5 @@
-"""Table 2 metrics, the attributes.json report, plots and the TF-IDF + LR baseline."""
+"""Table 2 metrics, the attributes.json report, confidence (coverage at precision,
+calibration), plots and the TF-IDF + LR baseline."""
 
 from __future__ import annotations
 
@@ -9,10 +10,14 @@ from training.attributes.baseline import tfidf_lr_baseline
 from training.attributes.evaluation import (
     METRIC_KEYS,
     attribute_metrics,
+    confidence_report,
+    coverage_at_precision,
+    expected_calibration_error,
     markdown_table,
     normalised_confusion,
     plot_confusion,
     plot_curves,
+    plot_reliability,
     report,
 )
 
@@ -160,3 +165,165 @@ def test_lr_baseline_beats_majority_and_skips_missing_labels():
     majority = np.bincount(colour_train).argmax()
     assert colour["baseline_accuracy"] == pytest.approx(np.mean(colour_test == majority))
     assert tfidf_lr_baseline(x_train, train, x_test, test, seed=0) == results
+
+
+# -- confidence you can act on ---------------------------------------------------------------
+def _ranked(confidences, correct, n_classes: int = 3):
+    """(y_true, probabilities) whose arg-max is class 0 with the given confidence; the label is
+    0 where `correct`, else 1."""
+    probs = np.array([[c] + [(1.0 - c) / (n_classes - 1)] * (n_classes - 1) for c in confidences])
+    y_true = np.where(np.asarray(correct), 0, 1)
+    return y_true, probs
+
+
+# confidence, correct, in descending confidence; running precision:
+# 1, 1, 1, 1, 4/5, 5/6, 6/7, 6/8, 6/9, 7/10
+RANKING = [
+    (0.99, True),
+    (0.95, True),
+    (0.90, True),
+    (0.85, True),
+    (0.80, False),
+    (0.75, True),
+    (0.70, True),
+    (0.60, False),
+    (0.55, False),
+    (0.50, True),
+]
+
+
+def test_coverage_at_precision_takes_the_lowest_threshold_that_holds_the_target():
+    confidences, correct = zip(*RANKING)
+    y_true, probs = _ranked(confidences, correct)
+    # shuffled input: the ranking comes from the confidences, not the order
+    perm = np.random.default_rng(0).permutation(len(y_true))
+    got = coverage_at_precision(y_true[perm], probs[perm], targets=(0.8, 0.9, 0.7))
+    assert list(got) == [0.8, 0.9, 0.7]
+    # 0.8: the top 7 have precision 6/7 >= 0.8; the top 8 only 6/8 < 0.8
+    assert got[0.8] == {
+        "threshold": pytest.approx(0.70),
+        "coverage": 0.7,
+        "precision": pytest.approx(6 / 7),
+        "n": 7,
+    }
+    # 0.9: the top 4 are all right; 4/5 falls below
+    assert got[0.9] == {"threshold": pytest.approx(0.85), "coverage": 0.4, "precision": 1.0, "n": 4}
+    # 0.7: 7/10 = 0.7 exactly holds, so every product is filled
+    assert got[0.7] == {
+        "threshold": pytest.approx(0.50),
+        "coverage": 1.0,
+        "precision": pytest.approx(0.7),
+        "n": 10,
+    }
+    # unlabelled rows (-1) are ignored
+    y_more = np.append(y_true, [-1, -1])
+    p_more = np.vstack([probs, [[0.98, 0.01, 0.01], [0.4, 0.3, 0.3]]])
+    assert coverage_at_precision(y_more, p_more, targets=(0.9,)) == {0.9: got[0.9]}
+
+
+def test_coverage_at_precision_keeps_ties_together_and_reports_no_threshold():
+    # 0.9 x3 right, then two at 0.8: one right, one wrong. A threshold of 0.8 fills both
+    # (precision 4/5), so the 0.9 target stops at 0.9 although the top 4 rows are all right.
+    y_true, probs = _ranked([0.9, 0.9, 0.9, 0.8, 0.8], [True, True, True, True, False])
+    got = coverage_at_precision(y_true, probs, targets=(0.9, 0.8))
+    assert got[0.9] == {"threshold": pytest.approx(0.9), "coverage": 0.6, "precision": 1.0, "n": 3}
+    assert got[0.8] == {
+        "threshold": pytest.approx(0.8),
+        "coverage": 1.0,
+        "precision": pytest.approx(0.8),
+        "n": 5,
+    }
+    # the most confident prediction is wrong: no threshold reaches 0.9 (best is 1/2)
+    y_true, probs = _ranked([0.9, 0.8], [False, True])
+    assert coverage_at_precision(y_true, probs, targets=(0.9,)) == {
+        0.9: {"threshold": None, "coverage": 0.0, "precision": None, "n": 0}
+    }
+    with pytest.raises(ValueError, match=r"targets must be precisions in \(0, 1\]"):
+        coverage_at_precision(y_true, probs, targets=(0.0,))
+    with pytest.raises(ValueError, match="no labelled"):
+        coverage_at_precision([-1, -1], probs)
+    with pytest.raises(ValueError, match="must be finite"):
+        coverage_at_precision([0, 1], [[np.nan, np.nan], [0.5, 0.5]])
+    with pytest.raises(ValueError, match=r"must be \(2, classes\)"):
+        coverage_at_precision([0, 1], [0.5, 0.5])
+
+
+def _binary(confidence: float, n: int, n_correct: int):
+    probs = np.tile([confidence, 1.0 - confidence], (n, 1))
+    y_true = np.array([0] * n_correct + [1] * (n - n_correct))
+    return y_true, probs
+
+
+def test_ece_is_zero_when_accuracy_matches_confidence():
+    y1, p1 = _binary(0.8, 10, 8)
+    y2, p2 = _binary(0.6, 5, 3)
+    ece, table = expected_calibration_error(np.concatenate([y1, y2]), np.vstack([p1, p2]), bins=5)
+    assert ece == pytest.approx(0.0, abs=1e-12)
+    assert len(table) == 5
+    # 0.6 falls in (0.4, 0.6], 0.8 in (0.6, 0.8]
+    assert table[2] == {
+        "lower": 0.4,
+        "upper": 0.6,
+        "confidence": pytest.approx(0.6),
+        "accuracy": pytest.approx(0.6),
+        "count": 5,
+    }
+    assert table[3]["count"] == 10 and table[3]["accuracy"] == pytest.approx(0.8)
+    assert table[0] == {
+        "lower": 0.0,
+        "upper": 0.2,
+        "confidence": None,
+        "accuracy": None,
+        "count": 0,
+    }
+
+
+def test_ece_of_an_overconfident_model():
+    # half the products at confidence 0.9 but only 50% right (gap 0.4), half calibrated at 0.6
+    y1, p1 = _binary(0.9, 10, 5)
+    y2, p2 = _binary(0.6, 10, 6)
+    y, p = np.concatenate([y1, y2]), np.vstack([p1, p2])
+    ece, table = expected_calibration_error(y, p, bins=5)
+    assert ece == pytest.approx(0.5 * 0.4 + 0.5 * 0.0)
+    assert table[4]["confidence"] == pytest.approx(0.9)
+    assert table[4]["accuracy"] == pytest.approx(0.5)
+    # 15 bins (the default): the same bins are non-empty, the same ECE
+    ece15, table15 = expected_calibration_error(y, p)
+    assert len(table15) == 15 and ece15 == pytest.approx(0.2)
+    assert sum(b["count"] for b in table15) == 20
+    with pytest.raises(ValueError, match="bins must be a positive integer"):
+        expected_calibration_error(y, p, bins=0)
+
+
+def test_confidence_report_has_one_block_per_labelled_attribute(tmp_path):
+    confidences, correct = zip(*RANKING)
+    colour = _ranked(confidences, correct)
+    pattern = _binary(0.9, 10, 5)
+    got = confidence_report(
+        {"colour": colour, "pattern": pattern, "fit": ([-1, -1], np.full((2, 2), 0.5))}
+    )
+    assert list(got) == ["colour", "pattern"]  # fit has no labelled row
+    c = got["colour"]
+    assert list(c) == [
+        "ece",
+        "coverage_at_90",
+        "threshold_at_90",
+        "precision_at_90",
+        "coverage_at_95",
+        "threshold_at_95",
+        "precision_at_95",
+        "bins",
+    ]
+    assert c["coverage_at_90"] == 0.4 and c["threshold_at_90"] == pytest.approx(0.85)
+    assert c["coverage_at_95"] == 0.4 and c["precision_at_95"] == 1.0
+    assert c["ece"] == pytest.approx(expected_calibration_error(*colour)[0])
+    assert len(c["bins"]) == 15
+    # pattern: 50% right at one confidence, no threshold reaches 90%
+    p = got["pattern"]
+    assert (p["coverage_at_90"], p["threshold_at_90"], p["precision_at_90"]) == (0.0, None, None)
+    assert p["ece"] == pytest.approx(0.4)
+
+    png = plot_reliability({a: b["bins"] for a, b in got.items()}, tmp_path / "r" / "rel.png")
+    _assert_png(png)
+    with pytest.raises(ValueError, match="at least one attribute"):
+        plot_reliability({}, tmp_path / "empty.png")

@@ -54,3 +54,12 @@ def test_bad_values_are_rejected_with_the_field_named(monkeypatch, tmp_path):
         Settings(gate={"max_quarantine_fraction": 1.5})
     with pytest.raises(ValidationError, match="no_such_setting"):
         Settings(no_such_setting=1)
+
+
+def test_predict_min_confidence_per_attribute_from_env_and_bounded(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    assert Settings().predict.min_confidence == {}
+    monkeypatch.setenv("ATELIER_PREDICT__MIN_CONFIDENCE", '{"*": 0.8, "colour": 0.95}')
+    assert Settings().predict.min_confidence == {"*": 0.8, "colour": 0.95}
+    with pytest.raises(ValidationError, match=r"predict\.min_confidence\.colour"):
+        Settings(predict={"min_confidence": {"colour": 1.5}})

@@ -5,6 +5,10 @@ Every attribute is scored on its own labelled test products: weighted F1 (per-cl
 class support), accuracy, and the majority-class baseline accuracy, i.e. the accuracy of always
 predicting the most frequent class of the training labels. `report` assembles them in the
 `attributes.json` shape of ARCHITECTURE.md.
+
+Confidence you can act on: `coverage_at_precision` finds the confidence threshold that fills
+the most products at a target precision, `expected_calibration_error` says how far confidence
+is from accuracy, and `confidence_report` gives both per attribute for the report.
 """
 
 from __future__ import annotations
@@ -201,9 +205,10 @@ def plot_confusion(matrix, class_names: Sequence[str], path) -> Path:
 
 
 def plot_curves(curves: Mapping[str, Sequence[tuple[int, float, float]]], path) -> Path:
-    """Weighted F1 against training step, train (dashed) and test (solid) per attribute.
+    """Weighted F1 against training step, train (dashed) and validation (solid) per attribute.
 
-    `curves`: attribute → [(step, train_weighted_f1, test_weighted_f1), ...]. Writes a PNG."""
+    `curves`: attribute → [(step, train_weighted_f1, validation_weighted_f1), ...]. Writes a
+    PNG. The test split is not on it: it is scored once, on the kept checkpoint."""
     if not curves:
         raise ValueError("curves must hold at least one attribute, got {}")
     plt = _pyplot()
@@ -213,12 +218,184 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float, float]]], path) 
             points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
             colour = f"C{i % 10}"
             ax.plot(points[:, 0], points[:, 1], "--", color=colour, label=f"{attribute} (train)")
-            ax.plot(points[:, 0], points[:, 2], "-", color=colour, label=f"{attribute} (test)")
+            label = f"{attribute} (validation)"
+            ax.plot(points[:, 0], points[:, 2], "-", color=colour, label=label)
         ax.set_xlabel("step")
         ax.set_ylabel("weighted F1")
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+# -- confidence you can act on ---------------------------------------------------------------
+CONFIDENCE_TARGETS = (0.90, 0.95)
+CALIBRATION_BINS = 15
+
+
+def _scored(y_true, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, correct) of the labelled rows: max probability and whether its arg-max is
+    the label. Unlabelled rows (-1) are dropped."""
+    y_true = _labels(y_true, "y_true")
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != y_true.shape[0] or probs.shape[1] < 1:
+        raise ValueError(
+            f"probabilities must be ({y_true.shape[0]}, classes) for {y_true.shape[0]} labels, "
+            f"got shape {probs.shape!r}"
+        )
+    labelled = y_true != MISSING
+    y_true, probs = y_true[labelled], probs[labelled]
+    if not np.isfinite(probs).all():
+        raise ValueError("probabilities of labelled rows must be finite (no NaN: not applicable)")
+    bad = y_true[(y_true < 0) | (y_true >= probs.shape[1])]
+    if bad.size:
+        raise ValueError(
+            f"y_true holds ids outside [0, {probs.shape[1]}): {sorted(set(bad))[:5]!r}"
+        )
+    return probs.max(axis=1), probs.argmax(axis=1) == y_true
+
+
+def _check_targets(targets) -> tuple[float, ...]:
+    targets = tuple(float(t) for t in targets)
+    if not targets or any(not 0.0 < t <= 1.0 for t in targets):
+        raise ValueError(f"targets must be precisions in (0, 1], got {targets!r}")
+    return targets
+
+
+def coverage_at_precision(y_true, probabilities, targets=CONFIDENCE_TARGETS) -> dict[float, dict]:
+    """How much of the catalogue a confidence threshold can fill at a target precision.
+
+    `y_true`: (n,) class ids (-1: unlabelled, dropped); `probabilities`: (n, classes). A product
+    is filled with its arg-max when its confidence (max probability) is >= the threshold. For
+    each target precision the threshold is the lowest confidence at which the filled products'
+    precision is still >= the target (the largest such coverage). Returns target →
+    `{"threshold", "coverage" (share of products filled), "precision", "n" (products filled)}`;
+    threshold and precision are None, coverage and n 0, when no threshold reaches the target.
+    """
+    targets = _check_targets(targets)
+    confidence, correct = _scored(y_true, probabilities)
+    if confidence.size == 0:
+        raise ValueError("no labelled products: every y_true is missing (-1)")
+    order = np.argsort(-confidence, kind="stable")
+    confidence, correct = confidence[order], correct[order]
+    filled = np.arange(1, confidence.size + 1)
+    precision = np.cumsum(correct) / filled
+    # A threshold fills every product of equal confidence: cut only after the last of a tie.
+    cut = np.append(confidence[1:] < confidence[:-1], True)
+    out = {}
+    for target in targets:
+        ok = np.flatnonzero(cut & (precision >= target))
+        if ok.size == 0:
+            out[target] = {"threshold": None, "coverage": 0.0, "precision": None, "n": 0}
+            continue
+        i = int(ok[-1])
+        out[target] = {
+            "threshold": float(confidence[i]),
+            "coverage": float(filled[i] / confidence.size),
+            "precision": float(precision[i]),
+            "n": int(filled[i]),
+        }
+    return out
+
+
+def expected_calibration_error(
+    y_true, probabilities, bins: int = CALIBRATION_BINS
+) -> tuple[float, list[dict]]:
+    """Expected calibration error over `bins` equal-width confidence bins, and the bins.
+
+    Confidence is the max probability; bin b holds confidences in (b/bins, (b+1)/bins]. ECE is
+    sum over bins of (count / n) * |accuracy - mean confidence|. The table has one dict per bin,
+    `{"lower", "upper", "confidence", "accuracy", "count"}` (confidence and accuracy None when
+    empty): the points of a reliability diagram. Unlabelled rows (-1) are dropped.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    confidence, correct = _scored(y_true, probabilities)
+    if confidence.size == 0:
+        raise ValueError("no labelled products: every y_true is missing (-1)")
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=bins)
+    correct_sum = np.bincount(index, weights=correct.astype(np.float64), minlength=bins)
+    table, ece = [], 0.0
+    for b in range(bins):
+        n = int(counts[b])
+        mean_conf = conf_sum[b] / n if n else None
+        accuracy = correct_sum[b] / n if n else None
+        if n:
+            ece += n / confidence.size * abs(accuracy - mean_conf)
+        table.append(
+            {
+                "lower": b / bins,
+                "upper": (b + 1) / bins,
+                "confidence": None if mean_conf is None else float(mean_conf),
+                "accuracy": None if accuracy is None else float(accuracy),
+                "count": n,
+            }
+        )
+    return float(ece), table
+
+
+def _percent(target: float) -> str:
+    return f"{100 * target:g}"
+
+
+def confidence_report(
+    labelled: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    targets=CONFIDENCE_TARGETS,
+    bins: int = CALIBRATION_BINS,
+) -> dict[str, dict]:
+    """The report's `confidence` block: attribute → {"ece", "coverage_at_90",
+    "threshold_at_90", "precision_at_90", "coverage_at_95", ..., "bins"} (one coverage,
+    threshold and precision per target; `bins`: the reliability table).
+
+    `labelled`: attribute → (y_true (n,), probabilities (n, classes)); unlabelled rows (-1) are
+    dropped and an attribute without labelled rows is left out.
+    """
+    targets = _check_targets(targets)
+    out = {}
+    for attribute, (y_true, probabilities) in labelled.items():
+        if not (_labels(y_true, "y_true") != MISSING).any():
+            continue
+        ece, table = expected_calibration_error(y_true, probabilities, bins)
+        block: dict = {"ece": ece}
+        for target, c in coverage_at_precision(y_true, probabilities, targets).items():
+            block[f"coverage_at_{_percent(target)}"] = c["coverage"]
+            block[f"threshold_at_{_percent(target)}"] = c["threshold"]
+            block[f"precision_at_{_percent(target)}"] = c["precision"]
+        block["bins"] = table
+        out[attribute] = block
+    return out
+
+
+def plot_reliability(per_attribute_bins: Mapping[str, Sequence[Mapping]], path) -> Path:
+    """Reliability diagram: accuracy against mean confidence of each non-empty bin, one line per
+    attribute, with the diagonal of perfect calibration. `per_attribute_bins`: attribute → the
+    table of `expected_calibration_error`. Writes a PNG; returns the path."""
+    if not per_attribute_bins:
+        raise ValueError("per_attribute_bins must hold at least one attribute, got {}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6))
+    try:
+        ax.plot([0.0, 1.0], [0.0, 1.0], ":", color="grey", label="perfect calibration")
+        for i, (attribute, table) in enumerate(per_attribute_bins.items()):
+            points = [(b["confidence"], b["accuracy"]) for b in table if b["count"]]
+            if not points:
+                continue
+            x, y = zip(*points)
+            ax.plot(x, y, "o-", color=f"C{i % 10}", markersize=4, label=attribute)
+        ax.set_xlabel("confidence (mean max probability in the bin)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0.0, 1.0)
+        ax.set_ylim(0.0, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
         fig.tight_layout()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
