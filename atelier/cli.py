@@ -127,6 +127,32 @@ def embed_cmd(
     typer.echo(format_report(report))
 
 
+@app.command("colour")
+def colour_cmd(
+    max_images: int | None = typer.Option(
+        None,
+        "--max-images",
+        min=1,
+        help="Describe at most N pending shots, in product order (a backfill in slices); "
+        "rerun to continue.",
+    ),
+) -> None:
+    """Describe the garment's colour in product images not described yet (the job of
+    `spark-submit spark_jobs/colour.py`): palette shares and summary numbers per shot."""
+    from spark_jobs.colour import GateFailure, format_report, run_colour
+
+    settings = _settings()
+    try:
+        report = run_colour(settings, max_images=max_images)
+    except GateFailure as e:
+        typer.echo(format_report(e.report))
+        raise typer.Exit(2) from None
+    except (ValueError, RuntimeError) as e:  # e.g. no product_images table yet
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
+
+
 @app.command("features")
 def features_cmd() -> None:
     """Build text features (vocabulary, token ids, TF-IDF) and product/customer features."""
@@ -203,6 +229,14 @@ def predict_attributes_cmd(
         "--model-uri",
         help="MLflow model URI (default: the champion of the attribute model in the settings).",
     ),
+    min_confidence: Optional[list[str]] = typer.Option(
+        None,
+        "--min-confidence",
+        metavar="[ATTRIBUTE=]VALUE",
+        help="Confidence in [0, 1] a prediction needs to fill a gap (else it stays empty): "
+        "VALUE for every attribute, ATTRIBUTE=VALUE for one; repeatable. Replaces "
+        "settings.predict.min_confidence. The training report lists thresholds per precision.",
+    ),
 ) -> None:
     """Fill every product's missing attributes with the model; known labels are kept.
 
@@ -213,12 +247,17 @@ def predict_attributes_cmd(
         GateFailure,
         PredictError,
         format_report,
+        parse_min_confidence,
         run_predict_attributes,
     )
 
+    try:
+        minimums = parse_min_confidence(min_confidence) if min_confidence else None
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     settings = _settings()
     try:
-        report = run_predict_attributes(settings, model_uri=model_uri)
+        report = run_predict_attributes(settings, model_uri=model_uri, min_confidence=minimums)
     except GateFailure as e:
         typer.echo(format_report(e.report))
         raise typer.Exit(2) from None
@@ -351,14 +390,17 @@ def demo_cmd(
     typer.echo(format_report(report))
 
     from atelier.feast_store import apply, materialize, online_features
+    from spark_jobs.colour import format_report as format_colour
+    from spark_jobs.colour import run_colour
     from spark_jobs.embed import format_report as format_embed
     from spark_jobs.embed import run_embed
     from spark_jobs.product_features import run_product_features
     from spark_jobs.text_features import run_text_features
 
-    typer.echo(f"[3/{steps}] embedding product images (VGG16)")
+    typer.echo(f"[3/{steps}] embedding product images (VGG16) and describing their colour")
     settings.embed.allow_random_weights = True  # the demo is offline; recorded in `weights`
     typer.echo(format_embed(_run(lambda: run_embed(settings, spark=spark))))
+    typer.echo(format_colour(_run(lambda: run_colour(settings, spark=spark))))
     typer.echo(f"[4/{steps}] text and product features")
     _echo_dict("text features", _run(lambda: run_text_features(settings, spark=spark)))
     _echo_dict("product features", _run(lambda: run_product_features(settings, spark=spark)))
@@ -425,6 +467,12 @@ def demo_cmd(
         row.update({f"{view}.{n}": v for n, v in found.items() if n != "product_id"})
     for name, values in row.items():
         typer.echo(f"  {name}: {_short(values[0])}")
+    from atelier.colour import describe
+
+    colour = _run(lambda: online_features(settings, [pid], ["colour_features:colour"]))["colour"]
+    if colour[0] is not None:
+        shares = ", ".join(f"{share:.0%} {name}" for name, share in describe(colour[0]))
+        typer.echo(f"  colour (main image): {shares}")
     typer.echo(f"similar products of {pid} (hybrid item vectors, cosine):")
     typer.echo("\n".join(_run(lambda: similar_lines(settings, pid, "hybrid", 5, None))))
     typer.echo(
@@ -508,13 +556,20 @@ def evaluate_attributes_cmd(
     model_uri: Optional[str] = typer.Option(
         None, "--model-uri", help="Model to score (default: the champion)."
     ),
+    weights: Optional[Path] = typer.Option(
+        None,
+        "--weights",
+        help="VGG16 no-top weights file to embed the catalogue with; it must be the one the "
+        "model was trained on (checked by its hash). Default: the file the model recorded.",
+    ),
     allow_random_weights: bool = typer.Option(
         False,
         "--allow-random-weights",
-        help="Embed the catalogue with seeded random VGG16 weights (as the model was, offline).",
+        hidden=True,  # the bundle says which weights; this only serves bundles without it
     ),
 ) -> None:
-    """Score the registered attribute model on a catalogue it has never seen."""
+    """Score the registered attribute model on a catalogue it has never seen (products and
+    images are enough), embedded with the VGG16 weights the model was trained on."""
     from training.attributes.evaluation import markdown_table
     from training.attributes.pipeline import evaluate_attributes
 
@@ -523,7 +578,13 @@ def evaluate_attributes_cmd(
         settings.embed.allow_random_weights = True
     result = _run(
         lambda: evaluate_attributes(
-            settings, source, layout, report, model_uri, progress=typer.echo
+            settings,
+            source,
+            layout,
+            report,
+            model_uri,
+            progress=typer.echo,
+            weights=None if weights is None else str(weights),
         )
     )
     typer.echo(markdown_table(result))

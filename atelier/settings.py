@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -49,7 +49,8 @@ class GateSettings(BaseModel):
 class EmbedSettings(BaseModel):
     """Image embeddings (VGG16 without its top, last conv block, global max-pool)."""
 
-    # "imagenet" (Keras' download cache) or a path to a local VGG16 no-top weights file.
+    # "imagenet" (Keras' download cache), a path to a local VGG16 no-top weights file, or
+    # "random" (seeded random weights by name, e.g. to reproduce a model trained on them).
     weights: str = "imagenet"
     # Seeded random weights when no real weights exist: only when explicitly allowed.
     allow_random_weights: bool = False
@@ -105,12 +106,18 @@ class AttributeModelSettings(BaseModel):
     fusion_units: int = Field(256, ge=1)
     trunk_units: list[int] = Field(default_factory=lambda: [256])
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # The colour descriptor's path (used when the feature service has colour).
+    colour_units: int = Field(32, ge=1)
+    # A linear bag-of-words path to every head beside the text CNN; `wide_scale` raises its
+    # effective SGD rate (scale²) since each word's row sees few updates.
+    wide_text: bool = True
+    wide_scale: float = Field(4.0, gt=0.0)
 
 
 class AttributeSettings(BaseModel):
     """Training the multi-task attribute model the paper's way (plain SGD, round robin)."""
 
-    feature_service: str = "attributes_v1"
+    feature_service: str = "attributes_v2"
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(64, ge=1)
     learning_rate: float = Field(0.01, gt=0.0)
@@ -122,6 +129,15 @@ class AttributeSettings(BaseModel):
     applicability_min_fraction: float = Field(0.05, gt=0.0, le=1.0)
     # Share of products held out for evaluation (by product, seeded).
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    # Share of the other products kept out of training to pick the checkpoint (by product,
+    # seeded, independent of the test split): choices are made here, never on the test.
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # Validation weighted F1 is measured every `eval_every` steps; a head whose F1 has not
+    # improved for `patience` measurements stops training (0: never), and the weights of the
+    # best mean validation F1 are kept.
+    patience: int = Field(4, ge=0)
+    # Decoupled weight decay of the variables each SGD step updates (0: none).
+    weight_decay: float = Field(0.0, ge=0.0, lt=1.0)
     # Training labels hidden per attribute when the catalogue's labels are complete, so the
     # missing-label path is exercised (the paper's dresses miss ~70%). "auto": only then.
     hide_label_fraction: float = Field(0.7, ge=0.0, lt=1.0)
@@ -185,6 +201,15 @@ class RecommenderSettings(BaseModel):
     blend: bool = True
 
 
+class PredictSettings(BaseModel):
+    """Batch attribute prediction (spark_jobs/predict_attributes.py)."""
+
+    # Minimum confidence per attribute for a predicted value to fill a gap; "*" sets every
+    # attribute without its own. Below it the gap stays empty (the row is kept as
+    # "below_confidence"). Pick values from the training report's confidence thresholds.
+    min_confidence: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
+
+
 class MlflowSettings(BaseModel):
     """Tracking and registry; empty URIs mean the embedded sqlite store under the workdir."""
 
@@ -216,6 +241,7 @@ class Settings(BaseSettings):
     feast: FeastSettings = Field(default_factory=FeastSettings)
     attributes: AttributeSettings = Field(default_factory=AttributeSettings)
     recommender: RecommenderSettings = Field(default_factory=RecommenderSettings)
+    predict: PredictSettings = Field(default_factory=PredictSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
     @field_validator("workdir")

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import make_fashion_slice
+from tests.conftest import embed_settings, make_fashion_slice
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,6 +22,7 @@ def trained(tmp_path_factory, fashion_dir, spark):
     """A workdir with a fashion-small slice featurised and one attribute model trained."""
     from atelier.feast_store import apply
     from atelier.settings import Settings
+    from spark_jobs.colour import run_colour
     from spark_jobs.embed import run_embed
     from spark_jobs.ingest import run_ingest
     from spark_jobs.product_features import run_product_features
@@ -36,7 +37,7 @@ def trained(tmp_path_factory, fashion_dir, spark):
         image_check_partitions=2,
         spark={"master": "local[2]", "shuffle_partitions": 4},
         gate={"build_data_docs": False},
-        embed={"allow_random_weights": True},
+        embed=embed_settings(),
         attributes={
             "steps": 600,
             "eval_every": 200,
@@ -46,6 +47,7 @@ def trained(tmp_path_factory, fashion_dir, spark):
     )
     run_ingest(settings, "fashion-images", root / "train-source", spark=spark)
     run_embed(settings, spark=spark)
+    run_colour(settings, spark=spark)
     run_text_features(settings, spark=spark)
     run_product_features(settings, spark=spark)
     apply(settings)
@@ -71,16 +73,29 @@ def test_training_beats_the_majority_baseline_and_writes_the_report(trained):
         assert info["hidden"] > 0
         assert attributes[attribute]["support"] == info["test_samples"]
     assert set(report["baselines"]["tfidf_lr"]) == set(attributes)
-    assert set(report["ablations"]) == {"full", "no_image", "no_text", "no_metadata"}
-    # Learning curves every 200 steps, then the figures.
+    assert set(report["ablations"]) == {"full", "no_image", "no_text", "no_metadata", "no_colour"}
+    # Validation curves every 200 steps; the kept checkpoint is the best mean validation F1.
     for points in report["curves"].values():
         assert [p[0] for p in points] == [200, 400, 600]
+    training = report["training"]
+    means = [np.mean([pts[k][2] for pts in report["curves"].values()]) for k in range(3)]
+    assert training["best_validation_f1"] == pytest.approx(max(means))
+    assert training["best_step"] == [200, 400, 600][int(np.argmax(means))]
+    assert plan["validation_products"] > 0
     assert (root / "report" / "curves.png").read_bytes()[:4] == b"\x89PNG"
     for attribute in attributes:
         assert (root / "report" / f"confusion_{attribute}.png").is_file()
     assert "| baseColour |" in (root / "report" / "attributes.md").read_text() or (
         "baseColour" in plan["skipped"]
     )
+    # Confidence on the test split: calibration and the thresholds that reach 90% / 95%.
+    assert set(report["confidence"]) == set(attributes)
+    for attribute, c in report["confidence"].items():
+        assert 0.0 <= c["ece"] <= 1.0
+        assert 0.0 <= c["coverage_at_95"] <= c["coverage_at_90"] <= 1.0
+        assert sum(b["count"] for b in c["bins"]) == attributes[attribute]["support"]
+    assert (root / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Confidence" in (root / "report" / "attributes.md").read_text()
 
 
 def test_the_run_is_logged_and_the_model_registered_as_challenger(trained):
@@ -91,14 +106,24 @@ def test_the_run_is_logged_and_the_model_registered_as_challenger(trained):
     mlflow.set_tracking_uri(settings.tracking_uri)
     client = MlflowClient(settings.tracking_uri, settings.registry_uri)
     run = client.get_run(out["run_id"])
-    assert run.data.params["feature_service"] == "attributes_v1"
+    assert run.data.params["feature_service"] == "attributes_v2"
     assert run.data.params["optimizer"] == "SGD (no momentum)"
     assert run.data.tags["git_commit"] == out["report"]["training"]["git_commit"]
     assert run.data.metrics["mean_weighted_f1"] == pytest.approx(out["report"]["mean_weighted_f1"])
     artifacts = {a.path for a in client.list_artifacts(out["run_id"], "report")}
     assert "report/curves.png" in artifacts and "report/attributes.json" in artifacts
+    assert "report/reliability.png" in artifacts
+    for attribute, c in out["report"]["confidence"].items():
+        assert run.data.metrics[f"{attribute}.ece"] == pytest.approx(c["ece"])
     version = client.get_model_version_by_alias(settings.mlflow.attributes_model, "challenger")
     assert int(version.version) == out["model_version"] == 1
+    # The model reads the colour descriptor and records its version.
+    from atelier.colour import COLOUR_DIM, DESCRIPTOR_VERSION
+    from training.attributes.pyfunc import load_bundle
+
+    bundle = load_bundle(f"models:/{settings.mlflow.attributes_model}/1")
+    assert bundle.config.colour_dim == COLOUR_DIM and bundle.config.wide_text
+    assert bundle.metadata["colour_descriptor_version"] == DESCRIPTOR_VERSION
 
 
 def test_promotion_then_evaluation_on_unseen_products_and_a_worse_challenger(trained):
@@ -119,6 +144,9 @@ def test_promotion_then_evaluation_on_unseen_products_and_a_worse_challenger(tra
         assert m["support"] == cover["scored"] <= cover["labelled"] <= 120
         assert 0.0 <= m["weighted_f1"] <= 1.0
     assert json.loads((root / "unseen-report" / "attributes.json").read_text())["coverage"]
+    assert set(result["confidence"]) == set(result["attributes"])
+    for attribute, c in result["confidence"].items():
+        assert sum(b["count"] for b in c["bins"]) == result["attributes"][attribute]["support"]
 
     # Five steps cannot beat 600: registered as challenger, refused as champion.
     worse_settings = settings.model_copy(deep=True)

@@ -86,13 +86,14 @@ def test_outputs_one_probability_vector_per_head():
     for p in probs.values():
         np.testing.assert_allclose(p.sum(axis=1), np.ones(7), atol=1e-5)
         assert (p >= 0).all()
-    assert model.get_layer(head_name("a")).units == 3
+    assert model.get_layer(head_name("a")).output.shape[-1] == 3
+    assert model.get_layer("logits_a").units == 3
 
 
 def test_step_on_one_head_trains_it_and_the_shared_layers_and_leaves_other_heads_exactly():
     model = build_attribute_model(config())
     shared = ["shot_merge", "text_cnn", "fusion", "trunk_0", "type_embedding", "brand_embedding"]
-    before = {name: layer_weights(model, name) for name in [*shared, "head_a", "head_b"]}
+    before = {name: layer_weights(model, name) for name in [*shared, "logits_a", "logits_b"]}
     step = make_train_step(model, learning_rate=0.01)
     x = random_inputs(16)
     labels = np.random.default_rng(1).integers(0, 3, size=16)
@@ -100,17 +101,17 @@ def test_step_on_one_head_trains_it_and_the_shared_layers_and_leaves_other_heads
     loss = step("a", x, labels)
 
     assert np.isfinite(loss) and loss > 0
-    assert changed(before["head_a"], layer_weights(model, "head_a"))
+    assert changed(before["logits_a"], layer_weights(model, "logits_a"))
     for name in shared:
         assert changed(before[name], layer_weights(model, name)), name
-    kernel_b, bias_b = layer_weights(model, "head_b")
-    np.testing.assert_array_equal(kernel_b, before["head_b"][0])
-    np.testing.assert_array_equal(bias_b, before["head_b"][1])
+    kernel_b, bias_b = layer_weights(model, "logits_b")
+    np.testing.assert_array_equal(kernel_b, before["logits_b"][0])
+    np.testing.assert_array_equal(bias_b, before["logits_b"][1])
 
-    head_a = layer_weights(model, "head_a")
+    head_a = layer_weights(model, "logits_a")
     step("b", x, np.random.default_rng(2).integers(0, 5, size=16))
-    assert changed(before["head_b"], layer_weights(model, "head_b"))
-    for w, w_after in zip(head_a, layer_weights(model, "head_a"), strict=True):
+    assert changed(before["logits_b"], layer_weights(model, "logits_b"))
+    for w, w_after in zip(head_a, layer_weights(model, "logits_a"), strict=True):
         np.testing.assert_array_equal(w, w_after)
 
 
@@ -122,7 +123,7 @@ def test_step_is_plain_sgd_on_the_head_loss():
     weights = np.linspace(0.5, 1.5, 8).astype(np.float32)
     import tensorflow as tf
 
-    bias = model.get_layer("head_a").bias
+    bias = model.get_layer("logits_a").bias
     with tf.GradientTape() as tape:
         loss = head_loss(labels, model(x, training=True)["a"], weights)
     expected = np.array(bias) - 0.01 * np.array(tape.gradient(loss, bias))
@@ -184,14 +185,14 @@ def test_products_unlabelled_for_a_do_not_reach_head_a():
     for inputs in (x, x_changed):
         keras.utils.set_random_seed(7)
         model = build_attribute_model(config())
-        head_b = layer_weights(model, "head_b")
+        head_b = layer_weights(model, "logits_b")
         step = make_train_step(model)
         sampler = MiniBatchSampler(labels_a, batch_size=8, seed=0)
         for _ in range(6):
             rows = sampler.next()
             assert (labels_a[rows] != MISSING).all()
             step("a", {k: v[rows] for k, v in inputs.items()}, labels_a[rows])
-        for w, w_after in zip(head_b, layer_weights(model, "head_b"), strict=True):
+        for w, w_after in zip(head_b, layer_weights(model, "logits_b"), strict=True):
             np.testing.assert_array_equal(w, w_after)
         finals.append(model.get_weights())
     for w, w_changed in zip(*finals, strict=True):

@@ -21,6 +21,7 @@ import pandas as pd
 from atelier.text import FIRST_ID, normalise, token_ids
 from training.attributes.model import (
     BRAND_IDX,
+    COLOUR,
     DIVISION_IDX,
     IMAGE,
     IMAGE_MASK,
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"
-FORMAT_VERSION = 1
+# 2: optional colour input, wide text path, heads as logits + softmax (format 1: retrain).
+FORMAT_VERSION = 2
 CATEGORY_KEYS = ("type", "brand", "division")
 # category key -> (name column, index column, model input, config size field)
 _CATEGORY_COLUMNS = {
@@ -170,11 +172,12 @@ class AttributeBundle:
     # -- features -> model inputs ------------------------------------------------------------
 
     def encode(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The six model inputs of `frame` (one row per product; columns in the module spec).
+        """The model inputs of `frame` (one row per product; columns in the module spec).
 
         `image` (n, shots, image_dim) float32 with shots = max(1, min(max_shots, most shots of
         any row)), `image_mask` (n, shots) 1 for a present shot, `token_ids` (n, sequence_length),
-        `type_idx`, `brand_idx`, `division_idx` (n,) int32 with 0 for an unknown name.
+        `type_idx`, `brand_idx`, `division_idx` (n,) int32 with 0 for an unknown name; with a
+        colour input, `colour` (n, shots, colour_dim) from a `colours` or `colour` column.
         """
         inputs, _ = self._encode(frame)
         return inputs
@@ -184,6 +187,8 @@ class AttributeBundle:
             raise ValueError(f"expected a pandas DataFrame, got {type(frame).__name__}")
         image, mask = self._encode_images(frame)
         inputs = {IMAGE: image, IMAGE_MASK: mask, TOKEN_IDS: self._encode_text(frame)}
+        if self.config.colour_dim > 0:
+            inputs[COLOUR] = self._encode_colours(frame, image.shape[1])
         type_names = None
         for key, (name_col, idx_col, input_name, _) in _CATEGORY_COLUMNS.items():
             # The type is needed for applicability even by a model that does not use metadata.
@@ -206,7 +211,7 @@ class AttributeBundle:
             else:
                 idx = [0] * len(frame)
             inputs[input_name] = np.asarray(idx, dtype=np.int32).reshape(len(frame))
-        return as_model_inputs(inputs), type_names
+        return as_model_inputs(inputs, self.config.input_names), type_names
 
     def _encode_images(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         n, dim = len(frame), self.config.image_dim
@@ -238,6 +243,34 @@ class AttributeBundle:
                 image[i, j] = vector
                 mask[i, j] = 1.0
         return image, mask
+
+    def _encode_colours(self, frame: pd.DataFrame, shots: int) -> np.ndarray:
+        """(n, shots, colour_dim) from `colours` (per-shot descriptors, shot order) or `colour`
+        (one descriptor); a missing descriptor stays zeros, which the model reads as absent."""
+        n, dim = len(frame), self.config.colour_dim
+        if "colours" in frame.columns:
+            rows = [_shots(v) for v in frame["colours"]]
+        elif "colour" in frame.columns:
+            rows = [[] if _missing(v) else [v] for v in frame["colour"]]
+        elif self.config.use_colour:
+            raise ValueError(
+                f"frame needs a 'colours' or 'colour' column; got columns {list(frame.columns)!r}"
+            )
+        else:
+            rows = [[] for _ in range(n)]
+        out = np.zeros((n, shots, dim), np.float32)
+        for i, row in enumerate(rows):
+            for j, shot in enumerate(row[:shots]):
+                if _missing(shot):
+                    continue
+                vector = np.asarray(shot, dtype=np.float32).reshape(-1)
+                if vector.shape[0] != dim:
+                    raise ValueError(
+                        f"colour descriptor of row {i} shot {j} has length {vector.shape[0]}, "
+                        f"expected colour_dim={dim}"
+                    )
+                out[i, j] = vector
+        return out
 
     def _encode_text(self, frame: pd.DataFrame) -> np.ndarray:
         n, length = len(frame), self.sequence_length

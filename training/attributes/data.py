@@ -1,6 +1,6 @@
 """Training data of the attribute model: features from Feast, labels from the lake.
 
-`load_training_set` asks Feast's offline store for the `attributes_v1` feature service (one entity
+`load_training_set` asks Feast's offline store for the attribute feature service (one entity
 row per product shot, as of the training time) and joins the known labels. `prepare_labels` then
 applies the paper's label hygiene on the training split only — hiding labels of complete
 catalogues, learning applicability per type, grouping rare values — and encodes the labels as
@@ -20,6 +20,7 @@ import numpy as np
 
 from training.attributes.model import (
     BRAND_IDX,
+    COLOUR,
     DIVISION_IDX,
     IMAGE,
     IMAGE_MASK,
@@ -44,7 +45,9 @@ class TrainingSet:
     """Model inputs and raw labels of the labelled products (row i = product_ids[i]).
 
     `labels[a]` holds each product's value for attribute `a` as a string, None when unlabelled.
-    `is_test` is the held-out split, fixed per product by a seeded hash of its id.
+    `is_test` is the held-out split, fixed per product by a seeded hash of its id;
+    `is_validation` the slice of the other products kept out of training to choose checkpoints
+    (another seeded hash), never the test products.
     """
 
     product_ids: np.ndarray
@@ -59,6 +62,13 @@ class TrainingSet:
     sequence_length: int
     max_shots: int
     embedding_weights: list[str] = field(default_factory=list)
+    is_validation: np.ndarray | None = None
+    # The colour descriptor version of the `colour` input (None without one).
+    colour_version: str | None = None
+
+    def __post_init__(self):
+        if self.is_validation is None:
+            self.is_validation = np.zeros(len(self.product_ids), bool)
 
     def __len__(self) -> int:
         return int(self.product_ids.size)
@@ -78,16 +88,19 @@ class LabelPlan:
     train: dict[str, np.ndarray]
     test: dict[str, np.ndarray]
     report: dict
+    # Labels of the validation products (never trained on): checkpoint and early-stop choices.
+    validation: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-def held_out(product_ids, fraction: float, seed: int) -> np.ndarray:
+def held_out(product_ids, fraction: float, seed: int, salt: str = "") -> np.ndarray:
     """True for held-out products: a seeded hash of the id, so a product keeps its side of the
-    split when the catalogue grows (and across runs)."""
+    split when the catalogue grows (and across runs). `salt` draws an independent split (the
+    validation slice) from the same ids."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"test fraction must be in (0, 1), got {fraction!r}")
+        raise ValueError(f"held-out fraction must be in (0, 1), got {fraction!r}")
     out = np.empty(len(product_ids), dtype=bool)
     for i, pid in enumerate(product_ids):
-        digest = hashlib.sha256(f"{seed}:{pid}".encode()).digest()
+        digest = hashlib.sha256(f"{salt}{seed}:{pid}".encode()).digest()
         out[i] = int.from_bytes(digest[:8], "big") / 2**64 < fraction
     return out
 
@@ -130,7 +143,8 @@ def _token_matrix(values, length: int) -> np.ndarray:
 def load_training_set(
     settings: Settings, now: datetime | None = None, store=None, with_tfidf: bool = True
 ) -> TrainingSet:
-    """Labelled products with their `attributes_v1` features as of `now` (default: the current
+    """Labelled products with the feature service's features (`attributes.feature_service`,
+    default `attributes_v2`: v1 + colour) as of `now` (default: the current
     time) from Feast's offline store, plus TF-IDF for the baseline and the lake's vocabulary and
     category index (which the model bundle keeps)."""
     import pandas as pd
@@ -171,6 +185,16 @@ def load_training_set(
     embeddings = per_product["embedding"].agg(list).reindex(ids)
     first = per_product.first().reindex(ids)
     image, mask = stack_shots(list(embeddings), cfg.max_shots)
+    colour = None
+    if COLOUR in frame.columns:
+        # Aligned with the image shots: same (product_id, shot) rows, same order and cap.
+        per_shot = per_product[COLOUR].agg(list).reindex(ids)
+        dims = {len(v) for vs in per_shot.dropna() for v in vs if v is not None}
+        if len(dims) > 1:
+            raise ValueError(f"colour descriptors of several lengths {sorted(dims)}: rerun colour")
+        if dims:
+            colour, _ = stack_shots(list(per_shot), cfg.max_shots, dim=dims.pop())
+            colour = colour[:, : image.shape[1]]
 
     vocab_version, vocabulary = _vocabulary(lake)
     sequence_length = settings.text.sequence_length
@@ -182,6 +206,8 @@ def load_training_set(
         BRAND_IDX: _int_column(first, "brand_idx"),
         DIVISION_IDX: _int_column(first, "division_idx"),
     }
+    if colour is not None:
+        inputs[COLOUR] = colour
     tfidf = None
     if with_tfidf:
         tf_entity = pd.DataFrame(
@@ -207,12 +233,15 @@ def load_training_set(
         for a in sorted(wide.columns)
     }
     weights = sorted({w for w in frame.get("weights", pd.Series(dtype=object)).dropna()})
+    is_test = held_out(ids, cfg.test_fraction, settings.seed)
     return TrainingSet(
         product_ids=ids,
         inputs=inputs,
         types=products["type"].astype(str).to_numpy(dtype=object),
         labels=label_arrays,
-        is_test=held_out(ids, cfg.test_fraction, settings.seed),
+        is_test=is_test,
+        is_validation=~is_test & held_out(ids, cfg.validation_fraction, settings.seed, "val:"),
+        colour_version=_colour_version(lake) if COLOUR in inputs else None,
         tfidf=tfidf,
         vocabulary=vocabulary,
         vocab_version=vocab_version,
@@ -240,6 +269,15 @@ def _categories(lake) -> dict[str, dict[str, int]]:
         column: {str(v): int(i) for v, i in zip(group["value"], group["idx"])}
         for column, group in index.groupby("column")
     }
+
+
+def _colour_version(lake) -> str:
+    versions = sorted(
+        set(lake.read_pandas("colour_features", ["descriptor_version"])["descriptor_version"])
+    )
+    if len(versions) != 1:
+        raise ValueError(f"colour_features mixes descriptor versions {versions}: rerun colour")
+    return str(versions[0])
 
 
 def _embedding_weights(lake) -> list[str]:
@@ -282,10 +320,11 @@ def prepare_labels(ts: TrainingSet, cfg: AttributeSettings, seed: int) -> LabelP
     training, or dropped) is left out of scoring and counted. Attributes left with fewer than two
     classes get no head. The report records every decision.
     """
-    train_rows = ~ts.is_test
+    train_rows = ~ts.is_test & ~ts.is_validation
     report: dict = {
         "products": len(ts),
         "train_products": int(train_rows.sum()),
+        "validation_products": int(ts.is_validation.sum()),
         "test_products": int(ts.is_test.sum()),
         "attributes": {},
         "skipped": {},
@@ -341,6 +380,12 @@ def prepare_labels(ts: TrainingSet, cfg: AttributeSettings, seed: int) -> LabelP
         test_mask = ts.is_test & types_ok & np.array([v is not None for v in ts.labels[attribute]])
         plan.test[attribute] = encode(ts.labels[attribute], test_mask)
         info["test_unscorable"] = int(test_mask.sum() - (plan.test[attribute] >= 0).sum())
+        # Validation labels are complete (never hidden), like the test's.
+        val_mask = (
+            ts.is_validation & types_ok & np.array([v is not None for v in ts.labels[attribute]])
+        )
+        plan.validation[attribute] = encode(ts.labels[attribute], val_mask)
+        info["validation_samples"] = int((plan.validation[attribute] >= 0).sum())
         info["train_samples"] = int((plan.train[attribute] >= 0).sum())
         info["test_samples"] = int((plan.test[attribute] >= 0).sum())
         plan.classes[attribute] = classes

@@ -244,3 +244,78 @@ class TextCNN(keras.layers.Layer):
             "oov_id": self.oov_id,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }
+
+
+@keras.saving.register_keras_serializable(package="atelier")
+class WideText(keras.layers.Layer):
+    """Token ids (batch, length) → logits (batch, units): a linear model over the bag of words.
+
+    The "wide" text path beside the text CNN: one trainable row per token id, summed over the
+    text's tokens and divided by the square root of their count (the L2 norm of a count vector
+    of distinct tokens), the form TF-IDF + logistic regression has. Where the text names the
+    answer ("Navy Blue", "Casual") a linear model over words is what wins; the CNN's max-pooled
+    3-grams learn it slowly with plain SGD. Rows start at zero so the path adds nothing until a
+    head learns from it. `scale` multiplies the output: with SGD it raises this path's effective
+    learning rate by scale² without touching the rest of the network (sparse rows each see few
+    updates).
+    """
+
+    def __init__(self, vocab_size: int, units: int, oov_id: int = 1, scale: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = _check_positive_int("vocab_size", vocab_size)
+        self.units = _check_positive_int("units", units)
+        if isinstance(oov_id, bool) or not isinstance(oov_id, int) or not 0 < oov_id < vocab_size:
+            raise ValueError(f"oov_id must be in [1, vocab_size={vocab_size}), got {oov_id!r}")
+        self.oov_id = oov_id
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.scale = float(scale)
+        self.weights_table = keras.layers.Embedding(
+            vocab_size, units, embeddings_initializer="zeros", name="rows"
+        )
+
+    def build(self, input_shape):
+        self.weights_table.build(input_shape)
+        self.built = True
+
+    def call(self, token_ids):
+        ids = ops.cast(token_ids, "int32")
+        valid = ops.cast(ids > 0, self.compute_dtype)
+        ids = ops.where(ids > 0, ids, 0)
+        ids = ops.where(ids >= self.vocab_size, self.oov_id, ids)
+        rows = self.weights_table(ids) * valid[..., None]
+        count = ops.sum(valid, axis=1, keepdims=True)
+        return self.scale * ops.sum(rows, axis=1) / ops.sqrt(ops.maximum(count, 1.0))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.units)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "units": self.units,
+            "oov_id": self.oov_id,
+            "scale": self.scale,
+        }
+
+
+@keras.saving.register_keras_serializable(package="atelier")
+class ShotMean(keras.layers.Layer):
+    """Per-shot descriptors (batch, shots, d) → their mean over present shots (batch, d).
+
+    A shot is present when its descriptor is not all zeros (a colour histogram sums to 1; a
+    missing one is stored as zeros), so the colour input needs no mask of its own. A product
+    without any descriptor gets zeros. NaN (a missing value that slipped through) counts as
+    absent.
+    """
+
+    def call(self, shots):
+        finite = ops.all(ops.isfinite(shots), axis=-1, keepdims=True)
+        shots = ops.where(finite, shots, 0.0)
+        present = ops.cast(ops.any(ops.not_equal(shots, 0.0), axis=-1, keepdims=True), shots.dtype)
+        total = ops.sum(shots * present, axis=1)
+        return total / ops.maximum(ops.sum(present, axis=1), 1.0)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])

@@ -16,6 +16,7 @@ TOKEN_IDS = "token_ids"
 TYPE_IDX = "type_idx"
 BRAND_IDX = "brand_idx"
 DIVISION_IDX = "division_idx"
+COLOUR = "colour"
 INPUT_NAMES = (IMAGE, IMAGE_MASK, TOKEN_IDS, TYPE_IDX, BRAND_IDX, DIVISION_IDX)
 HEAD_PREFIX = "head_"
 
@@ -36,6 +37,9 @@ class AttributeModelConfig:
     (max index + 1). `heads` maps attribute → number of classes (>= 2). `use_image`, `use_text`,
     `use_metadata` are the paper's ablations (Figure 5): a disabled modality is not connected to
     the outputs at all. Without metadata nothing conditions the shot merge or the fusion on type.
+    `colour_dim` > 0 adds the `colour` input (per-shot colour descriptors, beyond the paper);
+    `use_colour` is its ablation switch. `wide_text` adds a linear bag-of-words path straight to
+    every head's logits (`WideText`), beside the text CNN.
     """
 
     vocab_size: int
@@ -56,7 +60,12 @@ class AttributeModelConfig:
     fusion_units: int = 256
     trunk_units: tuple[int, ...] = (256,)
     dropout: float = 0.2
+    colour_dim: int = 0
+    colour_units: int = 32
+    wide_text: bool = True
+    wide_scale: float = 4.0
     use_image: bool = True
+    use_colour: bool = True
     use_text: bool = True
     use_metadata: bool = True
     oov_id: int = 1
@@ -77,7 +86,9 @@ class AttributeModelConfig:
             "image_units",
             "attention_units",
             "fusion_units",
+            "colour_units",
         )
+        _check_int("colour_dim", self.colour_dim, minimum=0)
         for name in sizes:
             _check_int(name, getattr(self, name), minimum=1)
         # 0 is padding and 1 out-of-vocabulary: a vocabulary needs both.
@@ -96,10 +107,13 @@ class AttributeModelConfig:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        for name in ("use_image", "use_text", "use_metadata"):
+        scale = self.wide_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not scale > 0:
+            raise ValueError(f"wide_scale must be a positive number, got {scale!r}")
+        for name in ("use_image", "use_text", "use_metadata", "use_colour", "wide_text"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not (self.use_image or self.use_text or self.use_metadata):
+        if not (self.use_image or self.use_text or self.use_metadata or self.has_colour):
             raise ValueError("at least one of use_image, use_text, use_metadata must be True")
         if not isinstance(self.heads, dict) or not self.heads:
             raise ValueError(
@@ -112,6 +126,16 @@ class AttributeModelConfig:
                 )
             _check_int(f"heads[{attribute!r}]", classes, minimum=2)
         object.__setattr__(self, "heads", dict(self.heads))
+
+    @property
+    def has_colour(self) -> bool:
+        """The colour path is connected (a colour input exists and is not ablated)."""
+        return self.colour_dim > 0 and self.use_colour
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """The model's inputs: the six of the paper, plus `colour` when `colour_dim` > 0."""
+        return INPUT_NAMES + ((COLOUR,) if self.colour_dim > 0 else ())
 
     def to_dict(self) -> dict:
         """JSON-ready dict; `from_dict` reads it back."""
@@ -139,13 +163,20 @@ def build_attribute_model(config: AttributeModelConfig):
 
     Inputs (a dict): `image` (batch, shots, image_dim) float, `image_mask` (batch, shots) 1/0,
     `token_ids` (batch, sequence_length) int (0 = padding), `type_idx`, `brand_idx`,
-    `division_idx` (batch,) int (0 = unknown). The number of shots may vary between calls.
+    `division_idx` (batch,) int (0 = unknown), and with `colour_dim` > 0 `colour` (batch, shots,
+    colour_dim) float (all zeros = no descriptor). The number of shots may vary between calls.
     Outputs: a dict attribute → class probabilities (batch, heads[attribute]), from the layer
     `head_<attribute>`.
     """
     import keras
 
-    from training.attributes.layers import CategoricalEmbedding, ShotMerge, TextCNN
+    from training.attributes.layers import (
+        CategoricalEmbedding,
+        ShotMean,
+        ShotMerge,
+        TextCNN,
+        WideText,
+    )
 
     if not isinstance(config, AttributeModelConfig):
         raise ValueError(f"config must be an AttributeModelConfig, got {type(config).__name__}")
@@ -158,6 +189,8 @@ def build_attribute_model(config: AttributeModelConfig):
         BRAND_IDX: keras.Input((), name=BRAND_IDX, dtype="int32"),
         DIVISION_IDX: keras.Input((), name=DIVISION_IDX, dtype="int32"),
     }
+    if c.colour_dim > 0:
+        inputs[COLOUR] = keras.Input((None, c.colour_dim), name=COLOUR, dtype="float32")
 
     type_vector = None
     if c.use_metadata:
@@ -184,10 +217,19 @@ def build_attribute_model(config: AttributeModelConfig):
             name="text_cnn",
         )
         fused_parts.append(text(inputs[TOKEN_IDS]))
+    if c.has_colour:
+        # A histogram is already an explainable, unit-sum vector: one small dense layer lets the
+        # trunk combine colour shares ("mostly navy, some white") with the other modalities.
+        colour = ShotMean(name="colour_mean")(inputs[COLOUR])
+        fused_parts.append(
+            keras.layers.Dense(c.colour_units, activation="relu", name="colour_dense")(colour)
+        )
     if type_vector is not None:
         fused_parts.append(type_vector)
     fused = _concat(fused_parts, "fusion_input")
     x = keras.layers.Dense(c.fusion_units, activation="relu", name="fusion")(fused)
+    if c.dropout > 0:
+        x = keras.layers.Dropout(c.dropout, name="fusion_dropout")(x)
 
     if c.use_metadata:
         brand = CategoricalEmbedding(c.n_brands, c.brand_embedding_dim, name="brand_embedding")
@@ -200,10 +242,15 @@ def build_attribute_model(config: AttributeModelConfig):
         if c.dropout > 0:
             x = keras.layers.Dropout(c.dropout, name=f"trunk_dropout_{i}")(x)
 
-    outputs = {
-        attribute: keras.layers.Dense(classes, activation="softmax", name=head_name(attribute))(x)
-        for attribute, classes in c.heads.items()
-    }
+    outputs = {}
+    for attribute, classes in c.heads.items():
+        logits = keras.layers.Dense(classes, name=f"logits_{attribute}")(x)
+        if c.wide_text and c.use_text:
+            wide = WideText(
+                c.vocab_size, classes, oov_id=c.oov_id, scale=c.wide_scale, name=f"wide_{attribute}"
+            )(inputs[TOKEN_IDS])
+            logits = keras.layers.Add(name=f"logits_sum_{attribute}")([logits, wide])
+        outputs[attribute] = keras.layers.Softmax(name=head_name(attribute))(logits)
     return keras.Model(inputs=inputs, outputs=outputs, name="attribute_model")
 
 

@@ -22,23 +22,32 @@ import numpy as np
 from training.attributes.data import LabelPlan, TrainingSet, load_training_set, prepare_labels
 from training.attributes.evaluation import (
     attribute_metrics,
+    confidence_report,
     markdown_table,
     normalised_confusion,
     plot_confusion,
     plot_curves,
+    plot_reliability,
     report,
 )
 from training.attributes.schedule import MISSING
 from training.attributes.trainer import evaluate, train_model
 
 if TYPE_CHECKING:  # pragma: no cover
-    from atelier.settings import Settings
+    from atelier.settings import EmbedSettings, Settings
 
 log = logging.getLogger("atelier.attributes")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRIC = "mean_weighted_f1"
-ABLATIONS = {"no_image": "use_image", "no_text": "use_text", "no_metadata": "use_metadata"}
+# Figure 5's ablations plus colour: "no_image" drops everything seen in the image (VGG16 and the
+# colour descriptor), "no_colour" only the descriptor.
+ABLATIONS = {
+    "no_image": {"use_image": False, "use_colour": False},
+    "no_text": {"use_text": False},
+    "no_metadata": {"use_metadata": False},
+    "no_colour": {"use_colour": False},
+}
 
 
 def git_commit() -> str:
@@ -68,6 +77,9 @@ def _train_kwargs(settings: Settings) -> dict:
         seed=settings.seed,
         sizes=cfg.model.model_dump(),
         loss_weights=cfg.loss_weights,
+        eval_every=cfg.eval_every,
+        patience=cfg.patience,
+        weight_decay=cfg.weight_decay,
     )
 
 
@@ -100,7 +112,8 @@ def write_report(
     classes: dict[str, list[str]],
     curves: dict | None = None,
 ) -> list[Path]:
-    """attributes.json, attributes.md, confusion_<attribute>.png and curves.png in `out_dir`."""
+    """attributes.json, attributes.md, confusion_<attribute>.png, curves.png and, when `result`
+    has a `confidence` block, reliability.png in `out_dir`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "attributes.json").write_text(json.dumps(result, indent=2, sort_keys=True))
@@ -113,11 +126,14 @@ def write_report(
         )
     if curves:
         files.append(plot_curves(curves, out_dir / "curves.png"))
+    reliability = {a: c["bins"] for a, c in result.get("confidence", {}).items()}
+    if reliability:
+        files.append(plot_reliability(reliability, out_dir / "reliability.png"))
     return files
 
 
 def summary_markdown(result: dict) -> str:
-    """Table 2, the ablations and what label hygiene did, as Markdown."""
+    """Table 2, the ablations, confidence thresholds and what label hygiene did, as Markdown."""
     parts = ["# Attribute prediction (Table 2)\n", markdown_table(result)]
     lr = result.get("baselines", {}).get("tfidf_lr")
     if lr:
@@ -128,6 +144,27 @@ def summary_markdown(result: dict) -> str:
         parts.append("\n## Ablations (Figure 5): mean weighted F1\n")
         parts.append("| model | mean weighted F1 |\n|---|---:|")
         parts.extend(f"| {name} | {value:.3f} |" for name, value in ablations.items())
+        parts.append("")
+    confidence = result.get("confidence")
+    if confidence:
+        parts.append("\n## Confidence\n")
+        parts.append(
+            "Lowest confidence at which predicted values reach 90% / 95% precision on the test "
+            "split, and the share of products it fills; ECE: expected calibration error "
+            "(reliability.png). Use a threshold with `atelier predict attributes "
+            "--min-confidence ATTRIBUTE=THRESHOLD`.\n"
+        )
+        parts.append(
+            "| attribute | ECE | threshold at 90% | coverage at 90% | threshold at 95% "
+            "| coverage at 95% |\n|---|---:|---:|---:|---:|---:|"
+        )
+        for attribute, c in confidence.items():
+            cells = [f"{c['ece']:.3f}"]
+            for target in ("90", "95"):
+                threshold = c[f"threshold_at_{target}"]
+                cells.append("–" if threshold is None else f"{threshold:.3f}")
+                cells.append(f"{c[f'coverage_at_{target}']:.1%}")
+            parts.append(f"| {attribute} | " + " | ".join(cells) + " |")
         parts.append("")
     plan = result.get("label_plan")
     if plan:
@@ -161,6 +198,9 @@ def _flat_metrics(result: dict) -> dict[str, float]:
             out[f"{name}.{METRIC}"] = float(np.mean([m["weighted_f1"] for m in per.values()]))
     for name, value in result.get("ablations", {}).items():
         out[f"ablation.{name}"] = value
+    for attribute, c in result.get("confidence", {}).items():
+        for key in ("ece", "coverage_at_90", "coverage_at_95"):
+            out[f"{attribute}.{key}"] = c[key]
     return out
 
 
@@ -177,6 +217,7 @@ def train_attributes(
     from training import registry
     from training.attributes.bundle import AttributeBundle, AttributeSpec
     from training.attributes.pyfunc import log_attribute_model
+    from training.attributes.train_step import predict_proba
 
     cfg = settings.attributes
     say = progress or log.info
@@ -219,15 +260,23 @@ def train_attributes(
                 **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
             }
         )
-        full = train_model(ts, plan, eval_every=cfg.eval_every, progress=say, **kwargs)
+        full = train_model(ts, plan, progress=say, **kwargs)
         metrics, pairs = evaluate(full.model, ts, plan)
         baselines = {"tfidf_lr": tfidf_baseline(ts, plan, settings.seed)} if cfg.baseline else {}
         result = report(metrics, baselines)
+        # Probabilities, not just the arg-max `evaluate` scores: thresholds to act on.
+        test_rows = np.flatnonzero(np.any([plan.test[a] >= 0 for a in plan.classes], axis=0))
+        probabilities = predict_proba(full.model, ts.rows(test_rows))
+        result["confidence"] = confidence_report(
+            {a: (plan.test[a][test_rows], probabilities[a]) for a in metrics}
+        )
         result["ablations"] = {"full": result[METRIC]}
         if cfg.ablations:
-            for name, switch in ABLATIONS.items():
+            for name, switches in ABLATIONS.items():
+                if name == "no_colour" and not full.config.has_colour:
+                    continue
                 say(f"ablation {name}")
-                ablated = train_model(ts, plan, **kwargs, **{switch: False})
+                ablated = train_model(ts, plan, **kwargs, curves=False, **switches)
                 ab_metrics, _ = evaluate(ablated.model, ts, plan)
                 result["ablations"][name] = float(
                     np.mean([m["weighted_f1"] for m in ab_metrics.values()])
@@ -238,6 +287,11 @@ def train_attributes(
             "seconds": round(full.seconds, 2),
             "steps_per_second": round(full.steps_per_second, 2),
             "visits": full.visits,
+            # Chosen on the validation split, never the test.
+            "best_step": full.best_step,
+            "best_validation_f1": full.best_validation_f1,
+            "validation_f1": full.validation_f1,
+            "stopped": full.stopped,
             "device": device(),
             "feature_service": cfg.feature_service,
             "embedding_weights": ts.embedding_weights,
@@ -248,9 +302,9 @@ def train_attributes(
         mlflow.log_metrics(_flat_metrics(result))
         mlflow.log_metric("steps_per_second", full.steps_per_second)
         for a, points in full.curves.items():
-            for s, train_f1, test_f1 in points:
+            for s, train_f1, val_f1 in points:
                 mlflow.log_metric(f"{a}.train_weighted_f1", train_f1, step=s)
-                mlflow.log_metric(f"{a}.test_weighted_f1", test_f1, step=s)
+                mlflow.log_metric(f"{a}.validation_weighted_f1", val_f1, step=s)
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
 
         bundle = AttributeBundle(
@@ -272,6 +326,8 @@ def train_attributes(
             metadata={
                 "feature_service": cfg.feature_service,
                 "embedding_weights": ts.embedding_weights,
+                "embedding_weights_source": weights_source(settings.embed),
+                "colour_descriptor_version": ts.colour_version,
                 METRIC: result[METRIC],
                 "run_id": run.info.run_id,
                 "git_commit": commit,
@@ -307,7 +363,8 @@ def train_attributes(
 # -- evaluation on another catalogue --------------------------------------------------------
 def catalogue_frame(settings: Settings):
     """One row per labelled product of a workdir's lake in the bundle's raw input form
-    (product_id, embeddings per shot, text, type, brand, division) and its labels (wide)."""
+    (product_id, embeddings per shot, colours of the same shots (None where a shot has no
+    descriptor), text, type, brand, division) and its labels (wide)."""
     import pandas as pd
 
     from atelier.lake import Lake
@@ -331,23 +388,32 @@ def catalogue_frame(settings: Settings):
             "division": products["division"],
         }
     )
-    embeddings = {}
+    embeddings, colours = {}, {}
     if lake.exists("image_embeddings"):
         images = lake.read_pandas("image_embeddings", ["product_id", "shot", "embedding"])
+        if lake.exists("colour_features"):
+            described = lake.read_pandas("colour_features", ["product_id", "shot", "colour"])
+            images = images.merge(described, on=["product_id", "shot"], how="left")
+        else:
+            images["colour"] = None
         images = images.sort_values(["product_id", "shot"])
         embeddings = images.groupby("product_id")["embedding"].agg(list).to_dict()
+        # Shot j's descriptor beside shot j's embedding, as the model was trained.
+        colours = images.groupby("product_id")["colour"].agg(list).to_dict()
     frame["embeddings"] = [embeddings.get(p, []) for p in frame["product_id"]]
+    frame["colours"] = [colours.get(p, []) for p in frame["product_id"]]
     wide = labels.pivot(index="product_id", columns="attribute", values="value")
     return frame, wide.reindex(frame["product_id"])
 
 
-def score_bundle(bundle, frame, wide_labels) -> tuple[dict, dict, dict]:
-    """Table 2 metrics of a bundle on labelled products: (metrics, pairs, coverage).
+def score_bundle(bundle, frame, wide_labels) -> tuple[dict, dict, dict, dict]:
+    """Table 2 metrics of a bundle on labelled products: (metrics, pairs, coverage,
+    confidence), confidence as `confidence_report` gives it.
 
     Labels go through the bundle's grouping; a value the model cannot predict (unseen in its
     training) or a product type the attribute does not apply to is left out and counted."""
     probabilities = bundle.predict_proba(frame)
-    metrics, pairs, coverage = {}, {}, {}
+    metrics, pairs, coverage, scored = {}, {}, {}, {}
     for attribute, spec in bundle.attributes.items():
         if attribute not in wide_labels.columns:
             coverage[attribute] = {"labelled": 0}
@@ -381,7 +447,8 @@ def score_bundle(bundle, frame, wide_labels) -> tuple[dict, dict, dict]:
         reference = None if train_majority is None else np.array([train_majority])
         metrics[attribute] = attribute_metrics(y_true[keep], y_pred, len(spec.classes), reference)
         pairs[attribute] = (y_true[keep], y_pred)
-    return metrics, pairs, coverage
+        scored[attribute] = (y_true[keep], probs[keep])
+    return metrics, pairs, coverage, confidence_report(scored)
 
 
 def evaluate_attributes(
@@ -391,13 +458,20 @@ def evaluate_attributes(
     report_dir: Path,
     model_uri: str | None = None,
     progress: Callable[[str], None] | None = None,
+    weights: str | None = None,
 ) -> dict:
     """Score a registered model (default: the champion) on the labelled catalogue in
-    `source_dir`: ingest and embed it in a scratch workdir, predict, compare with its labels."""
+    `source_dir`: ingest and embed it in a scratch workdir, predict, compare with its labels.
+
+    Only the catalogue is needed (products and images; customers and purchases may be absent).
+    Images are embedded with the weights the model was trained on, as its bundle records them;
+    `weights` (a file, `--weights`) must be those. Raises WeightsMismatch before anything is
+    ingested when they cannot be found."""
     import hashlib
 
     import mlflow
 
+    from spark_jobs.colour import run_colour
     from spark_jobs.embed import run_embed
     from spark_jobs.ingest import run_ingest
     from training import registry
@@ -408,28 +482,34 @@ def evaluate_attributes(
     registry.configure(settings)
     model_uri = model_uri or registry.champion_uri(name)
     bundle = load_bundle(model_uri)
+    embed = bundle_embed_settings(bundle.metadata, settings.embed, weights)
+    _check_colour_descriptor(bundle)
     key = hashlib.sha256(f"{layout}:{Path(source_dir).resolve()}".encode()).hexdigest()[:10]
     scratch = settings.model_copy(
-        update={"workdir": settings.workdir / "scratch" / f"evaluate-{key}"}
+        update={"workdir": settings.workdir / "scratch" / f"evaluate-{key}", "embed": embed}
     )
     say(f"evaluating {model_uri} on {source_dir} ({layout}); scratch workdir {scratch.workdir}")
     run_ingest(scratch, layout, Path(source_dir))
     run_embed(scratch)
+    if bundle.config.colour_dim > 0:
+        run_colour(scratch)
     frame, wide = catalogue_frame(scratch)
-    weights = sorted({w for w in _weights(scratch)})
+    embedded_with = sorted(_weights(scratch))
     trained_on = bundle.metadata.get("embedding_weights", [])
-    if trained_on and weights and weights != sorted(trained_on):
+    if trained_on and embedded_with and embedded_with != sorted(trained_on):
         raise ValueError(
-            f"image embeddings of the catalogue ({weights}) differ from the model's ({trained_on}):"
-            " evaluate with the same embed settings the model was trained with"
+            f"image embeddings of the catalogue ({embedded_with}) differ from the model's "
+            f"({trained_on}): evaluate with the same embed settings the model was trained with"
         )
-    metrics, pairs, coverage = score_bundle(bundle, frame, wide)
+    metrics, pairs, coverage, confidence = score_bundle(bundle, frame, wide)
     if not metrics:
         raise ValueError(f"no attribute of the model is labelled in {source_dir}: {coverage!r}")
     result = report(metrics, {})
     result["coverage"] = coverage
+    result["confidence"] = confidence
     result["model_uri"] = model_uri
     result["catalogue"] = {"source": str(source_dir), "layout": layout, "products": len(frame)}
+    result["embedding_weights"] = embedded_with
     write_report(report_dir, result, pairs, {a: s.classes for a, s in bundle.attributes.items()})
     mlflow.set_experiment(settings.mlflow.experiment)
     with mlflow.start_run(run_name="evaluate-attributes"):
@@ -453,3 +533,94 @@ def _weights(settings: Settings) -> list[str]:
     if not lake.exists("image_embeddings"):
         return []
     return list(set(lake.read_pandas("image_embeddings", ["weights"])["weights"]))
+
+
+def _check_colour_descriptor(bundle) -> None:
+    """ValueError when the model read colour descriptors of another version than this code
+    computes: the catalogue's would mean something else."""
+    from atelier.colour import DESCRIPTOR_VERSION
+
+    trained_on = bundle.metadata.get("colour_descriptor_version")
+    if bundle.config.colour_dim > 0 and trained_on and trained_on != DESCRIPTOR_VERSION:
+        raise ValueError(
+            f"the model was trained on colour descriptors {trained_on!r}, this atelier computes "
+            f"{DESCRIPTOR_VERSION!r}: evaluate with the atelier version it was trained with, or "
+            "retrain it"
+        )
+
+
+class WeightsMismatch(ValueError):
+    """The catalogue cannot be embedded with the weights the model was trained on."""
+
+
+def weights_source(embed: EmbedSettings) -> str:
+    """Where the embed weights come from, as a bundle records it: "imagenet", "random" or the
+    file's absolute path (so that evaluation elsewhere can find it again)."""
+    if embed.weights in ("imagenet", "random"):
+        return embed.weights
+    return str(Path(embed.weights).expanduser().resolve())
+
+
+def bundle_embed_settings(
+    metadata: dict, embed: EmbedSettings, override: str | None = None
+) -> EmbedSettings:
+    """`embed` set to reproduce the model's image embeddings on another catalogue.
+
+    metadata: the bundle's; `embedding_weights` holds the ids its training embeddings carried
+    (`file:<sha12>`, `imagenet`, `random:<seed>`), `embedding_weights_source` the weights
+    setting then. `random:<seed>` -> those random weights; `imagenet` -> Keras' cached file;
+    `file:<sha12>` -> the recorded file, else `embed.weights`, whichever has that hash.
+    `override` (a file the user names) is used instead but must have the model's id. Raises
+    WeightsMismatch naming the id needed and how to provide it.
+    """
+    from spark_jobs.embed import WeightsUnavailable, resolve_weights
+
+    ids = sorted(set(metadata.get("embedding_weights") or []))
+    if len(ids) > 1:
+        raise WeightsMismatch(
+            f"the model was trained on image embeddings of several weights {ids}: "
+            "its image features cannot be reproduced on another catalogue"
+        )
+    need = ids[0] if ids else None
+    seed = int(need.split(":", 1)[1]) if need and need.startswith("random:") else None
+    if override is not None:
+        candidates = [override]
+    elif need is None:  # a bundle without the record: the current settings, as before
+        return embed
+    elif seed is not None:
+        candidates = ["random"]
+    elif need == "imagenet":
+        candidates = ["imagenet"]
+    else:
+        source = metadata.get("embedding_weights_source")
+        candidates = [c for c in dict.fromkeys([source, embed.weights]) if c]
+        candidates = [c for c in candidates if c not in ("imagenet", "random")]
+    problems = []
+    for candidate in candidates:
+        update = {"weights": candidate, "allow_random_weights": False}
+        if seed is not None:
+            update["random_seed"] = seed
+        trial = embed.model_copy(update=update)
+        try:
+            got = resolve_weights(trial).id
+        except WeightsUnavailable as e:
+            problems.append(str(e).split("\n")[0])
+            continue
+        if need is None or got == need:
+            return trial
+        problems.append(f"{candidate} is {got}")
+    if need is None:
+        raise WeightsMismatch(f"--weights: {problems[0]}")
+    if seed is not None:
+        how = "leave out --weights: the seeded random weights are rebuilt from the seed"
+    elif need == "imagenet":
+        how = "put Keras' ImageNet file in its cache (~/.keras/models/) and leave out --weights"
+    else:
+        how = "pass that weights file with --weights PATH (or ATELIER_EMBED__WEIGHTS=PATH)"
+    recorded = metadata.get("embedding_weights_source")
+    raise WeightsMismatch(
+        f"the model was trained on image embeddings from weights {need}"
+        + (f" (recorded source: {recorded})" if recorded else "")
+        + f", which are not available here: {'; '.join(problems) or 'no weights file known'}."
+        f" To evaluate it, {how}; nothing was embedded."
+    )

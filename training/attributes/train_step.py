@@ -14,6 +14,7 @@ import numpy as np
 
 from training.attributes.model import (
     BRAND_IDX,
+    COLOUR,
     DIVISION_IDX,
     IMAGE,
     IMAGE_MASK,
@@ -29,6 +30,7 @@ _DTYPES = {
     TYPE_IDX: np.int32,
     BRAND_IDX: np.int32,
     DIVISION_IDX: np.int32,
+    COLOUR: np.float32,
 }
 
 
@@ -48,30 +50,53 @@ def head_loss(labels, probabilities, sample_weight=None):
     return ops.mean(losses)
 
 
-def as_model_inputs(inputs: Mapping[str, object]) -> dict[str, np.ndarray]:
-    """The six model inputs as numpy arrays of the dtypes the model was built with.
-
-    Checks that every input is present and that all share one batch size.
+def as_model_inputs(
+    inputs: Mapping[str, object], names: tuple[str, ...] = INPUT_NAMES
+) -> dict[str, np.ndarray]:
+    """The model inputs `names` (default: the paper's six) as numpy arrays of the dtypes the
+    model was built with. Checks that every input is present and that all share one batch size.
     """
-    missing = [name for name in INPUT_NAMES if name not in inputs]
+    missing = [name for name in names if name not in inputs]
     if missing:
         raise ValueError(f"inputs lack {missing!r}; got keys {sorted(inputs)!r}")
-    arrays = {name: np.asarray(inputs[name], dtype=_DTYPES[name]) for name in INPUT_NAMES}
+    arrays = {name: np.asarray(inputs[name], dtype=_DTYPES[name]) for name in names}
     sizes = {name: a.shape[0] if a.ndim else None for name, a in arrays.items()}
     if len(set(sizes.values())) != 1 or None in sizes.values():
         raise ValueError(f"inputs must share one batch size, got {sizes!r}")
     return arrays
 
 
+def model_input_names(model) -> tuple[str, ...]:
+    """The names of a functional model's dict inputs, in INPUT_NAMES order then the rest."""
+    names = list(model.input) if isinstance(model.input, dict) else list(INPUT_NAMES)
+    return tuple(
+        [n for n in INPUT_NAMES if n in names] + [n for n in names if n not in INPUT_NAMES]
+    )
+
+
+def _input_signature(model) -> dict:
+    import tensorflow as tf
+
+    # Every dimension but the last free: batch sizes (an epoch's last batch) and shot counts
+    # vary, and one trace per head must serve them all.
+    return {
+        name: tf.TensorSpec((None, *tensor.shape[1:]), tf.as_dtype(_DTYPES[name]), name=name)
+        for name, tensor in model.input.items()
+    }
+
+
 class TrainStep:
     """`step(attribute, inputs, labels, sample_weight=None) -> loss`: one SGD step on one head.
 
-    Built by `make_train_step`. Uses TensorFlow's GradientTape, one `tf.function` per head.
-    Under JAX the same step would be a `jax.value_and_grad` over the head sub-model's
-    `stateless_call` with its trainable variables passed explicitly.
+    Built by `make_train_step`. Uses TensorFlow's GradientTape, one `tf.function` per head with a
+    fixed input signature, so each head is traced exactly once (`traces` counts them) whatever
+    the batch size: a step costs what a single-task step of the same network costs, however many
+    heads there are. Under JAX the same step would be a `jax.value_and_grad` over the head
+    sub-model's `stateless_call` with its trainable variables passed explicitly.
+    `weight_decay` is decoupled decay of the variables a step updates (SGD's `weight_decay`).
     """
 
-    def __init__(self, model, learning_rate: float = 0.01):
+    def __init__(self, model, learning_rate: float = 0.01, weight_decay: float = 0.0):
         import keras
 
         if keras.backend.backend() != "tensorflow":
@@ -89,12 +114,19 @@ class TrainStep:
                 f"model must output a dict attribute -> probabilities, got "
                 f"{type(model.output).__name__}"
             )
+        wd = weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, int | float) or not 0 <= wd < 1:
+            raise ValueError(f"weight_decay must be a number in [0, 1), got {wd!r}")
         self.model = model
         self.learning_rate = float(lr)
         self.heads = {a: int(t.shape[-1]) for a, t in model.output.items()}
+        self.input_names = model_input_names(model)
+        self.traces: dict[str, int] = {}
         # Plain SGD, constant rate, no momentum: the paper found adaptive optimisers and even
         # momentum unstable when heads take turns on the shared layers.
-        self.optimizer = keras.optimizers.SGD(learning_rate=self.learning_rate, momentum=0.0)
+        self.optimizer = keras.optimizers.SGD(
+            learning_rate=self.learning_rate, momentum=0.0, weight_decay=float(wd) or None
+        )
         # Built on every variable once, so each head's step can update its own subset.
         self.optimizer.build(model.trainable_variables)
         self._steps: dict[str, object] = {}
@@ -107,9 +139,16 @@ class TrainStep:
             head = keras.Model(self.model.input, self.model.output[attribute])
             variables = head.trainable_variables
             optimizer = self.optimizer
+            traces = self.traces
+            signature = [
+                _input_signature(self.model),
+                tf.TensorSpec((None,), tf.int32),
+                tf.TensorSpec((None,), tf.float32),
+            ]
 
-            @tf.function(reduce_retracing=True)
+            @tf.function(input_signature=signature)
             def step(inputs, labels, sample_weight):
+                traces[attribute] = traces.get(attribute, 0) + 1  # Python: runs only when tracing
                 with tf.GradientTape() as tape:
                     probabilities = head(inputs, training=True)
                     loss = head_loss(labels, probabilities, sample_weight)
@@ -123,7 +162,7 @@ class TrainStep:
     def __call__(self, attribute: str, inputs, labels, sample_weight=None) -> float:
         if attribute not in self.heads:
             raise ValueError(f"unknown attribute {attribute!r}; heads are {sorted(self.heads)!r}")
-        arrays = as_model_inputs(inputs)
+        arrays = as_model_inputs(inputs, self.input_names)
         labels = np.asarray(labels)
         batch = arrays[IMAGE].shape[0]
         if labels.shape != (batch,):
@@ -145,16 +184,16 @@ class TrainStep:
         return float(loss)
 
 
-def make_train_step(model, learning_rate: float = 0.01) -> TrainStep:
+def make_train_step(model, learning_rate: float = 0.01, weight_decay: float = 0.0) -> TrainStep:
     """A callable taking one plain-SGD step on one head of `model` (see `TrainStep`)."""
-    return TrainStep(model, learning_rate)
+    return TrainStep(model, learning_rate, weight_decay)
 
 
 def predict_proba(model, inputs: Mapping[str, object], batch_size: int = 1024) -> dict:
     """Class probabilities per attribute: dict attribute → (n, classes) float32 numpy array."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    arrays = as_model_inputs(inputs)
+    arrays = as_model_inputs(inputs, model_input_names(model))
     n = arrays[IMAGE].shape[0]
     chunks: dict[str, list[np.ndarray]] = {}
     for start in range(0, n, batch_size):

@@ -41,6 +41,12 @@ class TrainResult:
     curves: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
     visits: dict[str, int] = field(default_factory=dict)
     final_loss: dict[str, float] = field(default_factory=dict)
+    # Checkpoint selection on the validation split (never the test): the step whose weights
+    # were kept, its mean validation weighted F1, and the step each head stopped training at.
+    best_step: int | None = None
+    best_validation_f1: float | None = None
+    stopped: dict[str, int] = field(default_factory=dict)
+    validation_f1: dict[str, float] = field(default_factory=dict)
 
     @property
     def steps_per_second(self) -> float:
@@ -64,6 +70,7 @@ def model_config(
         n_divisions=index_size("division"),
         heads={a: len(c) for a, c in plan.classes.items()},
         image_dim=int(ts.inputs["image"].shape[-1]),
+        colour_dim=int(ts.inputs["colour"].shape[-1]) if "colour" in ts.inputs else 0,
         **sizes,
         **switches,
     )
@@ -129,13 +136,21 @@ def train_model(
     sizes: dict,
     loss_weights: bool = False,
     eval_every: int | None = None,
+    patience: int = 0,
+    weight_decay: float = 0.0,
+    curves: bool = True,
     progress: Callable[[str], None] | None = None,
     **switches: bool,
 ) -> TrainResult:
-    """Train a fresh network for `steps` round-robin steps; seeded, so reruns are identical.
+    """Train a fresh network for at most `steps` round-robin steps; seeded, so reruns are
+    identical.
 
-    Every `eval_every` steps (and at the end) the train and test weighted F1 of each attribute
-    are recorded for the learning curves; `eval_every=None` skips them (ablations).
+    Every `eval_every` steps (and at the end) each head's weighted F1 on the validation split is
+    measured (`plan.validation`; the test split is never looked at): the weights with the best
+    mean validation F1 are kept, and a head that has not improved for `patience` measurements
+    stops being trained (0: never; training ends when every head has stopped). With `curves`
+    the train F1 is recorded beside the validation F1 for the learning curves.
+    `eval_every=None` trains all `steps` and keeps the last weights.
     """
     import keras
 
@@ -144,7 +159,7 @@ def train_model(
     keras.utils.set_random_seed(seed)
     config = model_config(ts, plan, sizes, **switches)
     model = build_attribute_model(config)
-    step = make_train_step(model, learning_rate)
+    step = make_train_step(model, learning_rate, weight_decay)
     attributes = list(plan.classes)
     samplers = {
         a: MiniBatchSampler(plan.train[a], batch_size, seed=seed + i)
@@ -167,30 +182,63 @@ def train_model(
         if labelled.size > CURVE_TRAIN_SAMPLE:
             labelled = np.sort(rng.choice(labelled, CURVE_TRAIN_SAMPLE, replace=False))
         curve_train[a] = labelled
-    curve_test = {a: np.flatnonzero(plan.test[a] >= 0) for a in attributes}
+    validation = plan.validation or {}
+    curve_val = {a: np.flatnonzero(validation[a] >= 0) for a in attributes if a in validation}
+    selecting = bool(eval_every) and any(r.size for r in curve_val.values())
 
     result = TrainResult(model=model, config=config, steps=steps, seconds=0.0)
     say = progress or log.info
     visits = dict.fromkeys(attributes, 0)
     losses: dict[str, list[float]] = {a: [] for a in attributes}
+    best_head = dict.fromkeys(attributes, -1.0)
+    since_best = dict.fromkeys(attributes, 0)
+    active = set(attributes)
+    best_weights = None
+
+    def measure(i: int) -> None:
+        """Validation F1 at step i: curves, the best checkpoint, per-head early stopping."""
+        nonlocal best_weights
+        val_f1 = _weighted_f1(model, ts, validation, curve_val)
+        train_f1 = _weighted_f1(model, ts, plan.train, curve_train) if curves else {}
+        for a in attributes:
+            if a in val_f1:
+                result.curves.setdefault(a, []).append((i, train_f1.get(a, np.nan), val_f1[a]))
+        mean_f1 = float(np.mean(list(val_f1.values())))
+        if result.best_validation_f1 is None or mean_f1 > result.best_validation_f1:
+            result.best_validation_f1, result.best_step = mean_f1, i
+            result.validation_f1 = dict(val_f1)
+            best_weights = model.get_weights()
+        for a in sorted(active):
+            if a not in val_f1:
+                continue
+            if val_f1[a] > best_head[a] + 1e-4:
+                best_head[a], since_best[a] = val_f1[a], 0
+            else:
+                since_best[a] += 1
+            if patience and since_best[a] >= patience:
+                active.discard(a)
+                result.stopped[a] = i
+                say(f"step {i}: {a} stops (best validation F1 {best_head[a]:.3f})")
+
     t0 = time.perf_counter()
     eval_seconds = 0.0
     report_every = max(1, steps // 10)
-    for i, attribute in enumerate(schedule, start=1):
+    i = measured = 0
+    for attribute in schedule:
+        if attribute not in active:
+            continue  # an early-stopped head's turn is skipped, not counted as a step
+        i += 1
         rows = samplers[attribute].next()
         labels = plan.train[attribute][rows]
         weights = class_weights[attribute][labels] if loss_weights else None
         losses[attribute].append(step(attribute, ts.rows(rows), labels, weights))
         visits[attribute] += 1
-        if eval_every and (i % eval_every == 0 or i == steps):
+        if selecting and i % eval_every == 0:
             e0 = time.perf_counter()
-            train_f1 = _weighted_f1(model, ts, plan.train, curve_train)
-            test_f1 = _weighted_f1(model, ts, plan.test, curve_test)
-            for a in attributes:
-                if a in train_f1 and a in test_f1:
-                    result.curves.setdefault(a, []).append((i, train_f1[a], test_f1[a]))
+            measure(i)
+            measured = i
             eval_seconds += time.perf_counter() - e0
-        if i % report_every == 0 or i == steps:
+        if i % report_every == 0:
             elapsed = time.perf_counter() - t0 - eval_seconds
             recent = {a: np.mean(v[-20:]) for a, v in losses.items() if v}
             say(
@@ -198,8 +246,22 @@ def train_model(
                 + "loss "
                 + ", ".join(f"{a} {v:.3f}" for a, v in recent.items())
             )
+        if not active:
+            say(f"step {i}: every head has stopped")
+            break
+    if selecting and measured != i:
+        e0 = time.perf_counter()
+        measure(i)
+        eval_seconds += time.perf_counter() - e0
     # Training speed excludes the time spent measuring curves.
     result.seconds = time.perf_counter() - t0 - eval_seconds
+    result.steps = i
+    if best_weights is not None:
+        model.set_weights(best_weights)
+        say(
+            f"kept the weights of step {result.best_step} (mean validation weighted F1 "
+            f"{result.best_validation_f1:.3f})"
+        )
     result.visits = visits
     result.final_loss = {a: float(np.mean(v[-20:])) for a, v in losses.items() if v}
     return result
