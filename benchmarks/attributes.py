@@ -255,6 +255,8 @@ def goals(r: dict) -> list[str]:
         f"{'holds' if holds else 'does not hold'}."
     )
     speed = r["speed"]
+    if "error" in speed:
+        return [*lines, f"- Training speed: not measured ({speed['error']})."]
     lines.append(
         f"- Training speed: round-robin multi-task step {speed['multi_task_steps_per_s']} steps/s "
         f"({speed['heads']} heads) vs single-task Keras `train_on_batch` "
@@ -318,7 +320,9 @@ def render(results: list[dict]) -> str:
                     f"{c['coverage_at_95']:.0%} |"
                 )
             out.append("")
-        if r.get("unseen"):
+        if (r.get("unseen") or {}).get("error"):
+            out.append(f"`atelier evaluate attributes` failed: {r['unseen']['error']}\n")
+        elif r.get("unseen"):
             u = r["unseen"]
             out.append(
                 f"`atelier evaluate attributes` on {u['products']} products left out of "
@@ -334,6 +338,27 @@ def render(results: list[dict]) -> str:
         if r.get("notes"):
             out.append(r["notes"] + "\n")
     return "\n".join(out)
+
+
+def evaluate_unseen(settings, args, source) -> dict:
+    """`atelier evaluate attributes` on a catalogue-only folder of test-split products."""
+    from training.attributes.pipeline import evaluate_attributes
+    from training.registry import promote
+
+    promote(settings, settings.mlflow.attributes_model)
+    part = test_catalogue(
+        args.layout, source, args.workdir / "unseen-source", args.unseen, settings
+    )
+    t1 = time.perf_counter()
+    ev = evaluate_attributes(settings, part, args.layout, args.workdir / "unseen-report")
+    unseen = {
+        "products": ev["catalogue"]["products"],
+        "seconds": round(time.perf_counter() - t1),
+        "mean_weighted_f1": ev["mean_weighted_f1"],
+        "attributes": ev["attributes"],
+        "coverage": ev["coverage"],
+    }
+    return unseen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -397,23 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.perf_counter() - t0
     unseen = None
     if args.unseen:
-        from training.attributes.pipeline import evaluate_attributes
-        from training.registry import promote
+        try:
+            unseen = evaluate_unseen(settings, args, source)
+        except Exception as error:  # the training results above must not be lost with it
+            import traceback
 
-        promote(settings, settings.mlflow.attributes_model)
-        part = test_catalogue(
-            args.layout, source, args.workdir / "unseen-source", args.unseen, settings
-        )
-        t1 = time.perf_counter()
-        ev = evaluate_attributes(settings, part, args.layout, args.workdir / "unseen-report")
-        unseen = {
-            "products": ev["catalogue"]["products"],
-            "seconds": round(time.perf_counter() - t1),
-            "mean_weighted_f1": ev["mean_weighted_f1"],
-            "attributes": ev["attributes"],
-            "coverage": ev["coverage"],
-        }
-    speed = step_speed(settings, args.speed_steps)
+            traceback.print_exc()
+            unseen = {"error": f"{type(error).__name__}: {error}"}
+    try:
+        speed = step_speed(settings, args.speed_steps)
+    except Exception as error:  # keep the training results
+        import traceback
+
+        traceback.print_exc()
+        speed = {"error": f"{type(error).__name__}: {error}"}
     result = {
         "catalogue": args.catalogue,
         "command": "python benchmarks/attributes.py " + " ".join(argv or sys.argv[1:]),
