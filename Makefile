@@ -39,8 +39,10 @@ demo: install
 test: install
 	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest
 
+# Style, then the one-way layers contract ([importlinter] in setup.cfg).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache

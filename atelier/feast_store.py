@@ -1,4 +1,6 @@
-"""Feast for atelier: the store of the configured profile, apply, gated materialisation, lookups.
+"""Feast for atelier: the store of the configured profile, apply, lookups.
+
+Materialisation (gated by the suites) is the job `spark_jobs.materialize`.
 
 Profiles (`settings.feast.profile`), one definition set (`feature_repo/definitions.py`):
 - `embedded` (`feature_repo/feature_store.yaml`): duckdb offline store over the lake's Delta
@@ -23,10 +25,9 @@ Feast is imported inside the functions: `atelier --help` must stay instant.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -198,133 +199,6 @@ def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, li
     return {"changed": sorted(changed), "deleted": sorted({o.name for o in to_delete})}
 
 
-# -- materialisation -------------------------------------------------------------------------
-def gate_checks(settings: Settings, table: str, vector_size: int | None = None) -> dict[str, Any]:
-    """The list checks a feature table must pass before it is served.
-
-    vector_size: the length every `attribute_vectors.attribute_vector` (the model's
-    `AttributeBundle.vector_size`) or `item_vectors.vector` (the recommender's k) must have;
-    None checks values only.
-    """
-    from expectations.suites import ListCheck
-
-    if table == "predicted_attributes":
-        # Empty for a label that maps to no class of the model: no length check, and the
-        # sum is checked on non-empty vectors only.
-        return {"probabilities": ListCheck(min=0.0, max=1.0, finite=True, total=1.0)}
-    if table == "attribute_vectors":
-        return {"attribute_vector": ListCheck(length=vector_size, min=0.0, max=1.0, finite=True)}
-    if table == "item_vectors":
-        return {"vector": ListCheck(length=vector_size, finite=True)}
-    if table == "image_embeddings":
-        return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
-    if table == "colour_features":
-        from atelier.colour import COLOUR_DIM, PALETTE
-
-        # Palette shares then summary numbers, all in [0, 1]; the shares sum to 1.
-        return {
-            "colour": ListCheck(
-                length=COLOUR_DIM,
-                min=0.0,
-                max=1.0,
-                finite=True,
-                total=1.0,
-                total_over=len(PALETTE),
-            )
-        }
-    if table == "text_features":
-        return {
-            "token_ids": ListCheck(length=settings.text.sequence_length, min=0),
-            "tfidf": ListCheck(finite=True),
-        }
-    return {}
-
-
-def materialize(
-    settings: Settings,
-    end: datetime | None = None,
-    tables: Iterable[str] | None = None,
-    store: FeatureStore | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Gate every feature table that exists, then load the passing ones into the online store.
-
-    end: the latest event time to load (default now, UTC). tables: lake feature tables
-    (default all of `VIEWS`). Returns {view: {"table", "status", "failures", ...}}: status is
-    "materialized" (with "mode", "start", "end", "rows", "version"), "up_to_date", "missing"
-    (no Delta table yet) or "gate_failed" ("failures" says why; the online store keeps what
-    it had). Needs `apply` first.
-
-    A view loads incrementally (`materialize_incremental(end)`: event times after the last
-    run's end) while its Delta table is unchanged since the last run. When the table changed,
-    it loads the whole TTL window up to `end` instead: rows replaced in place keep their event
-    time (content features carry first_seen), so an incremental window would never see them.
-    """
-    from atelier.lake import Lake
-    from expectations.gate import validate_table
-
-    end = _utc(end or datetime.now(UTC))
-    wanted = list(tables or VIEWS)
-    unknown = sorted(set(wanted) - set(VIEWS))
-    if unknown:
-        raise ValueError(f"not feature tables: {unknown}; known: {sorted(VIEWS)}")
-    store = store or feature_store(settings)
-    lake = Lake(settings)
-    state_path = settings.feast_dir / STATE_FILE
-    state = _read_state(state_path)
-    scope = _online_scope(store)
-    result: dict[str, dict[str, Any]] = {}
-    references = _reference_values(lake)
-    for table in wanted:
-        view = VIEWS[table]
-        if not lake.exists(table):
-            result[view] = {"table": table, "status": "missing", "failures": []}
-            continue
-        data = lake.read_arrow(table)
-        version = lake.version(table)
-        gate = validate_table(
-            settings,
-            table,
-            data,
-            row_count_band=(1, settings.gate.max_rows),
-            reference_values=_references_for(table, references),
-            list_checks=gate_checks(settings, table, vector_size=_vector_size(table, data)),
-        )
-        if not gate.success:
-            log.warning("%s: not materialised, the gate failed: %s", view, gate.failures)
-            result[view] = {
-                "table": table,
-                "status": "gate_failed",
-                "version": version,
-                "failures": list(gate.failures),
-            }
-            continue
-        fv = _registered_view(store, view)
-        key = f"{scope}|{view}"
-        previous = state.get(key)
-        last_end = _utc(fv.most_recent_end_time) if fv.most_recent_end_time else None
-        entry: dict[str, Any] = {
-            "table": table,
-            "version": version,
-            "rows": data.num_rows,
-            "end": end.isoformat(),
-            "failures": [],
-        }
-        if previous and previous.get("version") == version and last_end is not None:
-            if end <= last_end:
-                result[view] = {**entry, "status": "up_to_date", "end": last_end.isoformat()}
-                continue
-            entry.update(mode="incremental", start=last_end.isoformat())
-            store.materialize_incremental(end_date=end, feature_views=[view])
-        else:
-            start = end - fv.ttl
-            entry.update(mode="window", start=start.isoformat())
-            store.materialize(start_date=start, end_date=end, feature_views=[view])
-        state[key] = {"version": version, "end": end.isoformat()}
-        _write_state(state_path, state)
-        result[view] = {**entry, "status": "materialized"}
-    return result
-
-
 # -- lookups ---------------------------------------------------------------------------------
 def online_features(
     settings: Settings,
@@ -396,7 +270,7 @@ def _merge(base: dict, extra: Mapping[str, Any]) -> dict:
     return out
 
 
-def _registered_view(store: FeatureStore, name: str):
+def registered_view(store: FeatureStore, name: str):
     from feast.errors import FeatureViewNotFoundException
 
     try:
@@ -408,7 +282,7 @@ def _registered_view(store: FeatureStore, name: str):
         ) from None
 
 
-def _utc(ts: datetime) -> datetime:
+def utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
 
 
@@ -428,57 +302,3 @@ def _needs_shot(store: FeatureStore, refs) -> bool:
     if isinstance(refs, list):
         return any(r.split(":", 1)[0] in _SHOT_VIEWS for r in refs)
     return any(p.name in _SHOT_VIEWS for p in refs.feature_view_projections)
-
-
-# The vector column whose rows must share one length, per table (see `_vector_size`).
-_VECTOR_COLUMNS = {"attribute_vectors": "attribute_vector", "item_vectors": "vector"}
-
-
-def _vector_size(table: str, data) -> int | None:
-    """The length `attribute_vectors` / `item_vectors` rows must share: the commonest one in
-    the table (the model's size is not known here; the jobs gate each batch against the
-    model's). A new model rewrites every row of its table, so one length is expected."""
-    if table not in _VECTOR_COLUMNS or data.num_rows == 0:
-        return None
-    import pyarrow.compute as pc
-
-    column = data.column(_VECTOR_COLUMNS[table])
-    counts = pc.value_counts(pc.list_value_length(column)).to_pylist()
-    return max(counts, key=lambda c: (c["counts"], c["values"] or 0))["values"]
-
-
-def _online_scope(store: FeatureStore) -> str:
-    """Identifies the online store a materialisation wrote to (its state is kept per store)."""
-    online = store.config.online_store
-    where = getattr(online, "path", None) or getattr(online, "connection_string", "")
-    return f"{store.project}|{online.type}|{where}"
-
-
-def _reference_values(lake) -> dict[str, list]:
-    """Keys of the referenced canonical tables that exist (a missing one is not checked)."""
-    out = {}
-    for table, column in (("products", "product_id"), ("customers", "customer_id")):
-        if lake.exists(table):
-            out[column] = lake.read_arrow(table, [column])[column].to_pylist()
-    return out
-
-
-def _references_for(table: str, references: Mapping[str, list]) -> dict[str, list] | None:
-    from atelier.contracts import contract
-
-    picked = {c: references[c] for c in contract(table).references if c in references}
-    return picked or None
-
-
-def _read_state(path: Path) -> dict[str, dict]:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-
-
-def _write_state(path: Path, state: Mapping[str, dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1, sort_keys=True))
-    tmp.replace(path)

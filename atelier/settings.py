@@ -93,7 +93,7 @@ class FeastSettings(BaseModel):
 
 
 class AttributeModelSettings(BaseModel):
-    """Layer sizes of the attribute network (training.attributes.model.AttributeModelConfig)."""
+    """Layer sizes of the attribute network (models.attributes.model.AttributeModelConfig)."""
 
     token_embedding_dim: int = Field(64, ge=1)
     text_filters: int = Field(128, ge=1)

@@ -154,8 +154,8 @@ def step_speed(settings, steps: int) -> dict:
     of the same size (one head, `compile` + `train_on_batch`), same data, same batch size."""
     import keras
 
+    from models.attributes.model import build_attribute_model
     from training.attributes.data import load_training_set, prepare_labels
-    from training.attributes.model import build_attribute_model
     from training.attributes.schedule import MiniBatchSampler, round_robin
     from training.attributes.train_step import make_train_step
     from training.attributes.trainer import model_config
@@ -342,8 +342,8 @@ def render(results: list[dict]) -> str:
 
 def evaluate_unseen(settings, args, source) -> dict:
     """`atelier evaluate attributes` on a catalogue-only folder of test-split products."""
-    from training.attributes.pipeline import evaluate_attributes
-    from training.registry import promote
+    from atelier.registry import promote
+    from cli.evaluate import evaluate_attributes
 
     promote(settings, settings.mlflow.attributes_model)
     part = test_catalogue(

@@ -112,7 +112,8 @@ def free_port() -> int:
 
 
 def online_bench(settings, ids: list[str], repeat: int) -> list[tuple[str, int, float, float]]:
-    from atelier.feast_store import apply, feature_store, materialize
+    from atelier.feast_store import apply, feature_store
+    from spark_jobs.materialize import materialize
 
     results = []
     port = free_port()

@@ -8,7 +8,7 @@ window `(train_start, train_end]` (inclusive of `train_end`, exactly as `data.ev
 returns a `PeerRun(model_info, recommend, seconds_per_epoch)`: `recommend(customers, k)` is
 customer → the k best product ids, best first, for the customers seen in training; previously
 bought products are NOT filtered out, as in the hybrid model's evaluation. Ranking goes through
-`training.recommender.model.recommend` (ties to the lower catalogue position).
+`models.recommender.model.recommend` (ties to the lower catalogue position).
 
 Install with the `bench` extra: `pip install -c constraints.txt -e '.[bench]'`. The original
 `lightfm` (1.17, sdist only) does not build on Python 3.11 with current setuptools: its
@@ -34,8 +34,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from training.recommender.data import events, utc_timestamp
-from training.recommender.model import recommend as top_k_recommend
+from models.ranking import recommend as top_k_recommend
+from models.recommender.items import utc_timestamp
+from training.recommender.data import events
 
 log = logging.getLogger("atelier.recommender.peers")
 
@@ -71,7 +72,8 @@ class PeerRecommender:
                 f"e.g. {unknown[:5]!r}"
             )
         top = top_k_recommend(self.customer_vectors[rows], self.item_vectors, k)
-        return {c: list(self.product_ids[t]) for c, t in zip(wanted, top)}
+        # -1 pads a list where fewer than k products can be scored (`models.ranking.top_k`).
+        return {c: list(self.product_ids[t[t >= 0]]) for c, t in zip(wanted, top)}
 
 
 def _check_int(name: str, value, minimum: int) -> int:

@@ -585,7 +585,8 @@ def load_redis(settings, redis_url: str, registry_url: str) -> dict:
     """`feast apply` + gated materialisation of the served views into Redis, with a SQL
     registry at `registry_url`; W's own registry and materialisation state are left as they
     were. Returns the materialisation result; RuntimeError when a view did not load."""
-    from atelier.feast_store import STATE_FILE, apply, feature_store, materialize
+    from atelier.feast_store import STATE_FILE, apply, feature_store
+    from spark_jobs.materialize import materialize
 
     overrides = {
         "online_store": {"type": "redis", "connection_string": redis_url},
@@ -610,7 +611,7 @@ def load_redis(settings, redis_url: str, registry_url: str) -> dict:
 
 def atelier_command() -> list[str]:
     exe = Path(sys.executable).with_name("atelier")
-    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "atelier.cli"]
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "cli.main"]
 
 
 class Server:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps the import cheap
     import great_expectations as gx
 
     from atelier.contracts import TableContract
+    from atelier.settings import Settings
 
 # Upper bound of non-negative columns: large, but finite, so that +inf fails.
 MAX_VALUE = 1e15
@@ -266,3 +267,44 @@ def _spark_reference_checks(df: Any, checks: dict[str, str], reference_values: M
             .drop(hit)
         )
     return df
+
+
+def gate_checks(settings: Settings, table: str, vector_size: int | None = None) -> dict[str, Any]:
+    """The list checks a feature table must pass before it is served.
+
+    vector_size: the length every `attribute_vectors.attribute_vector` (the model's
+    `AttributeBundle.vector_size`) or `item_vectors.vector` (the recommender's k) must have;
+    None checks values only.
+    """
+    if table == "predicted_attributes":
+        # Empty for a label that maps to no class of the model: no length check, and the
+        # sum is checked on non-empty vectors only.
+        return {"probabilities": ListCheck(min=0.0, max=1.0, finite=True, total=1.0)}
+    if table == "attribute_vectors":
+        return {"attribute_vector": ListCheck(length=vector_size, min=0.0, max=1.0, finite=True)}
+    if table == "item_vectors":
+        return {"vector": ListCheck(length=vector_size, finite=True)}
+    if table == "image_embeddings":
+        from atelier.feast_store import EMBEDDING_DIM
+
+        return {"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)}
+    if table == "colour_features":
+        from atelier.colour import COLOUR_DIM, PALETTE
+
+        # Palette shares then summary numbers, all in [0, 1]; the shares sum to 1.
+        return {
+            "colour": ListCheck(
+                length=COLOUR_DIM,
+                min=0.0,
+                max=1.0,
+                finite=True,
+                total=1.0,
+                total_over=len(PALETTE),
+            )
+        }
+    if table == "text_features":
+        return {
+            "token_ids": ListCheck(length=settings.text.sequence_length, min=0),
+            "tfidf": ListCheck(finite=True),
+        }
+    return {}

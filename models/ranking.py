@@ -7,6 +7,7 @@ the model is trained, evaluated and served:
   products the model has a vector for. A product bought twice counts once (a rebuy says the
   same thing about taste twice); products without a vector are skipped, not counted.
 - `customer_vector(s)`: the mean of those products' vectors, in the item vectors' layout.
+- `score`, `top_k`, `recommend`: dot-product scores and the exact top-k every list is cut by.
 
 Item vectors come in one of two layouts (`LAYOUTS`):
 
@@ -117,3 +118,77 @@ def mean_pairwise_cosine(vectors, max_rows: int = 2000, seed: int = 0) -> float:
     total = x.sum(axis=0)
     # sum over i != j of x_i . x_j = |sum x|^2 - sum |x_i|^2 (= n for unit rows)
     return float((total @ total - n) / (n * (n - 1)))
+
+
+# --- scores and top-k -----------------------------------------------------------------------
+def score(customers, items) -> np.ndarray:
+    """Dot products (c, n) of customer vectors (c, d) and item vectors (n, d), float32.
+
+    An item whose vector is exactly zero has no representation (in `cf`: a product never bought
+    in training, index 0) and scores -inf for everyone, so it never ranks (see `top_k`).
+    """
+    customers = np.asarray(customers, np.float32)
+    items = np.asarray(items, np.float32)
+    if customers.ndim != 2 or items.ndim != 2 or customers.shape[1] != items.shape[1]:
+        raise ValueError(
+            f"score needs (c, k) and (n, k) arrays, got {customers.shape!r} and {items.shape!r}"
+        )
+    scores = customers @ items.T
+    scores[:, ~np.any(items != 0, axis=1)] = -np.inf
+    return scores
+
+
+def top_k(scores, k: int = 10, allowed=None) -> np.ndarray:
+    """Indices of the up to `k` highest finite scores among the `allowed` ones, best first.
+
+    One rule for evaluation, the scoring jobs and serving: a non-finite score (-inf: an item the
+    model cannot represent, or one excluded) or a disallowed item never ranks; ties go to the
+    lower index, both in order and at the cut-off. Exact: a partition finds the k-th best.
+    scores (n,) → up to k indices; scores (c, n) → (c, min(k, n)) indices, a row with fewer
+    eligible items padded with -1 at its end. allowed: bool, the shape of `scores` or (n,).
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    scores = np.asarray(scores)
+    if scores.ndim not in (1, 2):
+        raise ValueError(f"scores must be (n,) or (customers, n), got shape {scores.shape!r}")
+    rows = np.atleast_2d(scores)
+    eligible = np.isfinite(rows)
+    if allowed is not None:
+        eligible &= np.broadcast_to(np.asarray(allowed, bool), rows.shape)
+    n = rows.shape[1]
+    width = min(int(k), n)
+    if width == 0:
+        best = np.zeros((rows.shape[0], 0), np.int64)
+        return best[0] if scores.ndim == 1 else best
+    masked = np.where(eligible, rows, -np.inf)
+    if width < n:
+        # The k-th largest score; all above it are in, ties with it are taken lowest index first.
+        threshold = np.partition(masked, n - width, axis=1)[:, n - width, None]
+        above = masked > threshold
+        tied = masked == threshold
+        need = width - above.sum(axis=1, keepdims=True)
+        chosen = above | (tied & (np.cumsum(tied, axis=1) <= need))
+        candidates = np.nonzero(chosen)[1].reshape(rows.shape[0], width)
+    else:
+        candidates = np.broadcast_to(np.arange(n), rows.shape)
+    picked = np.take_along_axis(masked, candidates, axis=1)
+    order = np.lexsort((candidates, -picked), axis=1)
+    best = np.take_along_axis(candidates, order, axis=1)
+    ok = np.take_along_axis(np.take_along_axis(eligible, candidates, axis=1), order, axis=1)
+    best = np.where(ok, best, -1)
+    return best[0][ok[0]] if scores.ndim == 1 else best
+
+
+def recommend(customers, items, k: int = 10, batch_size: int = 1024) -> np.ndarray:
+    """`top_k(score(customers, items), k)` in customer batches (memory O(batch_size × n))."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    customers = np.asarray(customers, np.float32)
+    parts = [
+        top_k(score(customers[s : s + batch_size], items), k)
+        for s in range(0, len(customers), batch_size)
+    ]
+    if not parts:
+        return np.zeros((0, min(k, len(items))), np.int64)
+    return np.concatenate(parts)

@@ -33,7 +33,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from starlette.templating import Jinja2Templates
 
-from serving import predictor, scoring
+from models.ranking import top_k
+from serving import predictor
 from serving.state import ServingState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -264,7 +265,7 @@ def gallery_router() -> APIRouter:
         if isinstance(found, HTMLResponse):
             return found
         state, catalogue = found
-        rows = scoring.top_k(state.popularity, INDEX_PRODUCTS)
+        rows = top_k(state.popularity, INDEX_PRODUCTS)
         popular = [
             _card(state, catalogue, state.candidates.product_ids[r], None)
             for r in rows

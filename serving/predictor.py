@@ -123,7 +123,7 @@ def recommend(
     else:
         if exclude_purchased and history:
             allowed &= scoring.exclusion_mask(state.candidates, history)
-        rows = scoring.top_k(ranking, k, allowed)
+        rows = model_ranking.top_k(ranking, k, allowed)
         mode = "new_to_customer" if exclude_purchased else "all_products"
     items = [
         {"product_id": state.candidates.product_ids[r], "score": float(ranking[r]), "rank": i}
@@ -168,7 +168,8 @@ def _blend_rows(
     list (`ranking`: the model's scores), both within `allowed` (the filters)."""
     candidates, rule = state.candidates, state.blend_rule
     new_allowed = allowed & scoring.exclusion_mask(candidates, history)
-    new = [candidates.product_ids[r] for r in scoring.top_k(ranking, max(k, rule.k), new_allowed)]
+    best = model_ranking.top_k(ranking, max(k, rule.k), new_allowed)
+    new = [candidates.product_ids[r] for r in best]
     # A rebuy is offered like any product: a candidate that passes the filters and has a score.
     offered = allowed & np.isfinite(ranking)
     rebuys = [p for p in history if p in candidates.index and offered[candidates.index[p]]]

@@ -13,9 +13,9 @@ numpy only, no I/O: `serving.state` loads the arrays, `serving.predictor` feeds 
 - Masks are boolean (n,) arrays, True = may be returned. Exclusions (purchased products) and
   attribute filters are applied before ranking, so a request gets k items whenever k allowed
   items exist, and fewer only when fewer do.
-- `top_k` is exact: `np.argpartition` finds the k-th best score, then ties at the cut-off and in
-  the order go to the lower row (rows follow product id order), so equal inputs give equal
-  lists.
+- `top_k` (`models.ranking`, the rule evaluation uses too) is exact: a partition finds the k-th
+  best score, then ties at the cut-off and in the order go to the lower row (rows follow
+  product id order), so equal inputs give equal lists.
 - `AttributeTable` holds every product's attribute values (known label or predicted) as integer
   codes; its first rows are the candidates' rows, so a mask over its rows is a mask over the
   candidates without a join.
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.ranking import DOT, check_layout, match_part
+from models.ranking import DOT, check_layout, match_part, top_k
 
 # The attribute model groups values too rare to learn into this class: sharing it is no reason.
 GROUPED_VALUE = "other"
@@ -110,33 +110,6 @@ def exclusion_mask(candidates: Candidates, excluded: Sequence[str]) -> np.ndarra
     rows = [candidates.index[p] for p in excluded if p in candidates.index]
     mask[rows] = False
     return mask
-
-
-def top_k(scores: np.ndarray, k: int, allowed: np.ndarray | None = None) -> np.ndarray:
-    """Rows of the up to `k` highest finite scores among `allowed` rows, best first.
-
-    Exact: argpartition finds the k-th best; ties at the cut-off and in the order go to the
-    lower row. Fewer than k rows when fewer are allowed and finite.
-    """
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    scores = np.asarray(scores)
-    if scores.ndim != 1:
-        raise ValueError(f"scores must be one row (n,), got shape {scores.shape!r}")
-    ok = np.isfinite(scores)
-    if allowed is not None:
-        ok &= allowed
-    rows = np.flatnonzero(ok)
-    values = scores[rows]
-    if k < rows.size:
-        kth = values[np.argpartition(-values, k - 1)[k - 1]]
-        above = values > kth
-        # Rows are ascending, so the first tied rows are the lowest ones.
-        tied = np.flatnonzero(values == kth)[: k - int(above.sum())]
-        keep = np.concatenate([np.flatnonzero(above), tied])
-        rows, values = rows[keep], values[keep]
-    order = np.lexsort((rows, -values))
-    return rows[order]
 
 
 def popularity_scores(candidates: Candidates, bought: Sequence[str]) -> np.ndarray:

@@ -193,7 +193,7 @@ def champion(settings: Settings) -> tuple[str, str | None]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from training.registry import CHAMPION
+    from atelier.registry import CHAMPION
 
     name = settings.mlflow.recommender_model
     # A client bound to these URIs, not mlflow's process-wide ones: a test process may serve

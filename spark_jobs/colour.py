@@ -374,8 +374,8 @@ def _describe_and_publish(
 def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime) -> list[str]:
     """Failures of the colour_features suite on the batch: the contract (keys, known products,
     foreground_fraction in [0, 1]) and the colour list checks the materialisation gate uses."""
-    from atelier.feast_store import gate_checks
     from expectations.gate import validate_table
+    from expectations.suites import gate_checks
 
     products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
     result = validate_table(

@@ -57,7 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from atelier.lake import Lake
     from atelier.settings import Settings
-    from training.recommender.bundle import RecommenderBundle
+    from models.recommender.bundle import RecommenderBundle
 
 log = logging.getLogger("atelier.item_vectors")
 
@@ -112,7 +112,7 @@ def worker_bundle(directory: str, threads: int) -> RecommenderBundle:
 
         t0 = time.time()
         configure_tensorflow(threads)
-        from training.recommender.bundle import RecommenderBundle
+        from models.recommender.bundle import RecommenderBundle
 
         _BUNDLES.clear()
         _BUNDLES[directory] = RecommenderBundle.load(directory)
@@ -316,7 +316,7 @@ def fetch_bundle(settings: Settings, model_uri: str, run_id: str) -> tuple[Recom
     returns the bundle and that folder (`<workdir>/tmp/item_vectors/<run_id>`). Folders of
     earlier runs are removed. Workers on other machines need the workdir on shared storage, as
     they do for the lake."""
-    from training.recommender.pyfunc import load_bundle
+    from models.recommender.pyfunc import load_bundle
 
     root = settings.workdir / "tmp" / "item_vectors"
     if root.is_dir():
@@ -333,9 +333,9 @@ def champion_bundle(
     the alias read once (`predict_attributes.resolve_model`). ItemVectorError without one."""
     from mlflow.exceptions import MlflowException
 
+    from atelier import registry
+    from models.recommender.pyfunc import load_bundle
     from spark_jobs.predict_attributes import resolve_model
-    from training import registry
-    from training.recommender.pyfunc import load_bundle
 
     try:
         registry.configure(settings)
@@ -369,10 +369,10 @@ def run_item_vectors(
     """
     from mlflow.exceptions import MlflowException
 
+    from atelier import registry
     from atelier.lake import Lake
     from atelier.spark import get_spark
     from spark_jobs.predict_attributes import resolve_model
-    from training import registry
 
     t0 = time.time()
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -500,8 +500,8 @@ def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime, k: int
     """Failures of the item_vectors suite on the batch (nothing to check when it is empty)."""
     if arrow.num_rows == 0:
         return []
-    from atelier.feast_store import gate_checks
     from expectations.gate import validate_table
+    from expectations.suites import gate_checks
 
     products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
     result = validate_table(
@@ -598,7 +598,7 @@ def compute_item_vectors(
 def _bundle_vectors(
     settings: Settings, bundle: RecommenderBundle, model_version: str, as_of: datetime | None
 ) -> dict[str, Any]:
-    from training.recommender.features import load_content_features
+    from models.recommender.features import load_content_features
 
     as_of = default_as_of(datetime.now(UTC)) if as_of is None else _utc(as_of)
     features = load_content_features(settings, as_of)
@@ -640,8 +640,8 @@ def similar_lines(
     cosine neighbours under `variant` (`vectors_for_variant`), with similarity, type and
     title. ValueError for a product without a vector or a variant not available."""
     from atelier.lake import Lake
-    from training.recommender.model import VARIANTS
-    from training.recommender.similar import similar_products
+    from models.recommender.model import VARIANTS
+    from models.recommender.similar import similar_products
 
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS!r}, got {variant!r}")

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from atelier.lake import Lake
     from atelier.settings import Settings
-    from training.attributes.bundle import AttributeBundle, AttributeSpec
+    from models.attributes.bundle import AttributeBundle, AttributeSpec
 
 log = logging.getLogger("atelier.predict_attributes")
 
@@ -193,7 +193,7 @@ def worker_bundle(directory: str, threads: int) -> AttributeBundle:
 
         t0 = time.time()
         configure_tensorflow(threads)
-        from training.attributes.bundle import AttributeBundle
+        from models.attributes.bundle import AttributeBundle
 
         _BUNDLES.clear()
         _BUNDLES[directory] = AttributeBundle.load(directory)
@@ -439,7 +439,7 @@ def fetch_bundle(settings: Settings, model_uri: str, run_id: str) -> tuple[Attri
     returns the bundle and that folder (`<workdir>/tmp/predict_attributes/<run_id>`). Folders
     of earlier runs are removed. Workers on other machines need the workdir on shared storage,
     as they do for the lake."""
-    from training.attributes.pyfunc import load_bundle
+    from models.attributes.pyfunc import load_bundle
 
     root = settings.workdir / "tmp" / "predict_attributes"
     if root.is_dir():
@@ -468,9 +468,9 @@ def run_predict_attributes(
     """
     from mlflow.exceptions import MlflowException
 
+    from atelier import registry
     from atelier.lake import Lake
     from atelier.spark import get_spark
-    from training import registry
 
     t0 = time.time()
     now = (now or datetime.now(UTC)).astimezone(UTC)
@@ -637,8 +637,8 @@ def _gate(
     """Failures of `table`'s suite on the batch (nothing to check when it is empty)."""
     if arrow.num_rows == 0:
         return []
-    from atelier.feast_store import gate_checks
     from expectations.gate import validate_table
+    from expectations.suites import gate_checks
 
     products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
     result = validate_table(

@@ -1,4 +1,6 @@
-"""Model training: `attributes/` (multi-task network) and `recommender/` (hybrid WMRB model).
+"""Model training, a stage: `attributes/` (multi-task network) and `recommender/` (hybrid WMRB).
 
-Filled by the attribute and recommender issues.
+Training reads the lake and Feast, fits a model defined in `models/`, logs it to MLflow and
+promotes it through registry aliases. It never imports the other stages (`spark_jobs`,
+`serving`); the scoring jobs and serving read the registered model.
 """

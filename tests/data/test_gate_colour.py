@@ -11,9 +11,8 @@ import pytest
 
 from atelier.colour import COLOUR_DIM, DESCRIPTOR_VERSION, PALETTE
 from atelier.contracts import contract
-from atelier.feast_store import gate_checks
 from expectations.gate import validate_table
-from expectations.suites import ListCheck, with_list_checks
+from expectations.suites import ListCheck, gate_checks, with_list_checks
 
 pytestmark = pytest.mark.data
 

@@ -119,7 +119,7 @@ def test_the_run_is_logged_and_the_model_registered_as_challenger(trained):
     assert int(version.version) == out["model_version"] == 1
     # The model reads the colour descriptor and records its version.
     from atelier.colour import COLOUR_DIM, DESCRIPTOR_VERSION
-    from training.attributes.pyfunc import load_bundle
+    from models.attributes.pyfunc import load_bundle
 
     bundle = load_bundle(f"models:/{settings.mlflow.attributes_model}/1")
     assert bundle.config.colour_dim == COLOUR_DIM and bundle.config.wide_text
@@ -127,8 +127,9 @@ def test_the_run_is_logged_and_the_model_registered_as_challenger(trained):
 
 
 def test_promotion_then_evaluation_on_unseen_products_and_a_worse_challenger(trained):
-    from training.attributes.pipeline import evaluate_attributes, train_attributes
-    from training.registry import promote
+    from atelier.registry import promote
+    from cli.evaluate import evaluate_attributes
+    from training.attributes.pipeline import train_attributes
 
     settings, root, out = trained
     first = promote(settings, settings.mlflow.attributes_model)

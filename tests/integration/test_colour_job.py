@@ -17,6 +17,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
+from spark_jobs.materialize import materialize
+
 pytestmark = [pytest.mark.spark, pytest.mark.integration]
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -326,7 +328,7 @@ def test_spark_submit_entry_point(first_run, spark, tmp_path, monkeypatch, capsy
 def test_cli_colour_command(tmp_path):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, ["--workdir", str(tmp_path), "colour"])
     assert r.exit_code == 1 and "run ingest first" in r.output
@@ -411,7 +413,7 @@ def test_feast_serves_the_colour_offline_and_online(first_run):
         )
     assert df["type_idx"].tolist() == [1, 1, 2, 3]  # the other views joined alongside
 
-    result = feast_store.materialize(settings, end=NOW, tables=["colour_features"])
+    result = materialize(settings, end=NOW, tables=["colour_features"])
     assert result["colour_features"]["status"] == "materialized", result
     row = feast_store.online_features(settings, ["p3", "nope"], ["colour_features:colour"])
     np.testing.assert_array_equal(

@@ -29,6 +29,7 @@ def champion(tmp_path_factory, hm_dir, spark):
     """A workdir with a 40-article H&M slice featurised, a tiny model trained and promoted, and
     a catalogue-only folder of 20 other articles."""
     from atelier.feast_store import apply
+    from atelier.registry import promote
     from atelier.settings import Settings
     from spark_jobs.colour import run_colour
     from spark_jobs.embed import run_embed
@@ -36,7 +37,6 @@ def champion(tmp_path_factory, hm_dir, spark):
     from spark_jobs.product_features import run_product_features
     from spark_jobs.text_features import run_text_features
     from training.attributes.pipeline import train_attributes
-    from training.registry import promote
 
     root = tmp_path_factory.mktemp("evaluate")
     make_hm_slice(hm_dir, root / "train-source", n_articles=40)
@@ -86,8 +86,8 @@ def champion(tmp_path_factory, hm_dir, spark):
 
 
 def _bundle(settings):
-    from training import registry
-    from training.attributes.pyfunc import load_bundle
+    from atelier import registry
+    from models.attributes.pyfunc import load_bundle
 
     registry.configure(settings)
     return load_bundle(registry.champion_uri(settings.mlflow.attributes_model))
@@ -97,7 +97,7 @@ def test_a_catalogue_without_customers_or_purchases_is_evaluated_with_the_models
     champion,
 ):
     from atelier.lake import Lake
-    from training.attributes.pipeline import evaluate_attributes
+    from cli.evaluate import evaluate_attributes
 
     settings, root, out, ids = champion
     assert not (root / "new" / "customers.csv").exists()
@@ -141,7 +141,7 @@ def test_a_catalogue_without_customers_or_purchases_is_evaluated_with_the_models
 def test_other_weights_are_refused_before_anything_is_ingested(champion, tmp_path):
     import shutil
 
-    from training.attributes.pipeline import WeightsMismatch, evaluate_attributes
+    from cli.evaluate import WeightsMismatch, evaluate_attributes
 
     settings, root, _, _ = champion
     source = tmp_path / "copy"
@@ -164,7 +164,7 @@ def test_other_weights_are_refused_before_anything_is_ingested(champion, tmp_pat
 def test_the_cli_takes_the_weights_option_and_says_why_it_refuses(champion, tmp_path):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
+    from cli.main import app
 
     settings, root, _, _ = champion
     other = tmp_path / "other_vgg16.h5"

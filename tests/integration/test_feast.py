@@ -24,6 +24,7 @@ import pytest
 from atelier import feast_store
 from atelier.contracts import contract
 from atelier.lake import Lake
+from spark_jobs.materialize import materialize
 
 pytestmark = [pytest.mark.integration]
 
@@ -149,7 +150,7 @@ def test_materialize_then_online_returns_the_stored_vector(settings):
     assert {"image_embedding", "attributes_v1", "recommender_v1"} <= set(applied["changed"])
     assert feast_store.apply(settings)["changed"] == []  # idempotent, like `feast apply`
 
-    result = feast_store.materialize(settings, end=END)
+    result = materialize(settings, end=END)
     for view in ("image_embedding", "text_features", "product_features"):
         assert result[view]["status"] == "materialized", result[view]
         assert result[view]["failures"] == []
@@ -175,9 +176,9 @@ def test_materialize_then_online_returns_the_stored_vector(settings):
     np.testing.assert_array_equal(as_f32(other["embedding"][0]), vec[2])
 
     # Nothing new: the second run is a no-op; a later end loads incrementally.
-    again = feast_store.materialize(settings, end=END, tables=["image_embeddings"])
+    again = materialize(settings, end=END, tables=["image_embeddings"])
     assert again["image_embedding"]["status"] == "up_to_date"
-    later = feast_store.materialize(
+    later = materialize(
         settings, end=END + timedelta(days=1), tables=["image_embeddings"]
     )
     assert later["image_embedding"]["mode"] == "incremental"
@@ -187,7 +188,7 @@ def test_materialize_then_online_returns_the_stored_vector(settings):
     # Delta version makes the next run reload the view's window.
     fresh = vectors(1, 11)
     lake.merge("image_embeddings", embeddings(["p0"], fresh, created=END + timedelta(days=2)))
-    reloaded = feast_store.materialize(
+    reloaded = materialize(
         settings, end=END + timedelta(days=3), tables=["image_embeddings"]
     )
     assert reloaded["image_embedding"]["mode"] == "window"
@@ -252,7 +253,7 @@ def test_a_table_failing_the_gate_is_not_materialised(settings):
     lake.merge("product_features", product_rows([("p0", T0, 3, 1)]))
     feast_store.apply(settings)
 
-    result = feast_store.materialize(settings, end=END)
+    result = materialize(settings, end=END)
     image = result["image_embedding"]
     assert image["status"] == "gate_failed"
     assert any("embedding__non_finite" in f for f in image["failures"]), image["failures"]
@@ -267,7 +268,7 @@ def test_a_table_failing_the_gate_is_not_materialised(settings):
 
     # Fixed upstream: the next run serves it.
     lake.overwrite("image_embeddings", embeddings(["p0", "p1"], np.nan_to_num(vec)))
-    fixed = feast_store.materialize(settings, end=END, tables=["image_embeddings"])
+    fixed = materialize(settings, end=END, tables=["image_embeddings"])
     assert fixed["image_embedding"]["status"] == "materialized"
     row = feast_store.online_features(settings, ["p1"], ["image_embedding:embedding"])
     np.testing.assert_array_equal(as_f32(row["embedding"][0]), np.nan_to_num(vec)[1])
@@ -323,7 +324,7 @@ def test_redis_online_store_serves_the_materialised_vector(settings, redis_url):
     store = feast_store.feature_store(settings, overrides=overrides)
     assert type(store.config.online_store).__name__ == "RedisOnlineStoreConfig"
     feast_store.apply(settings, store=store)
-    result = feast_store.materialize(settings, end=END, tables=["image_embeddings"], store=store)
+    result = materialize(settings, end=END, tables=["image_embeddings"], store=store)
     assert result["image_embedding"]["status"] == "materialized"
     assert client.dbsize() == 2  # one hash per (product, shot)
 

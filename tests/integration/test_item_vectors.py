@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 
 from atelier.contracts import contract
+from spark_jobs.materialize import materialize
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 AS_OF = datetime(2020, 5, 31, tzinfo=UTC)
@@ -195,10 +196,10 @@ def _champion(settings, features):
     """A tiny untrained hybrid bundle on `features`' layout, registered and promoted."""
     import mlflow
 
-    from training import registry
-    from training.recommender.bundle import RecommenderBundle
-    from training.recommender.model import build_item_tower
-    from training.recommender.pyfunc import log_recommender_model
+    from atelier import registry
+    from models.recommender.bundle import RecommenderBundle
+    from models.recommender.model import build_item_tower
+    from models.recommender.pyfunc import log_recommender_model
 
     config = features.recommender_config("hybrid", n_items=2, k=K, hidden_units=(8,), seed=SEED)
     bundle = RecommenderBundle(
@@ -227,8 +228,8 @@ def published(tmp_path_factory, spark):
     """The lake, Feast applied, the champion registered, one run as of AS_OF."""
     from atelier import feast_store
     from atelier.settings import Settings
+    from models.recommender.features import load_content_features
     from spark_jobs.item_vectors import run_item_vectors
-    from training.recommender.features import load_content_features
 
     settings = Settings(
         workdir=tmp_path_factory.mktemp("item_vectors") / "w",
@@ -314,8 +315,8 @@ def test_rerun_writes_nothing_and_a_changed_feature_rewrites_only_its_product(pu
 @pytest.mark.spark
 @pytest.mark.integration
 def test_the_gate_rejects_a_wrong_length_and_non_finite_vectors(published):
-    from atelier.feast_store import gate_checks
     from expectations.gate import validate_table
+    from expectations.suites import gate_checks
 
     settings, lake, *_ = published
     good = lake.read_arrow("item_vectors")
@@ -351,8 +352,8 @@ def test_the_gate_rejects_a_wrong_length_and_non_finite_vectors(published):
 def test_similar_cli_lists_cosine_neighbours_from_the_lake(published):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
-    from training.recommender.similar import similar_products
+    from cli.main import app
+    from models.recommender.similar import similar_products
 
     settings, lake, _, model_version, *_ = published
     rows = _rows(lake)
@@ -400,7 +401,7 @@ def test_materialize_serves_the_vectors_online(published):
     from atelier import feast_store
 
     settings, lake, *_ = published
-    result = feast_store.materialize(settings, end=NOW + timedelta(days=1), tables=["item_vectors"])
+    result = materialize(settings, end=NOW + timedelta(days=1), tables=["item_vectors"])
     assert result["item_vectors"]["status"] == "materialized", result
     online = feast_store.online_features(settings, ["p3", "nope"], ["item_vectors:vector"])
     np.testing.assert_allclose(online["vector"][0], _rows(lake)["p3"]["vector"], rtol=1e-6)

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from spark_jobs.materialize import materialize
 from tests.conftest import embed_settings, embed_weights_id, make_hm_slice
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -28,7 +29,7 @@ COLOUR_VALUE = "perceived_colour_value_name"
 
 
 def _specs(not_graphic: str = "Ring"):
-    from training.attributes.bundle import AttributeSpec
+    from models.attributes.bundle import AttributeSpec
 
     return {
         GRAPHIC: AttributeSpec(
@@ -83,7 +84,7 @@ def test_labels_map_to_classes_through_the_grouping():
 def test_min_confidence_is_parsed_checked_and_resolved_per_attribute(capsys):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
+    from cli.main import app
     from spark_jobs.predict_attributes import (
         PredictError,
         main,
@@ -278,8 +279,8 @@ def _tiny_bundle(settings, lake):
     """An untrained bundle over the lake's vocabulary and category index (tiny layers)."""
     import keras
 
-    from training.attributes.bundle import AttributeBundle
-    from training.attributes.model import AttributeModelConfig, build_attribute_model
+    from models.attributes.bundle import AttributeBundle
+    from models.attributes.model import AttributeModelConfig, build_attribute_model
 
     vocab = lake.read_pandas("vocabulary", ["version", "token", "token_id"])
     assert vocab["version"].nunique() == 1
@@ -331,8 +332,8 @@ def _tiny_bundle(settings, lake):
 def _register_champion(settings, bundle) -> int:
     import mlflow
 
-    from training import registry
-    from training.attributes.pyfunc import log_attribute_model
+    from atelier import registry
+    from models.attributes.pyfunc import log_attribute_model
 
     registry.configure(settings)
     with mlflow.start_run(run_name="tiny-attributes"):
@@ -481,10 +482,10 @@ def test_known_labels_are_kept_and_gaps_filled_by_the_champion(predicted):
 def test_rerun_writes_nothing_and_the_gate_holds(predicted, spark, monkeypatch):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
-    from atelier.feast_store import gate_checks
     from atelier.lake import Lake
+    from cli.main import app
     from expectations.gate import validate_table
+    from expectations.suites import gate_checks
 
     settings, bundle, version, report, *_ = predicted
     lake = Lake(settings)
@@ -562,7 +563,7 @@ def test_materialize_serves_the_attribute_vector_online(predicted):
 
     settings, *_ = predicted
     feast_store.apply(settings)
-    result = feast_store.materialize(settings, end=LATER, tables=["attribute_vectors"])
+    result = materialize(settings, end=LATER, tables=["attribute_vectors"])
     assert result["predicted_attributes"]["status"] == "materialized", result
     vectors = Lake(settings).read_arrow("attribute_vectors").to_pylist()
     ids = [v["product_id"] for v in vectors[:3]]
@@ -585,7 +586,7 @@ def test_materialize_without_predictions_reports_the_view_missing(settings):
     from atelier import feast_store
 
     feast_store.apply(settings)
-    result = feast_store.materialize(settings, tables=["attribute_vectors"])
+    result = materialize(settings, tables=["attribute_vectors"])
     assert result["predicted_attributes"] == {
         "table": "attribute_vectors",
         "status": "missing",

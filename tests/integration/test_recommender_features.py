@@ -16,7 +16,7 @@ import pytest
 from atelier import feast_store
 from atelier.contracts import contract
 from atelier.lake import Lake
-from training.recommender.features import (
+from models.recommender.features import (
     ATTRIBUTE_REFS,
     FEATURE_SERVICE,
     PRODUCT_REFS,

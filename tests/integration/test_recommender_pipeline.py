@@ -44,9 +44,9 @@ def split_transactions(source, later_file) -> int:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, spark):
     """A workdir with a demo catalogue featurised and the recommender trained once."""
-    from atelier.demo import generate_demo
     from atelier.feast_store import apply
     from atelier.settings import Settings
+    from cli.demo import generate_demo
     from spark_jobs.embed import run_embed
     from spark_jobs.ingest import run_ingest
     from spark_jobs.product_features import run_product_features
@@ -169,7 +169,7 @@ def test_table3_report_in_both_modes_with_cold_start_and_the_baselines(trained):
 def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_challenger(trained):
     from mlflow import MlflowClient
 
-    from training.recommender.pyfunc import load_bundle
+    from models.recommender.pyfunc import load_bundle
     from training.recommender.trainer import N_RECENT
 
     settings, root, out, _ = trained
@@ -212,7 +212,7 @@ def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_cha
     assert len(rule["new"]) == 10 and len(rule["repeat"]) == 10
     assert run.data.params["vector_layout"] == "dot+bias"
     assert json.loads(run.data.params["recommender.blend_rule"]) == rule
-    from training.recommender.features import load_content_features
+    from models.recommender.features import load_content_features
 
     features = load_content_features(settings, pd.Timestamp("2019-12-31", tz="UTC"))
     vectors = bundle.item_vectors(features)
@@ -224,8 +224,8 @@ def test_the_run_is_logged_and_the_hybrid_chosen_by_validation_registered_as_cha
 def test_promotion_refuses_a_worse_challenger_then_evaluation_on_february(trained):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
-    from training import registry
+    from atelier import registry
+    from cli.main import app
     from training.recommender.pipeline import evaluate_recommender
 
     settings, root, out, _ = trained
@@ -293,7 +293,7 @@ def test_training_to_deploy_then_scoring_on_later_purchases(trained):
     precision; `evaluate recommender` then scores it on February (issue 11, item 8)."""
     from typer.testing import CliRunner
 
-    from atelier.cli import app
+    from cli.main import app
 
     settings, root, _, _ = trained
     runner = CliRunner()
@@ -353,8 +353,9 @@ def test_training_to_deploy_then_scoring_on_later_purchases(trained):
 def test_the_sales_timeline_equals_feast_product_features_at_train_end(trained):
     """Training examples read popularity and recency from the timeline at their cut-offs;
     scoring reads Feast's product features at train_end: the two must agree there."""
-    from training.recommender.features import load_content_features
-    from training.recommender.timeline import SalesTimeline, to_micros
+    from models.recommender.features import load_content_features
+    from models.recommender.items import to_micros
+    from training.recommender.timeline import SalesTimeline
 
     settings, _, _, _ = trained
     end = pd.Timestamp("2019-12-31", tz="UTC")

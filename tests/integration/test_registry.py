@@ -28,8 +28,8 @@ class Constant(mlflow.pyfunc.PythonModel):
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
+    from atelier.registry import configure
     from atelier.settings import Settings
-    from training.registry import configure
 
     s = Settings(workdir=tmp_path_factory.mktemp("registry") / "work")
     configure(s)
@@ -67,7 +67,7 @@ def _promotion_run(run_id: str):
 
 
 def test_configure_is_idempotent_and_keeps_artifacts_under_the_workdir(settings):
-    from training.registry import PROMOTIONS_EXPERIMENT, configure
+    from atelier.registry import PROMOTIONS_EXPERIMENT, configure
 
     configure(settings)  # the fixture configured once already: the experiments exist
     configure(settings)
@@ -85,7 +85,7 @@ def test_configure_is_idempotent_and_keeps_artifacts_under_the_workdir(settings)
 
 
 def test_register_tags_the_version_and_sets_challenger(settings, models):
-    from training.registry import RegistryError, challenger_uri, champion_uri, register
+    from atelier.registry import RegistryError, challenger_uri, champion_uri, register
 
     name = "reg-tags"
     with mlflow.start_run(run_name="training") as run:  # as a training job calls it
@@ -106,7 +106,7 @@ def test_register_tags_the_version_and_sets_challenger(settings, models):
 
 
 def test_first_registration_becomes_champion(settings, models):
-    from training.registry import champion_uri, promote, register
+    from atelier.registry import champion_uri, promote, register
 
     name = "first"
     register(settings, models["two"], name, "mean_weighted_f1", 0.5)
@@ -122,7 +122,7 @@ def test_first_registration_becomes_champion(settings, models):
 
 
 def test_worse_or_equal_challenger_is_refused_and_every_decision_logged(settings, models):
-    from training.registry import PROMOTIONS_EXPERIMENT, latest_decision, promote, register
+    from atelier.registry import PROMOTIONS_EXPERIMENT, latest_decision, promote, register
 
     name = "worse"
     register(settings, models["one"], name, "mean_weighted_f1", 0.6)
@@ -167,7 +167,7 @@ def test_worse_or_equal_challenger_is_refused_and_every_decision_logged(settings
 
 
 def test_better_challenger_is_promoted(settings, models):
-    from training.registry import champion_uri, promote, register
+    from atelier.registry import champion_uri, promote, register
 
     name = "better"
     register(settings, models["one"], name, "mean_weighted_f1", 0.6)
@@ -185,7 +185,7 @@ def test_better_challenger_is_promoted(settings, models):
 
 
 def test_metrics_of_different_evaluations_are_not_compared(settings, models):
-    from training.registry import promote, register
+    from atelier.registry import promote, register
 
     name = "periods"
     register(settings, models["one"], name, "precision_at_10", 0.1,
@@ -203,7 +203,7 @@ def test_metrics_of_different_evaluations_are_not_compared(settings, models):
 
 
 def test_lower_is_better_metric(settings, models):
-    from training.registry import promote, register
+    from atelier.registry import promote, register
 
     name = "loss"
     register(settings, models["one"], name, "val_loss", 0.4, greater_is_better=False)
@@ -216,7 +216,7 @@ def test_lower_is_better_metric(settings, models):
 
 
 def test_force_promotes_a_worse_challenger_and_rerun_is_a_noop(settings, models):
-    from training.registry import promote, register
+    from atelier.registry import promote, register
 
     name = "forced"
     register(settings, models["one"], name, "mean_weighted_f1", 0.8)
@@ -243,8 +243,8 @@ def test_force_promotes_a_worse_challenger_and_rerun_is_a_noop(settings, models)
 def test_cli_promote(settings, models):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
-    from training.registry import register
+    from atelier.registry import register
+    from cli.main import app
 
     runner = CliRunner()
     name = "atelier-attributes"

@@ -515,8 +515,8 @@ def test_a_new_champion_is_served_once_its_vectors_exist(
     import pyarrow as pa
     from mlflow import MlflowClient
 
+    from atelier import registry
     from atelier.contracts import ITEM_VECTORS
-    from training import registry
 
     registry.configure(settings)
     mlflow_client = MlflowClient()

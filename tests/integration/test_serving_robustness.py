@@ -282,7 +282,8 @@ def load_redis(settings, redis_url: str, registry_url: str) -> dict:
     profile's offline store over the lake; Redis and a SQL registry as online store and
     registry). The workdir's materialisation state is left as it was, so every call loads the
     whole window again (a restarted Redis is empty)."""
-    from atelier.feast_store import STATE_FILE, apply, feature_store, materialize
+    from atelier.feast_store import STATE_FILE, apply, feature_store
+    from spark_jobs.materialize import materialize
 
     store = feature_store(
         settings,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.recommender.features import ContentFeatures
+from models.recommender.features import ContentFeatures
 from training.recommender.timeline import SalesTimeline
 
 TRAIN_END = pd.Timestamp("2020-05-31", tz="UTC")

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from atelier.text import normalise, token_ids
-from training.attributes.bundle import AttributeBundle, AttributeSpec
-from training.attributes.model import AttributeModelConfig, build_attribute_model
+from models.attributes.bundle import AttributeBundle, AttributeSpec
+from models.attributes.model import AttributeModelConfig, build_attribute_model
 
 pytestmark = pytest.mark.unit
 
@@ -362,7 +362,7 @@ def tracking(tmp_path):
 
 
 def test_pyfunc_log_load_predict_equals_bundle(bundle, tracking):
-    from training.attributes.pyfunc import load_bundle, log_attribute_model
+    from models.attributes.pyfunc import load_bundle, log_attribute_model
 
     mlflow = tracking
     with pytest.raises(RuntimeError, match="active MLflow run"):

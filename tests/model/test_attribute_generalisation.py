@@ -7,10 +7,10 @@ import keras
 import numpy as np
 import pytest
 
+from models.attributes.layers import ShotMean, WideText
+from models.attributes.model import AttributeModelConfig, build_attribute_model, predict_proba
 from training.attributes.data import LabelPlan, TrainingSet
-from training.attributes.layers import ShotMean, WideText
-from training.attributes.model import AttributeModelConfig, build_attribute_model
-from training.attributes.train_step import make_train_step, predict_proba
+from training.attributes.train_step import make_train_step
 from training.attributes.trainer import train_model
 
 pytestmark = pytest.mark.unit

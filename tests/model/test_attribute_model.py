@@ -6,8 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from training.attributes.layers import CategoricalEmbedding, ShotMerge, TextCNN
-from training.attributes.model import AttributeModelConfig, build_attribute_model, head_name
+from models.attributes.layers import CategoricalEmbedding, ShotMerge, TextCNN
+from models.attributes.model import (
+    AttributeModelConfig,
+    build_attribute_model,
+    head_name,
+    predict_proba,
+)
 from training.attributes.schedule import (
     MISSING,
     MiniBatchSampler,
@@ -16,7 +21,7 @@ from training.attributes.schedule import (
     loss_weights_from_frequencies,
     round_robin,
 )
-from training.attributes.train_step import head_loss, make_train_step, predict_proba
+from training.attributes.train_step import head_loss, make_train_step
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from training.attributes.evaluation import confidence_report, report
-from training.attributes.pipeline import _flat_metrics, summary_markdown, write_report
+from training.attributes.pipeline import flat_metrics, summary_markdown, write_report
 
 pytestmark = pytest.mark.unit
 
@@ -47,7 +47,7 @@ def test_confidence_section_metrics_and_reliability_plot(tmp_path):
     assert "| colour | 0.200 | 0.900 | 80.0% | 0.900 | 80.0% |" in text
     assert "| pattern | 0.550 | – | 0.0% | – | 0.0% |" in text
 
-    flat = _flat_metrics(result)
+    flat = flat_metrics(result)
     assert flat["colour.ece"] == pytest.approx(0.2)
     assert flat["colour.coverage_at_90"] == 0.8 and flat["pattern.coverage_at_95"] == 0.0
     assert not any(k.startswith("colour.threshold") for k in flat)  # None cannot be logged

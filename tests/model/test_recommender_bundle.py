@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.recommender.bundle import FORMAT_VERSION, RecommenderBundle
+from models.recommender.bundle import FORMAT_VERSION, RecommenderBundle
+from models.recommender.features import IMAGE_DIM, ContentFeatures, content_blocks
+from models.recommender.layers import BIAS_RATE, l2_normalize
+from models.recommender.model import build_item_tower
 from training.recommender.data import split_by_time, training_examples
-from training.recommender.features import IMAGE_DIM, ContentFeatures, content_blocks
-from training.recommender.layers import BIAS_RATE, l2_normalize
-from training.recommender.model import build_item_tower
 from training.recommender.timeline import SalesTimeline
 from training.recommender.trainer import product_vectors, train_recommender_model
 
@@ -294,7 +294,7 @@ def tracking(tmp_path):
 
 
 def test_pyfunc_log_load_predict_equals_the_bundle(world, tracking):
-    from training.recommender.pyfunc import load_bundle, log_recommender_model
+    from models.recommender.pyfunc import load_bundle, log_recommender_model
 
     frame, features, _, bundle = world
     mlflow = tracking

@@ -10,16 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models.recommender.items import encode_items, item_index, to_micros, utc_timestamp
 from training.recommender.baselines import popularity_recommendations, popularity_recommender
 from training.recommender.data import (
     customer_histories,
-    encode_items,
     events,
-    item_index,
     split_by_time,
     test_set,
     training_examples,
-    utc_timestamp,
     window_products,
 )
 from training.recommender.evaluation import (
@@ -32,7 +30,7 @@ from training.recommender.evaluation import (
     precision_recall_at_k,
     table3,
 )
-from training.recommender.timeline import MICROS_PER_DAY, SalesTimeline, to_micros
+from training.recommender.timeline import MICROS_PER_DAY, SalesTimeline
 
 pytestmark = pytest.mark.unit
 

@@ -72,7 +72,7 @@ def test_training_lowers_the_loss_and_moves_the_weights(data, trained, variant):
     assert 1 - train[-1] / train[0] >= LOSS_DROP[variant], train
     assert min(valid) < valid[0], valid  # the held-out window improves too
     # The same config and seed, untrained: the trained tower's weights differ.
-    from training.recommender.model import build_item_tower
+    from models.recommender.model import build_item_tower
 
     fresh = build_item_tower(model.config)
     moved = [
@@ -177,7 +177,7 @@ def test_training_evaluation_and_serving_build_the_same_customer_vector(data, tr
     assert len(chosen) == model.n_recent and len(set(chosen)) == len(chosen)
     serving = customer_vector([vectors[features.index[p]] for p in chosen], DOT_BIAS)
 
-    from training.recommender.model import customer_vectors as graph_vectors
+    from models.recommender.model import customer_vectors as graph_vectors
 
     rows = [features.index[p] for p in chosen]
     graph = keras.ops.convert_to_numpy(

@@ -8,23 +8,22 @@ import math
 import numpy as np
 import pytest
 
-from models.ranking import DOT_BIAS
+from models.ranking import DOT_BIAS, recommend, score, top_k
 from models.ranking import customer_vectors as ranking_customer_vectors
-from training.recommender.layers import BIAS_RATE, ContentEncoder, ItemTower, l2_normalize, lift
-from training.recommender.model import (
-    Batch,
+from models.recommender.layers import BIAS_RATE, ContentEncoder, ItemTower, l2_normalize, lift
+from models.recommender.model import (
     RecommenderConfig,
     build_recommender,
-    cf_penalty,
     customer_vectors,
     item_vectors,
     load_item_tower,
+    save_item_tower,
+)
+from training.recommender.train_step import (
+    Batch,
+    cf_penalty,
     make_optimizer,
     make_train_step,
-    recommend,
-    save_item_tower,
-    score,
-    top_k,
     wmrb_loss,
 )
 
@@ -282,12 +281,14 @@ def test_never_bought_product_cf_gets_the_zero_vector_and_scores_minus_infinity(
     # Known products: unit CF rows times the scale (2 at initialisation).
     np.testing.assert_allclose(np.linalg.norm(cf_vectors[[1, 3], :K], axis=1), 2.0, rtol=1e-5)
     # A customer who dislikes both known products: their scores are negative, the cold
-    # products' dot product would be 0 — `score` sets it to -inf, so it still ranks last.
+    # products' dot product would be 0 — `score` sets it to -inf, so they never rank (the
+    # list is padded with -1 instead).
     customer = np.concatenate([-(cf_vectors[1, :K] + cf_vectors[3, :K]) * 10, [1.0]])[None]
     assert (customer @ cf_vectors[[1, 3]].T < 0).all()
     scores = score(customer, cf_vectors)
     assert np.isneginf(scores[0, [0, 2]]).all()
-    assert top_k(scores, 4)[0, 2:].tolist() == [0, 2]
+    assert top_k(scores, 4)[0, 2:].tolist() == [-1, -1]
+    assert sorted(top_k(scores[0], 4).tolist()) == [1, 3]
 
 
 def test_match_vectors_are_unit_length_times_the_scale_unless_normalize_is_off():
@@ -322,7 +323,11 @@ def test_score_and_top_k_by_hand():
     scores = score(customers, items)
     # customer 0: -1, -1, -inf (zero item), -1, 0; customer 1: 1, 0, -inf, 1, 2
     np.testing.assert_array_equal(scores, [[-1, -1, -np.inf, -1, 0], [1, 0, -np.inf, 1, 2]])
-    assert top_k(scores, 5).tolist() == [[4, 0, 1, 3, 2], [4, 0, 3, 1, 2]]  # ties: lower index
+    # Ties: lower index first; the zero item never ranks (-1 pads the row).
+    assert top_k(scores, 5).tolist() == [[4, 0, 1, 3, -1], [4, 0, 3, 1, -1]]
+    assert top_k(scores[1], 5).tolist() == [4, 0, 3, 1]  # one row: no padding
+    allowed = np.array([False, True, True, True, True])
+    assert top_k(scores, 3, allowed).tolist() == [[4, 1, 3], [4, 3, 1]]
     assert top_k(scores, 2).tolist() == [[4, 0], [4, 0]]
     assert top_k(scores, 99).shape == (2, 5)
     np.testing.assert_array_equal(
@@ -336,8 +341,12 @@ def test_top_k_matches_a_full_stable_sort_with_many_ties():
     scores = np.random.default_rng(0).integers(0, 4, size=(50, 30)).astype(np.float32)
     scores[:, 7] = -np.inf
     expected = np.argsort(-scores, axis=1, kind="stable")
-    for k in (1, 5, 29, 30):
+    for k in (1, 5, 29):
         np.testing.assert_array_equal(top_k(scores, k), expected[:, :k])
+    # Column 7 (-inf) is last in the sort but never ranks: -1 in its place.
+    assert (expected[:, 29] == 7).all()
+    np.testing.assert_array_equal(top_k(scores, 30)[:, :29], expected[:, :29])
+    assert (top_k(scores, 30)[:, 29] == -1).all()
 
 
 # --- training -------------------------------------------------------------------------------

@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ranking import DOT_BIAS
+from models.ranking import DOT_BIAS, score, top_k
 from models.ranking import customer_vector as ranking_customer_vector
+from models.recommender.features import ContentFeatures, content_blocks, content_inputs
+from models.recommender.model import RecommenderConfig
 from tests.model import recommender_world as big_world
 from training.recommender import trainer as trainer_module
 from training.recommender.data import split_by_time, training_examples
-from training.recommender.features import ContentFeatures, content_blocks, content_inputs
-from training.recommender.model import RecommenderConfig, score, top_k
 from training.recommender.timeline import SalesTimeline
 from training.recommender.trainer import (
     BatchMaker,

@@ -27,7 +27,7 @@ def test_help_imports_nothing_heavy():
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from atelier.cli import app\n"
+        "from cli.main import app\n"
         "r = CliRunner().invoke(app, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "print(r.output)\n"
@@ -42,7 +42,7 @@ def test_help_imports_nothing_heavy():
 def test_unknown_layout_exits_1_with_message(tmp_path):
     from typer.testing import CliRunner
 
-    from atelier.cli import app
+    from cli.main import app
 
     r = CliRunner().invoke(app, ["--workdir", str(tmp_path), "ingest", "nope", str(tmp_path)])
     assert r.exit_code == 1

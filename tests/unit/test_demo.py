@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atelier.demo import (
+from cli.demo import (
     ARTICLE_COLUMNS,
     CUSTOMER_COLUMNS,
     IMAGE_SIZE,

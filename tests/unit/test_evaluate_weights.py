@@ -8,8 +8,9 @@ import hashlib
 
 import pytest
 
+from cli.evaluate import WeightsMismatch, bundle_embed_settings
 from spark_jobs.embed import KERAS_NOTOP_FILE, resolve_weights
-from training.attributes.pipeline import WeightsMismatch, bundle_embed_settings, weights_source
+from training.attributes.pipeline import weights_source
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from models.blend import BlendRule
-from models.ranking import customer_vector, recent_items
+from models.ranking import customer_vector, recent_items, top_k
 from serving.scoring import (
     AttributeTable,
     Candidates,
@@ -24,7 +24,6 @@ from serving.scoring import (
     popularity_scores,
     scores,
     similar,
-    top_k,
 )
 
 pytestmark = pytest.mark.unit

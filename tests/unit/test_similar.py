@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from training.recommender.similar import (
+from models.recommender.similar import (
     SEED_LABELS,
     cosine_neighbours,
     figure7,

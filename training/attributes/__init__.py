@@ -1,12 +1,12 @@
-"""Attribute prediction (paper Part 1): the multi-modal, multi-task network and how it is trained.
+"""Training the attribute model (paper Part 1); the network itself is `models.attributes`.
 
-- `layers`: `ShotMerge` (type-conditioned attention over product shots), `TextCNN` (trainable
-  embeddings, Conv1D kernel 3, max-over-time), `CategoricalEmbedding` (0 = unknown index).
-- `model`: `AttributeModelConfig` and `build_attribute_model` (one softmax head per attribute on a
-  shared trunk).
-- `schedule`: the round-robin schedule over attributes, per-attribute mini-batch samplers and label
-  hygiene (applicability per product type, rare-value grouping, class weights).
-- `train_step`: one plain-SGD step on one head plus the shared layers; `predict_proba`.
+- `data`: the training set from Feast (point-in-time) and the label plan (hidden labels,
+  validation slice, rare-value grouping).
+- `schedule`: the round-robin schedule over attributes, per-attribute mini-batch samplers and
+  label hygiene (applicability per product type, class weights).
+- `train_step`: one plain-SGD step on one head plus the shared layers.
+- `trainer`, `evaluation`, `baseline`, `pipeline`: training with validation checkpoints, the
+  metrics, the TF-IDF + LR baseline, and the MLflow run that registers the model.
 
 Nothing here imports Keras at package import time; import the submodule you need.
 """

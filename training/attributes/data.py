@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.attributes.model import (
+from models.attributes.model import (
     BRAND_IDX,
     COLOUR,
     DIVISION_IDX,

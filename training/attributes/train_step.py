@@ -8,30 +8,10 @@ sub-model, so they get no gradient and their weights stay bit-for-bit unchanged.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
-from training.attributes.model import (
-    BRAND_IDX,
-    COLOUR,
-    DIVISION_IDX,
-    IMAGE,
-    IMAGE_MASK,
-    INPUT_NAMES,
-    TOKEN_IDS,
-    TYPE_IDX,
-)
-
-_DTYPES = {
-    IMAGE: np.float32,
-    IMAGE_MASK: np.float32,
-    TOKEN_IDS: np.int32,
-    TYPE_IDX: np.int32,
-    BRAND_IDX: np.int32,
-    DIVISION_IDX: np.int32,
-    COLOUR: np.float32,
-}
+from models.attributes.model import IMAGE, INPUT_DTYPES, as_model_inputs, model_input_names
 
 
 def head_loss(labels, probabilities, sample_weight=None):
@@ -50,37 +30,13 @@ def head_loss(labels, probabilities, sample_weight=None):
     return ops.mean(losses)
 
 
-def as_model_inputs(
-    inputs: Mapping[str, object], names: tuple[str, ...] = INPUT_NAMES
-) -> dict[str, np.ndarray]:
-    """The model inputs `names` (default: the paper's six) as numpy arrays of the dtypes the
-    model was built with. Checks that every input is present and that all share one batch size.
-    """
-    missing = [name for name in names if name not in inputs]
-    if missing:
-        raise ValueError(f"inputs lack {missing!r}; got keys {sorted(inputs)!r}")
-    arrays = {name: np.asarray(inputs[name], dtype=_DTYPES[name]) for name in names}
-    sizes = {name: a.shape[0] if a.ndim else None for name, a in arrays.items()}
-    if len(set(sizes.values())) != 1 or None in sizes.values():
-        raise ValueError(f"inputs must share one batch size, got {sizes!r}")
-    return arrays
-
-
-def model_input_names(model) -> tuple[str, ...]:
-    """The names of a functional model's dict inputs, in INPUT_NAMES order then the rest."""
-    names = list(model.input) if isinstance(model.input, dict) else list(INPUT_NAMES)
-    return tuple(
-        [n for n in INPUT_NAMES if n in names] + [n for n in names if n not in INPUT_NAMES]
-    )
-
-
 def _input_signature(model) -> dict:
     import tensorflow as tf
 
     # Every dimension but the last free: batch sizes (an epoch's last batch) and shot counts
     # vary, and one trace per head must serve them all.
     return {
-        name: tf.TensorSpec((None, *tensor.shape[1:]), tf.as_dtype(_DTYPES[name]), name=name)
+        name: tf.TensorSpec((None, *tensor.shape[1:]), tf.as_dtype(INPUT_DTYPES[name]), name=name)
         for name, tensor in model.input.items()
     }
 
@@ -187,19 +143,3 @@ class TrainStep:
 def make_train_step(model, learning_rate: float = 0.01, weight_decay: float = 0.0) -> TrainStep:
     """A callable taking one plain-SGD step on one head of `model` (see `TrainStep`)."""
     return TrainStep(model, learning_rate, weight_decay)
-
-
-def predict_proba(model, inputs: Mapping[str, object], batch_size: int = 1024) -> dict:
-    """Class probabilities per attribute: dict attribute → (n, classes) float32 numpy array."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    arrays = as_model_inputs(inputs, model_input_names(model))
-    n = arrays[IMAGE].shape[0]
-    chunks: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, batch_size):
-        batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
-        for attribute, probs in model(batch, training=False).items():
-            chunks.setdefault(attribute, []).append(np.asarray(probs))
-    if not chunks:  # no rows: still one (0, classes) array per head
-        return {a: np.zeros((0, int(t.shape[-1])), np.float32) for a, t in model.output.items()}
-    return {a: np.concatenate(parts) for a, parts in chunks.items()}

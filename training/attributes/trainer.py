@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from models.attributes.model import AttributeModelConfig, build_attribute_model
 from training.attributes.data import LabelPlan, TrainingSet
 from training.attributes.evaluation import attribute_metrics
-from training.attributes.model import AttributeModelConfig, build_attribute_model
 from training.attributes.schedule import (
     MISSING,
     MiniBatchSampler,
@@ -78,7 +78,7 @@ def model_config(
 
 def predict_classes(model, inputs: dict[str, np.ndarray], batch_size: int = 1024) -> dict:
     """Arg-max class id per attribute head: dict attribute → (n,) int64."""
-    from training.attributes.train_step import predict_proba
+    from models.attributes.model import predict_proba
 
     return {a: p.argmax(axis=1) for a, p in predict_proba(model, inputs, batch_size).items()}
 

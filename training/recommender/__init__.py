@@ -1,11 +1,10 @@
-"""Hybrid recommender (paper Part 2): asymmetric factorisation of customers and products.
+"""Training the hybrid recommender (paper Part 2); the model itself is `models.recommender`.
 
-- `layers`: `ContentEncoder` (unit-norm content blocks → feed-forward network) and `ItemTower`
-  (`cf` per-product embedding, `content` encoder, or their sum for `hybrid`); `l2_normalize`.
-- `model`: `RecommenderConfig`, `build_recommender`, masked-mean `customer_vectors`, the WMRB
-  loss, the seeded GradientTape `make_train_step`, `score` / `top_k`, save and load.
-- `data`, `evaluation`, `baselines`: training examples as in the paper, the temporal test set,
-  precision/recall@k and the popularity baseline.
+- `data`, `timeline`: training examples as in the paper (features as of each example's
+  cut-off), the temporal test set.
+- `train_step`: the WMRB loss and one seeded GradientTape step.
+- `trainer`, `evaluation`, `baselines`, `pipeline`: training, precision/recall@k, popularity and
+  other baselines, and the MLflow run that registers the model.
 
 Nothing here imports Keras at package import time; import the submodule you need.
 """

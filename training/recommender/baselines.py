@@ -7,7 +7,8 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from training.recommender.data import events, utc_timestamp
+from models.recommender.items import utc_timestamp
+from training.recommender.data import events
 
 
 def popularity_recommender(

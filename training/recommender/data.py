@@ -14,25 +14,16 @@ so results depend on the rows, not on their order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from models.recommender.items import utc_timestamp
+
 COLUMNS = ("customer_id", "product_id", "timestamp")
-UNKNOWN_ITEM = 0  # item index of a product the CF embedding has no row for
 
-
-def utc_timestamp(value, name: str = "time") -> pd.Timestamp:
-    """`value` (str, datetime, Timestamp) as a UTC Timestamp; a naive value is taken as UTC."""
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be a date or timestamp, got {value!r}") from err
-    if ts is pd.NaT:
-        raise ValueError(f"{name} must be a date or timestamp, got {value!r}")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def events(interactions: pd.DataFrame, end=None, start=None) -> pd.DataFrame:
@@ -257,19 +248,3 @@ def window_products(interactions: pd.DataFrame, train_end, train_start=None) -> 
     available in the training window, which WMRB's negatives are sampled from."""
     end, start = _check_window(train_end, train_start)
     return np.asarray(sorted(events(interactions, end, start)["product_id"].unique()), dtype=object)
-
-
-def item_index(product_ids: Iterable) -> dict:
-    """product id → 1..n in sorted order; 0 (`UNKNOWN_ITEM`) is kept for unknown products."""
-    return {p: i + 1 for i, p in enumerate(sorted(set(product_ids)))}
-
-
-def encode_items(product_ids, index: Mapping) -> np.ndarray:
-    """`product_ids` (any shape) → int32 item indices of the same shape, 0 for unknown ids."""
-    ids = np.asarray(product_ids, dtype=object)
-    if not index:
-        return np.full(ids.shape, UNKNOWN_ITEM, dtype=np.int32)
-    values = np.fromiter(index.values(), dtype=np.int32, count=len(index))
-    position = pd.Index(list(index)).get_indexer(ids.ravel())
-    out = np.where(position >= 0, values[position], UNKNOWN_ITEM).astype(np.int32)
-    return out.reshape(ids.shape)

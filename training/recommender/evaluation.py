@@ -18,7 +18,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from training.recommender.data import events, utc_timestamp
+from models.recommender.items import utc_timestamp
+from training.recommender.data import events
 
 VARIANTS = ("popularity", "cf", "content", "hybrid")
 # Table 3's evaluation modes: the paper's (every product may be recommended, repeats included)

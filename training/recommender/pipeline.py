@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from models.recommender.items import utc_timestamp
 from training.recommender.baselines import (
     buy_again_recommendations,
     popularity_recommendations,
@@ -59,7 +60,6 @@ from training.recommender.data import (
     split_by_time,
     test_set,
     training_examples,
-    utc_timestamp,
 )
 from training.recommender.evaluation import (
     MODES,
@@ -74,7 +74,7 @@ from training.recommender.evaluation import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from atelier.settings import Settings
-    from training.recommender.features import ContentFeatures
+    from models.recommender.features import ContentFeatures
 
 log = logging.getLogger("atelier.recommender")
 
@@ -342,7 +342,7 @@ def similar_figure(
     neighbours under each trained variant (`models`: variant → TrainedRecommender). Returns the
     seeds and neighbours (JSON-safe) for the report."""
     from atelier.lake import Lake
-    from training.recommender.similar import figure7, main_image_paths, plot_similar_grid
+    from models.recommender.similar import figure7, main_image_paths, plot_similar_grid
     from training.recommender.trainer import product_vectors
 
     rows = features.rows(np.asarray(list(catalogue), dtype=object))
@@ -476,7 +476,7 @@ def prepare_split(settings: Settings, train_end=None, interactions=None, feature
     but no sales: cold start), popularity and recency as of `train_end`; training examples read
     the latter from the sales timeline at their own cut-offs.
     """
-    from training.recommender.features import load_content_features, with_dynamic
+    from models.recommender.features import load_content_features, with_dynamic
     from training.recommender.timeline import SalesTimeline
 
     cfg = settings.recommender
@@ -762,8 +762,8 @@ def train_recommender(
     """
     import mlflow
 
+    from atelier import registry
     from models.blend import blend, fit_blend
-    from training import registry
     from training.attributes.pipeline import device, git_commit
 
     cfg = settings.recommender
@@ -1049,10 +1049,10 @@ def _register(settings: Settings, split: Split, report: dict, best, commit: str,
     products), or the validation one when training to deploy."""
     import mlflow
 
-    from training import registry
-    from training.recommender.bundle import RecommenderBundle
-    from training.recommender.features import FEATURE_SERVICE
-    from training.recommender.pyfunc import log_recommender_model
+    from atelier import registry
+    from models.recommender.bundle import RecommenderBundle
+    from models.recommender.features import FEATURE_SERVICE
+    from models.recommender.pyfunc import log_recommender_model
 
     cfg = settings.recommender
     validation_loss, r, fitted, precision, rule = best
@@ -1133,7 +1133,7 @@ def registered_models(settings: Settings, model_uri: str | None = None) -> list[
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from training import registry
+    from atelier import registry
 
     if model_uri:
         return [("given", model_uri)]
@@ -1174,10 +1174,10 @@ def evaluate_recommender(
     `evaluate-recommender` MLflow run. Returns the report."""
     import mlflow
 
+    from atelier import registry
     from models.blend import BlendRule, blend
-    from training import registry
-    from training.recommender.features import load_content_features
-    from training.recommender.pyfunc import load_bundle
+    from models.recommender.features import load_content_features
+    from models.recommender.pyfunc import load_bundle
 
     cfg = settings.recommender
     say = progress or log.info

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from models.recommender.items import to_micros
 from training.recommender.data import events
 
 MICROS_PER_DAY = 86_400 * 1_000_000
@@ -29,13 +30,6 @@ DAYS_PER_YEAR = 365.25
 WINDOWS = (7, 30, 90)
 POPULARITY, RECENCY = "popularity", "recency"
 DYNAMIC_BLOCKS = (POPULARITY, RECENCY)
-
-
-def to_micros(times) -> np.ndarray:
-    """Times (datetime64, Timestamps, strings; naive = UTC) → int64 microseconds since epoch."""
-    values = pd.to_datetime(pd.Series(np.asarray(times).ravel()), utc=True)
-    out = values.dt.tz_convert(None).to_numpy("datetime64[us]").astype(np.int64)
-    return out.reshape(np.shape(times))
 
 
 class SalesTimeline:

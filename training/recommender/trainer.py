@@ -30,20 +30,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.ranking import DOT_BIAS, customer_vectors, recent_items
-from training.recommender.data import TrainingExamples, item_index
-from training.recommender.features import ContentFeatures, content_inputs
-from training.recommender.model import (
-    ITEM_IDX,
-    Batch,
-    RecommenderConfig,
-    build_item_tower,
-    item_vectors,
-    make_optimizer,
-    make_train_step,
-    score,
-    top_k,
-)
+from models.ranking import DOT_BIAS, customer_vectors, recent_items, score, top_k
+from models.recommender.features import ContentFeatures, content_inputs
+from models.recommender.items import item_index
+from models.recommender.model import ITEM_IDX, RecommenderConfig, build_item_tower, item_vectors
+from training.recommender.data import TrainingExamples
+from training.recommender.train_step import Batch, make_optimizer, make_train_step
 
 log = logging.getLogger("atelier.recommender")
 
@@ -383,7 +375,7 @@ def recommend_for(
                 scores[i, cols[cols >= 0]] = -np.inf
         best = top_k(scores, k)
         for i, customer in enumerate(chunk):
-            picked = best[i][np.isfinite(scores[i, best[i]])]
+            picked = best[i][best[i] >= 0]  # -1: fewer than k products can be scored
             out[customer] = [features.product_ids[candidate_rows[j]] for j in picked]
     return out
 

@@ -2,13 +2,17 @@
 
 Image shots, text and metadata are encoded, merged with product-type conditioning, passed through
 a shared trunk, and read out by one softmax head per attribute (hard parameter sharing: every layer
-but the heads is shared). Losses and the training step live in `train_step`, not here.
+but the heads is shared). Losses and the training step live in `training.attributes.train_step`;
+here are the input conversion and `predict_proba` that training, scoring and serving share.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 IMAGE = "image"
 IMAGE_MASK = "image_mask"
@@ -170,7 +174,7 @@ def build_attribute_model(config: AttributeModelConfig):
     """
     import keras
 
-    from training.attributes.layers import (
+    from models.attributes.layers import (
         CategoricalEmbedding,
         ShotMean,
         ShotMerge,
@@ -260,3 +264,56 @@ def _concat(parts, name):
     if len(parts) == 1:
         return parts[0]
     return keras.layers.Concatenate(name=name)(parts)
+
+
+# --- inputs and inference -----------------------------------------------------------------
+# The dtype of every model input, as the model is built and traced.
+INPUT_DTYPES = {
+    IMAGE: np.float32,
+    IMAGE_MASK: np.float32,
+    TOKEN_IDS: np.int32,
+    TYPE_IDX: np.int32,
+    BRAND_IDX: np.int32,
+    DIVISION_IDX: np.int32,
+    COLOUR: np.float32,
+}
+
+
+def as_model_inputs(
+    inputs: Mapping[str, object], names: tuple[str, ...] = INPUT_NAMES
+) -> dict[str, np.ndarray]:
+    """The model inputs `names` (default: the paper's six) as numpy arrays of the dtypes the
+    model was built with. Checks that every input is present and that all share one batch size.
+    """
+    missing = [name for name in names if name not in inputs]
+    if missing:
+        raise ValueError(f"inputs lack {missing!r}; got keys {sorted(inputs)!r}")
+    arrays = {name: np.asarray(inputs[name], dtype=INPUT_DTYPES[name]) for name in names}
+    sizes = {name: a.shape[0] if a.ndim else None for name, a in arrays.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values():
+        raise ValueError(f"inputs must share one batch size, got {sizes!r}")
+    return arrays
+
+
+def model_input_names(model) -> tuple[str, ...]:
+    """The names of a functional model's dict inputs, in INPUT_NAMES order then the rest."""
+    names = list(model.input) if isinstance(model.input, dict) else list(INPUT_NAMES)
+    return tuple(
+        [n for n in INPUT_NAMES if n in names] + [n for n in names if n not in INPUT_NAMES]
+    )
+
+
+def predict_proba(model, inputs: Mapping[str, object], batch_size: int = 1024) -> dict:
+    """Class probabilities per attribute: dict attribute → (n, classes) float32 numpy array."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    arrays = as_model_inputs(inputs, model_input_names(model))
+    n = arrays[IMAGE].shape[0]
+    chunks: dict[str, list[np.ndarray]] = {}
+    for start in range(0, n, batch_size):
+        batch = {k: v[start : start + batch_size] for k, v in arrays.items()}
+        for attribute, probs in model(batch, training=False).items():
+            chunks.setdefault(attribute, []).append(np.asarray(probs))
+    if not chunks:  # no rows: still one (0, classes) array per head
+        return {a: np.zeros((0, int(t.shape[-1])), np.float32) for a, t in model.output.items()}
+    return {a: np.concatenate(parts) for a, parts in chunks.items()}

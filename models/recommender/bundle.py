@@ -4,7 +4,7 @@
 the CF index (product → embedding row; 0 = never bought in training), the content layout
 (`blocks`: dense block → width, `categorical`: categorical block → index size) and metadata
 (train_end, precision_at_10, feature service, attribute model versions, git commit). Training
-builds it, the MLflow pyfunc (`training.recommender.pyfunc`) wraps it, `spark_jobs/item_vectors.py`
+builds it, the MLflow pyfunc (`models.recommender.pyfunc`) wraps it, `spark_jobs/item_vectors.py`
 and serving load it. Saved as `model.keras` beside `bundle.json` (everything else, plain JSON).
 
 A product outside the CF index (never bought in the training window) gets its vector from
@@ -24,8 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from training.recommender.data import utc_timestamp
-from training.recommender.features import (
+from models.recommender.features import (
     ATTRIBUTES,
     DAYS_PER_YEAR,
     RECENCY,
@@ -34,7 +33,8 @@ from training.recommender.features import (
     content_blocks,
     content_inputs,
 )
-from training.recommender.model import (
+from models.recommender.items import utc_timestamp
+from models.recommender.model import (
     ITEM_IDX,
     VECTOR_LAYOUT,
     RecommenderConfig,

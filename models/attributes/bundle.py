@@ -3,7 +3,7 @@
 `AttributeBundle` holds the Keras network with what it was trained against: the vocabulary (and
 its version), the label encoder of each attribute with its rare-value grouping, the product types
 each attribute applies to, and the category indices of type, brand and division. Training builds
-it, the MLflow pyfunc (`training.attributes.pyfunc`) wraps it, batch prediction and serving load
+it, the MLflow pyfunc (`models.attributes.pyfunc`) wraps it, batch prediction and serving load
 it. Saved as `model.keras` beside `bundle.json` (everything else, plain JSON).
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from atelier.text import FIRST_ID, normalise, token_ids
-from training.attributes.model import (
+from models.attributes.model import (
     BRAND_IDX,
     COLOUR,
     DIVISION_IDX,
@@ -28,9 +28,9 @@ from training.attributes.model import (
     TOKEN_IDS,
     TYPE_IDX,
     AttributeModelConfig,
+    as_model_inputs,
 )
-from training.attributes.train_step import as_model_inputs
-from training.attributes.train_step import predict_proba as model_predict_proba
+from models.attributes.model import predict_proba as model_predict_proba
 
 if TYPE_CHECKING:
     import keras
@@ -393,7 +393,7 @@ class AttributeBundle:
         """Read a bundle written by `save`."""
         import keras
 
-        import training.attributes.layers  # noqa: F401  (registers the custom layers)
+        import models.attributes.layers  # noqa: F401  (registers the custom layers)
 
         directory = Path(directory)
         missing = [f for f in (MODEL_FILE, BUNDLE_FILE) if not (directory / f).is_file()]

@@ -23,14 +23,14 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
-from training.recommender.bundle import RecommenderBundle
+from models.recommender.bundle import RecommenderBundle
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.models.model import ModelInfo
 
 BUNDLE_ARTIFACT = "bundle"
 _REPO = Path(__file__).resolve().parents[2]
-_CODE_PACKAGES = ("training", "atelier")
+_CODE_PACKAGES = ("models", "atelier")
 _REQUIREMENTS = ("mlflow", "tensorflow", "keras", "pandas", "numpy")
 
 
@@ -53,7 +53,7 @@ def log_recommender_model(
     """Log `bundle` as a pyfunc model `name` in the active MLflow run; returns its ModelInfo.
 
     With `registered_model_name` a new version of that registered model is created too (the
-    pipeline registers through `training.registry.register` instead, for the metric tags).
+    pipeline registers through `atelier.registry.register` instead, for the metric tags).
     """
     if not isinstance(bundle, RecommenderBundle):
         raise ValueError(f"bundle must be a RecommenderBundle, got {type(bundle).__name__}")

@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.recommender.data import UNKNOWN_ITEM, encode_items, utc_timestamp
-from training.recommender.model import ITEM_IDX, RecommenderConfig
+from models.recommender.items import UNKNOWN_ITEM, encode_items, utc_timestamp
+from models.recommender.model import ITEM_IDX, RecommenderConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -412,7 +412,7 @@ def with_dynamic(features: ContentFeatures, timeline, as_of) -> ContentFeatures:
     (the validation window's start), with the semantics Feast's rows would give there."""
     from dataclasses import replace
 
-    from training.recommender.timeline import to_micros
+    from models.recommender.items import to_micros
 
     if not np.array_equal(timeline.product_ids, features.product_ids):
         raise ValueError("the sales timeline's rows must be the features' products, in order")

@@ -20,14 +20,14 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
-from training.attributes.bundle import AttributeBundle
+from models.attributes.bundle import AttributeBundle
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
 
 BUNDLE_ARTIFACT = "bundle"
 _REPO = Path(__file__).resolve().parents[2]
-_CODE_PACKAGES = ("training", "atelier")
+_CODE_PACKAGES = ("models", "atelier")
 _REQUIREMENTS = ("mlflow", "tensorflow", "keras", "pandas", "numpy")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.recommender.model import top_k
+from models.ranking import top_k
 
 SEED_LABELS = ("most popular", "median popularity", "least popular")
 THUMBNAIL = 128  # pixels, the longer side of each image in the grid
@@ -50,8 +50,7 @@ def cosine_neighbours(vectors, row: int, n: int = 10) -> tuple[np.ndarray, np.nd
     similarity = np.round(unit @ unit[row], 12)
     similarity[~unit.any(axis=1)] = -np.inf
     similarity[row] = -np.inf
-    best = top_k(similarity[None, :], n)[0]
-    best = best[np.isfinite(similarity[best])]
+    best = top_k(similarity, n)  # -inf (zero vectors, the seed) never ranks
     return best, similarity[best]
 
 

@@ -58,7 +58,7 @@ def generate_demo_cmd(
     customers: int = typer.Option(600, "--customers", min=10),
 ) -> None:
     """Write a synthetic catalogue in the H&M layout (images, articles, customers, purchases)."""
-    from atelier.demo import generate_demo
+    from cli.demo import generate_demo
 
     summary = generate_demo(
         out_dir,
@@ -169,7 +169,8 @@ def features_cmd() -> None:
 @app.command("materialize")
 def materialize_cmd() -> None:
     """Gate every feature table, `feast apply`, then materialise the passing ones incrementally."""
-    from atelier.feast_store import apply, materialize
+    from atelier.feast_store import apply
+    from spark_jobs.materialize import materialize
 
     settings = _settings()
     _run(lambda: apply(settings))
@@ -321,7 +322,7 @@ def promote_cmd(
     ),
 ) -> None:
     """Move the `champion` alias to the `challenger` version when its metric is better."""
-    from training.registry import RegistryError, format_decision, promote
+    from atelier.registry import RegistryError, format_decision, promote
 
     settings = _settings()
     shorthand = {
@@ -361,8 +362,8 @@ def demo_cmd(
 
     Offline by design: VGG16 uses seeded random weights unless ImageNet weights are available.
     """
-    from atelier.demo import generate_demo
     from atelier.spark import get_spark
+    from cli.demo import generate_demo
     from spark_jobs.ingest import GateFailure, format_report, run_ingest
 
     settings = _settings()
@@ -389,11 +390,12 @@ def demo_cmd(
         raise typer.Exit(2) from None
     typer.echo(format_report(report))
 
-    from atelier.feast_store import apply, materialize, online_features
+    from atelier.feast_store import apply, online_features
     from spark_jobs.colour import format_report as format_colour
     from spark_jobs.colour import run_colour
     from spark_jobs.embed import format_report as format_embed
     from spark_jobs.embed import run_embed
+    from spark_jobs.materialize import materialize
     from spark_jobs.product_features import run_product_features
     from spark_jobs.text_features import run_text_features
 
@@ -409,11 +411,11 @@ def demo_cmd(
     _echo_dict("materialize", _run(lambda: materialize(settings)))
 
     from atelier.lake import Lake
+    from atelier.registry import format_decision, promote
     from spark_jobs.predict_attributes import format_report as format_predict
     from spark_jobs.predict_attributes import run_predict_attributes
     from training.attributes.evaluation import markdown_table
     from training.attributes.pipeline import train_attributes
-    from training.registry import format_decision, promote
 
     typer.echo(
         f"[6/{steps}] training the attribute model (Feast {settings.attributes.feature_service})"
@@ -570,8 +572,8 @@ def evaluate_attributes_cmd(
 ) -> None:
     """Score the registered attribute model on a catalogue it has never seen (products and
     images are enough), embedded with the VGG16 weights the model was trained on."""
+    from cli.evaluate import evaluate_attributes
     from training.attributes.evaluation import markdown_table
-    from training.attributes.pipeline import evaluate_attributes
 
     settings = _settings()
     if allow_random_weights:

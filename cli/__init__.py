@@ -1,0 +1,1 @@
+"""The command line (`atelier ...`) and the orchestration of stages: the top layer."""

@@ -1,0 +1,1 @@
+"""The attribute model: layers, network, bundle, pyfunc (what training, scoring, serving share)."""

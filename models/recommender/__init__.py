@@ -1,0 +1,1 @@
+"""The hybrid recommender: layers, item tower, content inputs, bundle, pyfunc and neighbours."""
