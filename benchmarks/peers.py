@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from atelier.checks import check_int
 from models.ranking import recommend as top_k_recommend
 from models.recommender.items import utc_timestamp
 from training.recommender.data import events
@@ -74,12 +75,6 @@ class PeerRecommender:
         top = top_k_recommend(self.customer_vectors[rows], self.item_vectors, k)
         # -1 pads a list where fewer than k products can be scored (`models.ranking.top_k`).
         return {c: list(self.product_ids[t[t >= 0]]) for c, t in zip(wanted, top)}
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_seed(seed) -> int:
@@ -192,9 +187,9 @@ def lightfm_warp(
     from lightfm import LightFM
     from lightfm import __version__ as lightfm_version
 
-    epochs = _check_int("epochs", epochs, 1)
-    no_components = _check_int("no_components", no_components, 1)
-    num_threads = _check_int("num_threads", num_threads, 1)
+    epochs = check_int("epochs", epochs, 1, numpy_ints=True)
+    no_components = check_int("no_components", no_components, 1, numpy_ints=True)
+    num_threads = check_int("num_threads", num_threads, 1, numpy_ints=True)
     seed = _check_seed(seed)
     say = progress or log.info
     customers, counts = interaction_matrix(interactions, train_end, product_ids, train_start)
@@ -276,9 +271,9 @@ def implicit_als(
     from implicit.cpu.als import AlternatingLeastSquares
     from threadpoolctl import threadpool_limits
 
-    factors = _check_int("factors", factors, 1)
-    iterations = _check_int("iterations", iterations, 1)
-    num_threads = _check_int("num_threads", num_threads, 1)
+    factors = check_int("factors", factors, 1, numpy_ints=True)
+    iterations = check_int("iterations", iterations, 1, numpy_ints=True)
+    num_threads = check_int("num_threads", num_threads, 1, numpy_ints=True)
     seed = _check_seed(seed)
     say = progress or log.info
     customers, counts = interaction_matrix(interactions, train_end, product_ids, train_start)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from atelier.checks import check_int
+
 IMAGE = "image"
 IMAGE_MASK = "image_mask"
 TOKEN_IDS = "token_ids"
@@ -92,19 +94,19 @@ class AttributeModelConfig:
             "fusion_units",
             "colour_units",
         )
-        _check_int("colour_dim", self.colour_dim, minimum=0)
+        check_int("colour_dim", self.colour_dim, minimum=0)
         for name in sizes:
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         # 0 is padding and 1 out-of-vocabulary: a vocabulary needs both.
-        _check_int("vocab_size", self.vocab_size, minimum=2)
-        _check_int("oov_id", self.oov_id, minimum=1)
+        check_int("vocab_size", self.vocab_size, minimum=2)
+        check_int("oov_id", self.oov_id, minimum=1)
         if self.oov_id >= self.vocab_size:
             raise ValueError(f"oov_id must be < vocab_size={self.vocab_size}, got {self.oov_id!r}")
         trunk = self.trunk_units
         if isinstance(trunk, int) or not isinstance(trunk, list | tuple) or not trunk:
             raise ValueError(f"trunk_units must be a non-empty sequence of ints, got {trunk!r}")
         for units in trunk:
-            _check_int("trunk_units", units, minimum=1)
+            check_int("trunk_units", units, minimum=1)
         object.__setattr__(self, "trunk_units", tuple(trunk))
         dropout = self.dropout
         if isinstance(dropout, bool) or not isinstance(dropout, int | float):
@@ -128,7 +130,7 @@ class AttributeModelConfig:
                 raise ValueError(
                     f"attribute names must match {_ATTRIBUTE_NAME.pattern}, got {attribute!r}"
                 )
-            _check_int(f"heads[{attribute!r}]", classes, minimum=2)
+            check_int(f"heads[{attribute!r}]", classes, minimum=2)
         object.__setattr__(self, "heads", dict(self.heads))
 
     @property
@@ -155,11 +157,6 @@ class AttributeModelConfig:
         if unknown:
             raise ValueError(f"unknown AttributeModelConfig keys: {unknown!r}")
         return cls(**values)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def build_attribute_model(config: AttributeModelConfig):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atelier.checks import check_int, positive_number
 from models.ranking import score, top_k
 
 ITEM_IDX = "item_idx"  # same value as layers.ITEM_IDX; duplicated to keep Keras out of imports
@@ -83,10 +84,10 @@ class RecommenderConfig:
     def __post_init__(self):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS!r}, got {self.variant!r}")
-        _check_int("k", self.k, 1)
-        _check_int("n_negatives", self.n_negatives, 1)
-        _check_int("seed", self.seed, 0)
-        _check_int("n_items", self.n_items, 1 if self.variant != "content" else 0)
+        check_int("k", self.k, 1)
+        check_int("n_negatives", self.n_negatives, 1)
+        check_int("seed", self.seed, 0)
+        check_int("n_items", self.n_items, 1 if self.variant != "content" else 0)
         for name in ("block_dims", "categorical_dims"):
             value = getattr(self, name)
             if not isinstance(value, dict):
@@ -96,7 +97,7 @@ class RecommenderConfig:
                     raise ValueError(
                         f"{name} keys must be identifiers other than {ITEM_IDX!r}, got {block!r}"
                     )
-                _check_int(f"{name}[{block!r}]", width, 1)
+                check_int(f"{name}[{block!r}]", width, 1)
             object.__setattr__(self, name, {b: value[b] for b in sorted(value)})
         clash = sorted(set(self.block_dims) & set(self.categorical_dims))
         if clash:
@@ -129,7 +130,7 @@ class RecommenderConfig:
                 f"got {unknown!r}"
             )
         object.__setattr__(self, "dynamic_blocks", tuple(sorted(set(dynamic))))
-        _check_int("bias_units", self.bias_units, 1)
+        check_int("bias_units", self.bias_units, 1)
         if (
             isinstance(self.l2, bool)
             or not isinstance(self.l2, int | float)
@@ -144,7 +145,7 @@ class RecommenderConfig:
                 f"hidden_units must be a sequence of positive integers, got {hidden!r}"
             )
         for units in hidden:
-            _check_int("hidden_units", units, 1)
+            check_int("hidden_units", units, 1)
         object.__setattr__(self, "hidden_units", tuple(hidden))
         if self.activation is not None and not isinstance(self.activation, str):
             raise ValueError(f"activation must be an activation name, got {self.activation!r}")
@@ -157,7 +158,7 @@ class RecommenderConfig:
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS!r}, got {self.optimizer!r}")
-        if not _positive_number(self.learning_rate):
+        if not positive_number(self.learning_rate):
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
 
     @property
@@ -187,20 +188,6 @@ class RecommenderConfig:
             if isinstance(values.get(key), list):
                 values[key] = tuple(values[key])
         return cls(**values)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _positive_number(value) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 # --- model ----------------------------------------------------------------------------------
@@ -308,7 +295,7 @@ def item_inputs(
 
 def item_vectors(item_tower, inputs: Mapping, batch_size: int = 4096) -> np.ndarray:
     """Item vectors (*lead, k) float32 of item inputs with leading shape `lead`, in batches."""
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     arrays, lead = item_inputs(item_tower, inputs)
     n = math.prod(lead)
     flat = {name: a.reshape((n, *a.shape[len(lead) :])) for name, a in arrays.items()}

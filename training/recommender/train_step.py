@@ -6,21 +6,12 @@ it trains (`models.recommender.model`) is shared with scoring and serving, this 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from atelier.checks import positive_number
 from models.recommender.model import ITEM_IDX, RecommenderConfig, item_inputs
-
-
-def _positive_number(value) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def wmrb_loss(pos_scores, neg_scores, n_items_total, negative_mask=None, reduction: str = "mean"):
@@ -36,7 +27,7 @@ def wmrb_loss(pos_scores, neg_scores, n_items_total, negative_mask=None, reducti
     """
     from keras import ops
 
-    if not _positive_number(n_items_total):
+    if not positive_number(n_items_total):
         raise ValueError(f"n_items_total must be a positive number, got {n_items_total!r}")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
@@ -52,7 +43,6 @@ def wmrb_loss(pos_scores, neg_scores, n_items_total, negative_mask=None, reducti
     rank = float(n_items_total) / z * ops.sum(margins, axis=1)
     losses = ops.log1p(rank)
     return ops.mean(losses) if reduction == "mean" else losses
-
 
 
 def make_optimizer(config: RecommenderConfig):
@@ -152,7 +142,7 @@ class TrainStep:
             )
         if not isinstance(optimizer, keras.optimizers.Optimizer):
             raise ValueError(f"optimizer must be a keras Optimizer, got {optimizer!r}")
-        if not _positive_number(n_items_total):
+        if not positive_number(n_items_total):
             raise ValueError(f"n_items_total must be a positive number, got {n_items_total!r}")
         if isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 >= 0:
             raise ValueError(f"l2 must be a number >= 0, got {l2!r}")
@@ -237,5 +227,3 @@ def make_train_step(item_tower, optimizer, n_items_total, l2: float = 0.0) -> Tr
     estimate; `l2`: the weight of `cf_penalty`.
     """
     return TrainStep(item_tower, optimizer, n_items_total, l2)
-
-

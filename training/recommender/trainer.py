@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from atelier.checks import check_int
 from models.ranking import DOT_BIAS, customer_vectors, recent_items, score, top_k
 from models.recommender.features import ContentFeatures, content_inputs
 from models.recommender.items import item_index
@@ -83,12 +84,6 @@ class TrainedRecommender:
         """The lowest finite validation loss (inf without validation)."""
         finite = [v for v in self.history.get("val_loss", []) if math.isfinite(v)]
         return min(finite) if finite else math.inf
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _check_config(config: RecommenderConfig, features: ContentFeatures) -> None:
@@ -190,9 +185,9 @@ def train_recommender_model(
     must have a row in `features`. `seed` (default `config.seed`) seeds the shuffling and the
     negatives; `config.seed` the initial weights. `progress` gets one line per epoch.
     """
-    epochs = _check_int("epochs", epochs, 1)
-    batch_size = _check_int("batch_size", batch_size, 1)
-    patience = _check_int("patience", patience, 1)
+    epochs = check_int("epochs", epochs, 1, numpy_ints=True)
+    batch_size = check_int("batch_size", batch_size, 1, numpy_ints=True)
+    patience = check_int("patience", patience, 1, numpy_ints=True)
     if not isinstance(examples, TrainingExamples) or len(examples) == 0:
         raise ValueError(f"examples must be non-empty TrainingExamples, got {examples!r:.80}")
     if len(timeline) != len(features) or not np.array_equal(
@@ -200,7 +195,7 @@ def train_recommender_model(
     ):
         raise ValueError("the sales timeline's rows must be the features' products, in order")
     _check_config(config, features)
-    seed = config.seed if seed is None else _check_int("seed", seed, 0)
+    seed = config.seed if seed is None else check_int("seed", seed, 0, numpy_ints=True)
     say = progress or log.info
 
     bought = np.concatenate([examples.histories[examples.masks > 0], examples.positives])
@@ -313,7 +308,7 @@ def customer_matrix(
     """(customers with a usable history, their (c, k + 1) vectors) by `models.ranking`:
     the mean of the item vectors of the `n_recent` most recent distinct products with
     features. `histories`: customer → product ids, most recent first."""
-    n_recent = _check_int("n_recent", n_recent, 1)
+    n_recent = check_int("n_recent", n_recent, 1, numpy_ints=True)
     customers, rows = [], []
     for customer, products in histories.items():
         chosen = recent_items(products, n_recent, features.index)
@@ -351,7 +346,7 @@ def recommend_for(
     drops every product of the customer's history (new-to-customer recommendations).
     `vectors`: `product_vectors(trained, features)` when already computed.
     """
-    k = _check_int("k", k, 1)
+    k = check_int("k", k, 1, numpy_ints=True)
     n_recent = getattr(trained, "n_recent", N_RECENT) if n_recent is None else n_recent
     if vectors is None:
         vectors = product_vectors(trained, features)
