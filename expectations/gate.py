@@ -39,6 +39,16 @@ DATA_DOCS_SITE = "local_site"
 EXAMPLES = 5
 
 
+class GateFailure(RuntimeError):
+    """A job's batch failed its gate: nothing was published. `report` is the job's report (what
+    its `format_report` prints); `what` names the gate in the message."""
+
+    def __init__(self, what: str, failures: list[str], report: Any):
+        super().__init__(f"{what} failed, nothing published:\n  " + "\n  ".join(failures))
+        self.failures = failures
+        self.report = report
+
+
 @dataclass
 class GateResult:
     """Outcome of one table's gate."""

@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from expectations.gate import GateFailure
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
@@ -45,17 +47,6 @@ PROGRESS_EVERY = 500
 
 class ColourError(RuntimeError):
     """The job cannot run at all (no catalogue); nothing was written."""
-
-
-class GateFailure(ColourError):
-    """The batch failed its quality gate; nothing was published (quarantine was recorded)."""
-
-    def __init__(self, failures: list[str], report: dict):
-        super().__init__(
-            "colour_features gate failed, nothing published:\n  " + "\n  ".join(failures)
-        )
-        self.failures = failures
-        self.report = report
 
 
 @dataclass
@@ -364,7 +355,11 @@ def _describe_and_publish(
         report.failures = _gate(settings, lake, arrow, now)
         if report.failures:
             report.version = lake.version("colour_features")
-            raise GateFailure(report.failures, _finish(settings, report, t0, published=False))
+            raise GateFailure(
+                "colour_features gate",
+                report.failures,
+                _finish(settings, report, t0, published=False),
+            )
         res = lake.merge("colour_features", rows if lake.uses_delta_spark else arrow)
         report.inserted, report.updated = res.inserted, res.updated
     finally:

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from expectations.gate import GateFailure
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
@@ -66,17 +68,6 @@ class EmbedError(RuntimeError):
 
 class WeightsUnavailable(EmbedError):
     """No usable VGG16 weights and random weights were not allowed."""
-
-
-class GateFailure(EmbedError):
-    """The batch failed its quality gate; nothing was published (quarantine was recorded)."""
-
-    def __init__(self, failures: list[str], report: dict):
-        super().__init__(
-            "image_embeddings gate failed, nothing published:\n  " + "\n  ".join(failures)
-        )
-        self.failures = failures
-        self.report = report
 
 
 @dataclass(frozen=True)
@@ -687,7 +678,11 @@ def _embed_and_publish(
         report.failures = _gate(settings, lake, arrow, now)
         if report.failures:
             report.version = lake.version("image_embeddings")
-            raise GateFailure(report.failures, _finish(settings, report, t0, published=False))
+            raise GateFailure(
+                "image_embeddings gate",
+                report.failures,
+                _finish(settings, report, t0, published=False),
+            )
         res = lake.merge("image_embeddings", rows if lake.uses_delta_spark else arrow)
         report.inserted, report.updated = res.inserted, res.updated
     finally:

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from expectations.gate import GateFailure
+
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
 
@@ -57,17 +59,6 @@ INTERACTION_REASONS = (
 
 class IngestError(RuntimeError):
     """Raised when a source cannot be ingested at all (bad layout, missing file or column)."""
-
-
-class GateFailure(RuntimeError):
-    """Raised when a table-level check fails; nothing was published."""
-
-    def __init__(self, failures: list[str], report: IngestReport):
-        super().__init__(
-            "table-level checks failed, nothing published:\n  " + "\n  ".join(failures)
-        )
-        self.failures = failures
-        self.report = report
 
 
 @dataclass
@@ -698,7 +689,7 @@ def run_ingest(
     if report.failures:
         report.seconds = round(time.time() - t0, 1)
         _save_report(settings, report)
-        raise GateFailure(report.failures, report)
+        raise GateFailure("table-level checks", report.failures, report)
 
     # -- publish (parents before children) -------------------------------------------------
     for table in ("products", "customers", "product_labels", "product_images", "interactions"):

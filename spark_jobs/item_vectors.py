@@ -49,6 +49,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from expectations.gate import GateFailure
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
@@ -86,15 +88,6 @@ CONTENT_COLUMNS = (
 
 class ItemVectorError(RuntimeError):
     """The job cannot run (no champion, no catalogue); nothing written."""
-
-
-class GateFailure(ItemVectorError):
-    """The batch failed its quality gate; nothing was published."""
-
-    def __init__(self, failures: list[str], report: dict):
-        super().__init__("item vectors gate failed, nothing published:\n  " + "\n  ".join(failures))
-        self.failures = failures
-        self.report = report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -474,7 +467,7 @@ def _score_and_publish(
             report["published"] = False
             report[TABLE]["version"] = lake.version(TABLE)
             _save_report(settings, report)
-            raise GateFailure(failures, report)
+            raise GateFailure("item vectors gate", failures, report)
         if arrow.num_rows:
             res = lake.merge(TABLE, arrow)
             report[TABLE].update(inserted=res.inserted, updated=res.updated)

@@ -45,6 +45,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from expectations.gate import GateFailure
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     import pyarrow as pa
@@ -66,17 +68,6 @@ BATCH_SIZE = 512
 
 class PredictError(RuntimeError):
     """The job cannot run (no champion, no catalogue, mismatched embeddings); nothing written."""
-
-
-class GateFailure(PredictError):
-    """A batch failed its quality gate; nothing was published."""
-
-    def __init__(self, failures: list[str], report: dict):
-        super().__init__(
-            "predicted attributes gate failed, nothing published:\n  " + "\n  ".join(failures)
-        )
-        self.failures = failures
-        self.report = report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,7 +599,7 @@ def _predict_and_publish(
             for t in arrows:
                 report[t]["version"] = lake.version(t)
             _save_report(settings, report)
-            raise GateFailure(failures, report)
+            raise GateFailure("predicted attributes gate", failures, report)
         for t, arrow in arrows.items():
             if arrow.num_rows:
                 res = lake.merge(t, arrow)
