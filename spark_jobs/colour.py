@@ -14,24 +14,26 @@ once the batch passes its quality gate.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import json
 import logging
-import os
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expectations.gate import GateFailure
+from spark_jobs.common import (
+    job_parser,
+    partition_id,
+    read_checked_image,
+    run_job,
+    save_report,
+    worker_log,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pandas as pd
     import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
@@ -73,36 +75,6 @@ class ColourReport:
 # ---------------------------------------------------------------------------------------------
 # Worker side (numpy / PIL)
 # ---------------------------------------------------------------------------------------------
-def read_image(path: str, content_hash: str) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(RGB uint8 array, None, None), or (None, reason, detail) when the file cannot be used.
-
-    Reasons, as the embed job's: image_missing (cannot be read), image_corrupt (does not decode
-    fully), image_changed (decodes, but its sha256 differs from product_images': re-run ingest).
-    """
-    from atelier.colour import decode
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "image_missing", f"{path}: file not found"
-    except OSError as e:
-        return None, "image_missing", f"{path}: {e}"
-    try:
-        rgb = decode(data)
-    except Exception as e:  # PIL raises many types for bad data
-        return None, "image_corrupt", f"{path}: {type(e).__name__}: {e}"
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != content_hash:
-        return (
-            None,
-            "image_changed",
-            f"{path}: sha256 {actual[:12]}… differs from product_images' {content_hash[:12]}…; "
-            "re-run ingest",
-        )
-    return rgb, None, None
-
-
 DESCRIBED_SCHEMA = (
     "product_id STRING, shot INT, path STRING, content_hash STRING, colour ARRAY<FLOAT>, "
     "foreground_fraction DOUBLE, mask STRING, _event_us BIGINT, _reason STRING, _detail STRING"
@@ -114,15 +86,15 @@ def colour_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """mapInPandas body: pending rows -> DESCRIBED_SCHEMA rows (colour, or _reason)."""
     import pandas as pd
 
-    from atelier.colour import analyse
+    from atelier.colour import analyse, decode
 
-    part = _partition_id()
+    part = partition_id()
     t0 = time.time()
     done = bad = 0
     for batch in batches:
         out: list[dict] = []
         for r in batch.to_dict("records"):
-            rgb, reason, detail = read_image(r["path"], r["content_hash"])
+            rgb, reason, detail = read_checked_image(r["path"], r["content_hash"], decode)
             row = {c: r.get(c) for c in _OUT_COLUMNS}
             row.update(colour=None, foreground_fraction=None, mask=None)
             row.update(_reason=reason, _detail=detail)
@@ -133,31 +105,21 @@ def colour_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
             else:
                 bad += 1
             if (done + bad) % PROGRESS_EVERY == 0:
-                _worker_log(f"partition {part}: {done} described, {bad} bad, {_rate(done, t0)}")
+                worker_log(
+                    "colour", f"partition {part}: {done} described, {bad} bad, {_rate(done, t0)}"
+                )
             out.append(row)
         if out:
             yield pd.DataFrame(out, columns=_OUT_COLUMNS)
     if done + bad:
-        _worker_log(f"partition {part}: done, {done} described, {bad} bad, {_rate(done, t0)}")
+        worker_log(
+            "colour", f"partition {part}: done, {done} described, {bad} bad, {_rate(done, t0)}"
+        )
 
 
 def _rate(done: int, t0: float) -> str:
     seconds = time.time() - t0
     return f"{seconds:.1f}s ({done / max(seconds, 1e-9):.0f} images/s)"
-
-
-def _worker_log(msg: str) -> None:
-    # Python workers have no logging set-up; stderr reaches the driver console in local mode
-    # and the executor log on a cluster.
-    stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} INFO atelier.colour[worker {os.getpid()}]: {msg}", file=sys.stderr, flush=True)
-
-
-def _partition_id() -> int:
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    return ctx.partitionId() if ctx is not None else -1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,11 +351,7 @@ def _finish(settings: Settings, report: ColourReport, t0: float, published: bool
     """Stamps, saves (reports/colour/<run_id>.json and latest.json) and logs the report."""
     report.seconds = round(time.time() - t0, 1)
     report.published = published
-    folder = settings.reports_dir / "colour"
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(asdict(report), indent=2, sort_keys=True)
-    (folder / f"{report.run_id}.json").write_text(text, encoding="utf-8")
-    (folder / "latest.json").write_text(text, encoding="utf-8")
+    save_report(settings, "colour", asdict(report))
     log.info(
         "done in %.1fs: %d described, %d skipped, %d quarantined",
         report.seconds,
@@ -427,11 +385,7 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/colour.py [--workdir W] [--max-images N]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="spark_jobs/colour.py", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", type=Path)
+    p = job_parser("colour.py", __doc__)
     p.add_argument(
         "--max-images",
         type=int,
@@ -440,18 +394,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.max_images is not None and args.max_images < 1:
         p.error("--max-images must be at least 1")
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    try:
-        report = run_colour(settings, max_images=args.max_images)
-    except GateFailure as e:
-        print(format_report(e.report))
-        return 2
-    except (ColourError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+    return run_job(
+        args.workdir,
+        lambda settings: run_colour(settings, max_images=args.max_images),
+        format_report,
+        (ColourError, ValueError),
+    )
 
 
 if __name__ == "__main__":

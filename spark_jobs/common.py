@@ -1,13 +1,26 @@
-"""Spark helpers shared by the feature jobs (pure: DataFrame/Column in, DataFrame/Column out)."""
+"""What every Spark job shares: pure Spark helpers (DataFrame/Column in, DataFrame/Column out),
+the worker log, the checked image reader, the report writer and the `spark-submit` entry."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from expectations.gate import GateFailure
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from pyspark.sql import Column, DataFrame
+
+    from atelier.settings import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -46,3 +59,103 @@ def changed_rows(new: DataFrame, existing: DataFrame, key: Sequence[str], now: d
         .where(F.col("_exists").isNull() | ~same)
         .select(*new.columns, timestamp_lit(now).alias("created_timestamp"))
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+# ---------------------------------------------------------------------------------------------
+def worker_log(job: str, msg: str) -> None:
+    """One line from a Python worker of `job` on stderr."""
+    # Python workers have no logging set-up; stderr reaches the driver console in local mode
+    # and the executor log on a cluster.
+    stamp = time.strftime("%H:%M:%S")
+    print(f"{stamp} INFO atelier.{job}[worker {os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def partition_id() -> int:
+    """The Spark partition this worker code runs for; -1 outside a task."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    return ctx.partitionId() if ctx is not None else -1
+
+
+def read_checked_image(
+    path: str, content_hash: str, decode: Callable[[bytes], np.ndarray]
+) -> tuple[np.ndarray | None, str | None, str | None]:
+    """(`decode`d image, None, None), or (None, reason, detail) when the file cannot be used.
+
+    Reasons: image_missing (cannot be read), image_corrupt (does not decode fully),
+    image_changed (decodes, but its sha256 differs from product_images': re-run ingest).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, "image_missing", f"{path}: file not found"
+    except OSError as e:
+        return None, "image_missing", f"{path}: {e}"
+    try:
+        rgb = decode(data)
+    except Exception as e:  # PIL raises many types for bad data
+        return None, "image_corrupt", f"{path}: {type(e).__name__}: {e}"
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != content_hash:
+        return (
+            None,
+            "image_changed",
+            f"{path}: sha256 {actual[:12]}… differs from product_images' {content_hash[:12]}…; "
+            "re-run ingest",
+        )
+    return rgb, None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side: reports and the spark-submit entry
+# ---------------------------------------------------------------------------------------------
+def save_report(settings: Settings, job: str, report: dict) -> Path:
+    """Write `report` to reports/<job>/latest.json and, when it has a run_id, to
+    reports/<job>/<run_id>.json too (the history); returns latest.json."""
+    folder = settings.reports_dir / job
+    folder.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if report.get("run_id"):
+        (folder / f"{report['run_id']}.json").write_text(text, encoding="utf-8")
+    path = folder / "latest.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of `spark-submit spark_jobs/<script>`, with --workdir."""
+    p = argparse.ArgumentParser(prog=f"spark_jobs/{script}", description=doc.split("\n")[0])
+    p.add_argument("--workdir", type=Path)
+    return p
+
+
+def run_job(
+    workdir: Path | None,
+    run: Callable[[Settings], Any],
+    format_report: Callable[[Any], str],
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> int:
+    """A job's `main` after parsing: logging, settings of `workdir`, `run`; prints the report.
+
+    Exit codes: 0 done; 2 the gate failed (its report printed); 1 one of `errors` (the message
+    on stderr).
+    """
+    from atelier.logs import setup_logging
+    from atelier.settings import load_settings
+
+    setup_logging()
+    settings = load_settings(workdir=workdir)
+    try:
+        report = run(settings)
+    except GateFailure as e:
+        print(format_report(e.report))
+        return 2
+    except errors as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0

@@ -22,9 +22,7 @@ against a stored reference vector.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -37,6 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expectations.gate import GateFailure
+from spark_jobs.common import (
+    job_parser,
+    partition_id,
+    read_checked_image,
+    run_job,
+    save_report,
+    worker_log,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -297,38 +303,22 @@ def batch_plan(sizes: Sequence[tuple[int, int]], batch_size: int) -> list[list[i
 def load_image(
     path: str, content_hash: str, mode: str
 ) -> tuple[np.ndarray | None, str | None, str | None]:
-    """(network input, None, None), or (None, reason, detail) when the file cannot be used.
+    """(network input, None, None), or (None, reason, detail) when the file cannot be used
+    (`common.read_checked_image`'s reasons)."""
+    rgb, reason, detail = read_checked_image(path, content_hash, decode_rgb)
+    return (None, reason, detail) if rgb is None else (fit_image(rgb, mode), None, None)
 
-    Reasons: image_missing (cannot be read), image_corrupt (does not decode fully),
-    image_changed (decodes, but its sha256 differs from product_images': re-run ingest).
-    """
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Image file bytes -> (h, w, 3) uint8 RGB, decoded fully (a truncated file raises)."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None, "image_missing", f"{path}: file not found"
-    except OSError as e:
-        return None, "image_missing", f"{path}: {e}"
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # full decode: a truncated file fails here, not at open
-            rgb = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises many types for bad data
-        return None, "image_corrupt", f"{path}: {type(e).__name__}: {e}"
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != content_hash:
-        return (
-            None,
-            "image_changed",
-            f"{path}: sha256 {actual[:12]}… differs from product_images' {content_hash[:12]}…; "
-            "re-run ingest",
-        )
-    return fit_image(rgb, mode), None, None
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()  # full decode: a truncated file fails here, not at open
+        return np.asarray(im.convert("RGB"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,9 +344,10 @@ def configure_tensorflow(threads: int) -> None:
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
     except RuntimeError:  # another job already ran TensorFlow in this worker
-        _worker_log(
+        worker_log(
+            "embed",
             f"TensorFlow already initialised here; keeping its threads "
-            f"({tf.config.threading.get_intra_op_parallelism_threads()} intra-op)"
+            f"({tf.config.threading.get_intra_op_parallelism_threads()} intra-op)",
         )
 
 
@@ -390,22 +381,10 @@ def worker_model(spec: WeightsSpec, threads: int):
         t0 = time.time()
         configure_tensorflow(threads)
         _MODELS[key] = build_model(spec)
-        _worker_log(f"model {spec.id} built in {time.time() - t0:.1f}s ({threads} TF threads)")
+        worker_log(
+            "embed", f"model {spec.id} built in {time.time() - t0:.1f}s ({threads} TF threads)"
+        )
     return _MODELS[key]
-
-
-def _worker_log(msg: str) -> None:
-    # Python workers have no logging set-up; stderr reaches the driver console in local mode
-    # and the executor log on a cluster.
-    stamp = time.strftime("%H:%M:%S")
-    print(f"{stamp} INFO atelier.embed[worker {os.getpid()}]: {msg}", file=sys.stderr, flush=True)
-
-
-def _partition_id() -> int:
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    return ctx.partitionId() if ctx is not None else -1
 
 
 EMBEDDED_SCHEMA = (
@@ -434,8 +413,8 @@ def embed_partition(
     rows["_h"], rows["_w"] = [s[0] for s in sizes], [s[1] for s in sizes]
     rows = rows.sort_values(["_h", "_w", "product_id", "shot"], ignore_index=True)
     plan = batch_plan(list(zip(rows["_h"], rows["_w"])), batch_size)
-    part = _partition_id()
-    _worker_log(f"partition {part}: {len(rows)} images in {len(plan)} batches")
+    part = partition_id()
+    worker_log("embed", f"partition {part}: {len(rows)} images in {len(plan)} batches")
     t0 = time.time()
     done = 0
     for i, idx in enumerate(plan, 1):
@@ -463,10 +442,11 @@ def embed_partition(
                 for (row, _), f in zip(members, feats):
                     row["embedding"] = f
         done += good
-        _worker_log(
+        worker_log(
+            "embed",
             f"partition {part}: batch {i}/{len(plan)} ({len(chunk)} at "
             f"{chunk['_h'].iat[0]}x{chunk['_w'].iat[0]}, {len(chunk) - good} bad), "
-            f"{done} embedded in {time.time() - t0:.1f}s"
+            f"{done} embedded in {time.time() - t0:.1f}s",
         )
         yield pd.DataFrame(out, columns=_OUT_COLUMNS)
 
@@ -711,11 +691,7 @@ def _finish(settings: Settings, report: EmbedReport, t0: float, published: bool)
     """Stamps, saves (reports/embed/<run_id>.json and latest.json) and logs the report."""
     report.seconds = round(time.time() - t0, 1)
     report.published = published
-    folder = settings.reports_dir / "embed"
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(asdict(report), indent=2, sort_keys=True)
-    (folder / f"{report.run_id}.json").write_text(text, encoding="utf-8")
-    (folder / "latest.json").write_text(text, encoding="utf-8")
+    save_report(settings, "embed", asdict(report))
     log.info(
         "done in %.1fs: %d embedded, %d skipped, %d quarantined",
         report.seconds,
@@ -749,11 +725,7 @@ def format_report(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/embed.py [--workdir W] [--allow-random-weights]
     [--max-images N]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="spark_jobs/embed.py", description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", type=Path)
+    p = job_parser("embed.py", __doc__)
     p.add_argument(
         "--allow-random-weights",
         action="store_true",
@@ -765,24 +737,17 @@ def main(argv: list[str] | None = None) -> int:
         help="embed at most N pending shots (in product order); rerun to continue",
     )
     args = p.parse_args(argv)
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    if args.allow_random_weights:
-        settings = allow_random_weights(settings)
-    if args.max_images is not None:
-        if args.max_images < 1:
-            p.error("--max-images must be at least 1")
-        settings.embed.max_images = args.max_images
-    try:
-        report = run_embed(settings)
-    except GateFailure as e:
-        print(format_report(e.report))
-        return 2
-    except (EmbedError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+    if args.max_images is not None and args.max_images < 1:
+        p.error("--max-images must be at least 1")
+
+    def run(settings: Settings) -> dict:
+        if args.allow_random_weights:
+            settings = allow_random_weights(settings)
+        if args.max_images is not None:
+            settings.embed.max_images = args.max_images
+        return run_embed(settings)
+
+    return run_job(args.workdir, run, format_report, (EmbedError, ValueError))
 
 
 if __name__ == "__main__":

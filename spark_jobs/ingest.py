@@ -13,8 +13,6 @@ when present, and their tables left as they are when not (a new catalogue to eva
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import re
 import sys
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expectations.gate import GateFailure
+from spark_jobs.common import job_parser, run_job, save_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -90,9 +89,6 @@ class IngestReport:
             for reason, n in t.quarantined.items():
                 out[f"{name}:{reason}"] = n
         return out
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -688,7 +684,7 @@ def run_ingest(
     qres = lake.merge("quarantine", quarantine, update=False)
     if report.failures:
         report.seconds = round(time.time() - t0, 1)
-        _save_report(settings, report)
+        save_report(settings, "ingest", asdict(report))
         raise GateFailure("table-level checks", report.failures, report)
 
     # -- publish (parents before children) -------------------------------------------------
@@ -703,7 +699,7 @@ def run_ingest(
     report.published = True
     report.seconds = round(time.time() - t0, 1)
     log.info("quarantine: %d new rows (table version %s)", qres.inserted, qres.version)
-    _save_report(settings, report)
+    save_report(settings, "ingest", asdict(report))
     step("published")
     for df in (prods, custs, inter, good_p, images, quarantine):
         if df is not None:
@@ -725,15 +721,6 @@ def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
             )
             out.setdefault(table, {})[col] = sorted(keys)
     return out
-
-
-def _save_report(settings: Settings, report: IngestReport) -> Path:
-    folder = settings.reports_dir / "ingest"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{report.run_id}.json"
-    path.write_text(report.to_json(), encoding="utf-8")
-    (folder / "latest.json").write_text(report.to_json(), encoding="utf-8")
-    return path
 
 
 class _Progress:
@@ -771,26 +758,16 @@ def format_report(report: IngestReport) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/ingest.py LAYOUT DIR [--workdir W]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(prog="spark_jobs/ingest.py", description=__doc__.split("\n")[0])
+    p = job_parser("ingest.py", __doc__)
     p.add_argument("layout")
     p.add_argument("source", type=Path)
-    p.add_argument("--workdir", type=Path)
     args = p.parse_args(argv)
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    try:
-        report = run_ingest(settings, args.layout, args.source)
-    except GateFailure as e:
-        print(format_report(e.report))
-        return 2
-    except (IngestError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+    return run_job(
+        args.workdir,
+        lambda settings: run_ingest(settings, args.layout, args.source),
+        format_report,
+        (IngestError, ValueError),
+    )
 
 
 if __name__ == "__main__":

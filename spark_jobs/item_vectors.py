@@ -37,7 +37,6 @@ merged; `atelier materialize` then serves it (feature view `item_vectors`, servi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -50,6 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expectations.gate import GateFailure
+from spark_jobs.common import save_report
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -399,7 +399,7 @@ def run_item_vectors(
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     report["seconds"] = round(time.time() - t0, 1)
-    _save_report(settings, report)
+    save_report(settings, TABLE, report)
     log.info("done in %.1fs", report["seconds"])
     return report
 
@@ -466,7 +466,7 @@ def _score_and_publish(
             report["failures"] = failures
             report["published"] = False
             report[TABLE]["version"] = lake.version(TABLE)
-            _save_report(settings, report)
+            save_report(settings, TABLE, report)
             raise GateFailure("item vectors gate", failures, report)
         if arrow.num_rows:
             res = lake.merge(TABLE, arrow)
@@ -511,16 +511,6 @@ def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime, k: int
 
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-
-
-def _save_report(settings: Settings, report: dict) -> Path:
-    folder = settings.reports_dir / TABLE
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2, sort_keys=True)
-    (folder / f"{report['run_id']}.json").write_text(text, encoding="utf-8")
-    path = folder / "latest.json"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def format_report(report: dict) -> str:

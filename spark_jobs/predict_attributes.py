@@ -32,7 +32,6 @@ model on unchanged inputs writes nothing; a new champion rewrites every row (mod
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expectations.gate import GateFailure
+from spark_jobs.common import save_report
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -502,7 +502,7 @@ def run_predict_attributes(
     finally:
         shutil.rmtree(bundle_dir, ignore_errors=True)
     report["seconds"] = round(time.time() - t0, 1)
-    _save_report(settings, report)
+    save_report(settings, "predict_attributes", report)
     log.info("done in %.1fs", report["seconds"])
     return report
 
@@ -598,7 +598,7 @@ def _predict_and_publish(
             report["published"] = False
             for t in arrows:
                 report[t]["version"] = lake.version(t)
-            _save_report(settings, report)
+            save_report(settings, "predict_attributes", report)
             raise GateFailure("predicted attributes gate", failures, report)
         for t, arrow in arrows.items():
             if arrow.num_rows:
@@ -680,16 +680,6 @@ def _check_colour_version(lake: Lake, bundle: AttributeBundle) -> None:
             f"colour descriptors of the catalogue ({here}) differ from the model's ({trained_on}): "
             "rerun `atelier colour` with this version of atelier"
         )
-
-
-def _save_report(settings: Settings, report: dict) -> Path:
-    folder = settings.reports_dir / "predict_attributes"
-    folder.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(report, indent=2, sort_keys=True)
-    (folder / f"{report['run_id']}.json").write_text(text, encoding="utf-8")
-    path = folder / "latest.json"
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 def format_report(report: dict) -> str:

@@ -10,8 +10,6 @@ from the lake each run, and only new or changed rows are written: a rerun commit
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import re
 import sys
@@ -19,10 +17,17 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spark_jobs.common import EPOCH, changed_rows, micros_lit, timestamp_lit
+from spark_jobs.common import (
+    EPOCH,
+    changed_rows,
+    job_parser,
+    micros_lit,
+    run_job,
+    save_report,
+    timestamp_lit,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -361,16 +366,8 @@ def run_product_features(
     report["seconds"] = round(time.time() - t0, 1)
     for df in (products, index, interactions):
         df.unpersist()
-    _save_report(settings, report)
+    save_report(settings, "product_features", report)
     return report
-
-
-def _save_report(settings: Settings, report: dict) -> Path:
-    folder = settings.reports_dir / "product_features"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "latest.json"
-    path.write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
-    return path
 
 
 def format_report(report: dict) -> str:
@@ -390,23 +387,8 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/product_features.py [--workdir W]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(
-        prog="spark_jobs/product_features.py", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--workdir", type=Path)
-    args = p.parse_args(argv)
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    try:
-        report = run_product_features(settings)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+    args = job_parser("product_features.py", __doc__).parse_args(argv)
+    return run_job(args.workdir, run_product_features, format_report)
 
 
 if __name__ == "__main__":

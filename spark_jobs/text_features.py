@@ -10,7 +10,6 @@ commits nothing, and a new vocabulary version re-encodes every product with it.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -19,11 +18,10 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atelier.text import FIRST_ID, TOKENIZER, normalise, token_ids
-from spark_jobs.common import EPOCH, changed_rows, timestamp_lit
+from spark_jobs.common import EPOCH, changed_rows, job_parser, run_job, save_report, timestamp_lit
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -250,16 +248,8 @@ def run_text_features(
     report["seconds"] = round(time.time() - t0, 1)
     out.unpersist()
     tokens.unpersist()
-    _save_report(settings, report)
+    save_report(settings, "text_features", report)
     return report
-
-
-def _save_report(settings: Settings, report: dict) -> Path:
-    folder = settings.reports_dir / "text_features"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "latest.json"
-    path.write_text(json.dumps(report, indent=2, sort_keys=True), encoding="utf-8")
-    return path
 
 
 def format_report(report: dict) -> str:
@@ -278,18 +268,9 @@ def format_report(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/text_features.py [--workdir W]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(
-        prog="spark_jobs/text_features.py", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--workdir", type=Path)
-    args = p.parse_args(argv)
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    print(format_report(run_text_features(settings)))
-    return 0
+    args = job_parser("text_features.py", __doc__).parse_args(argv)
+    # No error is expected here: any exception is a bug and keeps its traceback.
+    return run_job(args.workdir, run_text_features, format_report, errors=())
 
 
 if __name__ == "__main__":
