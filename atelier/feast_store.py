@@ -10,11 +10,11 @@ Profiles (`settings.feast.profile`), one definition set (`feature_repo/definitio
   table format), Redis online store (`settings.feast.redis`), SQL registry
   (`settings.feast.registry_url`); Spark master, jars and conf come from `settings.spark`.
 
-The yaml files use `${ATELIER_WORKDIR}`, `${ATELIER_FEAST__REDIS}` and
-`${ATELIER_FEAST__REGISTRY_URL}`, the variables Settings itself reads, so the `feast` CLI works
-on the same files. Here they are filled from the Settings object (`feast_env`) without touching
-`os.environ`: a process may use several workdirs (tests do), and a leaked `ATELIER_WORKDIR`
-would change every later `Settings()`.
+The yaml files are templates using `${ATELIER_WORKDIR}`, `${ATELIER_FEAST__REDIS}` and
+`${ATELIER_FEAST__REGISTRY_URL}`, the variables Settings itself reads. Here they are filled from
+the Settings object (`feast_env`) without touching `os.environ`: a process may use several
+workdirs (tests do). `write_repo` writes each workdir's own feature repository for the `feast`
+CLI (`feast -c <workdir>/feast/repo apply`).
 
 The duckdb store reads Delta with DuckDB's `delta` extension, which cannot be downloaded here:
 `feature_store` points the extension directory of ibis' default DuckDB connection (the one the
@@ -79,12 +79,22 @@ def repo_config(settings: Settings, overrides: Mapping[str, Any] | None = None) 
     the yaml's), e.g. `{"online_store": {"type":
     "redis", "connection_string": "127.0.0.1:6390"}}` to use Redis with the embedded profile.
     """
-    import yaml
     from feast.repo_config import RepoConfig
+
+    raw = _merge(_raw_config(settings, feast_env(settings)), overrides or {})
+    config = RepoConfig(**raw)
+    config.repo_path = FEATURE_REPO
+    return config
+
+
+def _raw_config(settings: Settings, values: Mapping[str, str], environ: bool = True) -> dict:
+    """The profile's yaml as a dict, `values` filled in (then, with `environ`, the process
+    environment), the settings' Spark and sqlite parts added."""
+    import yaml
 
     profile = settings.feast.profile
     path = FEATURE_REPO / PROFILE_YAML[profile]
-    raw = yaml.safe_load(_expand(path.read_text(), feast_env(settings)))
+    raw = yaml.safe_load(_expand(path.read_text(), values, environ))
     raw["project"] = settings.feast.project
     if profile == "embedded" and settings.feast.online_sqlite:
         raw["online_store"]["path"] = str(Path(settings.feast.online_sqlite).expanduser().resolve())
@@ -96,10 +106,7 @@ def repo_config(settings: Settings, overrides: Mapping[str, Any] | None = None) 
         if settings.spark.jars:
             conf["spark.jars"] = ",".join(settings.spark.jars)
         conf.update(settings.spark.conf)
-    raw = _merge(raw, overrides or {})
-    config = RepoConfig(**raw)
-    config.repo_path = FEATURE_REPO
-    return config
+    return raw
 
 
 def feature_store(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FeatureStore:
@@ -153,6 +160,49 @@ def ensure_duckdb_delta() -> Path:
     return root
 
 
+# -- the workdir's feature repository ---------------------------------------------------------
+# Filled from Settings when the repo is written; the others (the Redis and registry URLs, which
+# may hold credentials) stay `${VAR}` for Feast to expand from the environment at run time.
+_FILLED = ("ATELIER_WORKDIR", "ATELIER_FEAST__PROFILE")
+_DEFINITIONS = """\
+\"\"\"Feast objects of the atelier workdir {workdir} ({profile} profile).
+
+Written by atelier (`atelier feast-repo`, and every apply); regenerated, do not edit: the
+definitions live in the atelier package's feature_repo/definitions.py.
+\"\"\"
+
+from pathlib import Path
+
+from feature_repo.definitions import build
+
+globals().update(build(Path({lake!r}), {profile!r}))
+"""
+
+
+def write_repo(settings: Settings) -> Path:
+    """Write `<workdir>/feast/repo` (feature_store.yaml + definitions.py) for `settings`: the
+    folder where the `feast` CLI works on this workdir (`feast -c <repo> apply`), with no
+    environment variable to set. Returns its path. Idempotent."""
+    import yaml
+
+    repo = settings.feast_dir / "repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    env = feast_env(settings)
+    raw = _raw_config(settings, {k: env[k] for k in _FILLED}, environ=False)
+    files = {
+        "feature_store.yaml": "# Written by atelier for this workdir; regenerated, do not edit.\n"
+        + yaml.safe_dump(raw, sort_keys=False),
+        "definitions.py": _DEFINITIONS.format(
+            workdir=settings.workdir, lake=str(settings.lake_dir), profile=settings.feast.profile
+        ),
+    }
+    for name, text in files.items():
+        path = repo / name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
+    return repo
+
+
 # -- apply -----------------------------------------------------------------------------------
 def definitions(settings: Settings) -> dict[str, Any]:
     """The repository's Feast objects for `settings` (sources under `settings.lake_dir`)."""
@@ -174,6 +224,7 @@ def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, li
     from feast.repo_operations import extract_objects_for_apply_delete
 
     store = store or feature_store(settings)
+    write_repo(settings)  # the feast CLI's view of this workdir stays in step
     objects = list(definitions(settings).values())
     repo = RepoContents(
         projects=[],
@@ -243,13 +294,16 @@ def historical_features(
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _expand(text: str, values: Mapping[str, str]) -> str:
-    """`${VAR}`/`$VAR` from `values`, else the process environment; unknown ones stay."""
+def _expand(text: str, values: Mapping[str, str], environ: bool = True) -> str:
+    """`${VAR}`/`$VAR` from `values`, else (with `environ`) the process environment; unknown
+    ones stay."""
     import os
+
+    fallback = os.environ if environ else {}
 
     def sub(m: re.Match) -> str:
         name = m.group(1) or m.group(2)
-        return values.get(name, os.environ.get(name, m.group(0)))
+        return values.get(name, fallback.get(name, m.group(0)))
 
     return _VAR.sub(sub, text)
 

@@ -7,7 +7,7 @@ so `atelier --help` answers at once.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -22,18 +22,15 @@ app = typer.Typer(
 )
 
 
-class _State:
-    workdir: Optional[Path] = None
-
-
-def _settings():
-    from atelier.settings import load_settings
-
-    return load_settings(workdir=_State.workdir)
+def _settings(ctx: typer.Context):
+    """The invocation's settings: the root context's object, made once by `main` from the
+    command line (--workdir, ATELIER_* variables) and passed down, never a global."""
+    return ctx.find_root().obj
 
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     workdir: Optional[Path] = typer.Option(
         None,
         "--workdir",
@@ -45,9 +42,10 @@ def main(
 ) -> None:
     """atelier [--workdir DIR] COMMAND"""
     from atelier.logs import setup_logging
+    from atelier.settings import load_settings
 
-    _State.workdir = workdir
     setup_logging(log_level)
+    ctx.obj = load_settings(workdir=workdir)
 
 
 @app.command("generate-demo")
@@ -58,7 +56,7 @@ def generate_demo_cmd(
     customers: int = typer.Option(600, "--customers", min=10),
 ) -> None:
     """Write a synthetic catalogue in the H&M layout (images, articles, customers, purchases)."""
-    from cli.demo import generate_demo
+    from cli.demo_catalogue import generate_demo
 
     summary = generate_demo(
         out_dir,
@@ -74,13 +72,14 @@ def generate_demo_cmd(
 
 @app.command("ingest")
 def ingest_cmd(
+    ctx: typer.Context,
     layout: str = typer.Argument(..., help="Source layout: hm or fashion-images."),
     source: Path = typer.Argument(..., help="Folder holding the source files."),
 ) -> None:
     """Land a source into the lake, gated (same job as `spark-submit spark_jobs/ingest.py`)."""
     from spark_jobs.ingest import GateFailure, IngestError, format_report, run_ingest
 
-    settings = _settings()
+    settings = _settings(ctx)
     try:
         report = run_ingest(settings, layout, source)
     except GateFailure as e:
@@ -94,6 +93,7 @@ def ingest_cmd(
 
 @app.command("embed")
 def embed_cmd(
+    ctx: typer.Context,
     allow_random_weights: bool = typer.Option(
         False,
         "--allow-random-weights",
@@ -111,7 +111,7 @@ def embed_cmd(
     """Embed product images not embedded yet (the job of `spark-submit spark_jobs/embed.py`)."""
     from spark_jobs.embed import GateFailure, format_report, run_embed
 
-    settings = _settings()
+    settings = _settings(ctx)
     if allow_random_weights:
         settings.embed.allow_random_weights = True
     if max_images is not None:
@@ -129,6 +129,7 @@ def embed_cmd(
 
 @app.command("colour")
 def colour_cmd(
+    ctx: typer.Context,
     max_images: int | None = typer.Option(
         None,
         "--max-images",
@@ -141,7 +142,7 @@ def colour_cmd(
     `spark-submit spark_jobs/colour.py`): palette shares and summary numbers per shot."""
     from spark_jobs.colour import GateFailure, format_report, run_colour
 
-    settings = _settings()
+    settings = _settings(ctx)
     try:
         report = run_colour(settings, max_images=max_images)
     except GateFailure as e:
@@ -154,25 +155,25 @@ def colour_cmd(
 
 
 @app.command("features")
-def features_cmd() -> None:
+def features_cmd(ctx: typer.Context) -> None:
     """Build text features (vocabulary, token ids, TF-IDF) and product/customer features."""
     from atelier.spark import get_spark
     from spark_jobs.product_features import run_product_features
     from spark_jobs.text_features import run_text_features
 
-    settings = _settings()
+    settings = _settings(ctx)
     spark = get_spark(settings)
     _echo_dict("text features", _run(lambda: run_text_features(settings, spark=spark)))
     _echo_dict("product features", _run(lambda: run_product_features(settings, spark=spark)))
 
 
 @app.command("materialize")
-def materialize_cmd() -> None:
+def materialize_cmd(ctx: typer.Context) -> None:
     """Gate every feature table, `feast apply`, then materialise the passing ones incrementally."""
     from atelier.feast_store import apply
     from spark_jobs.materialize import materialize
 
-    settings = _settings()
+    settings = _settings(ctx)
     _run(lambda: apply(settings))
     result = _run(lambda: materialize(settings))
     _echo_dict("materialize", result)
@@ -180,21 +181,33 @@ def materialize_cmd() -> None:
         raise typer.Exit(2)
 
 
+@app.command("feast-repo")
+def feast_repo_cmd(ctx: typer.Context) -> None:
+    """Write this workdir's Feast feature repository and print its path, for the feast CLI:
+    `feast -c $(atelier feast-repo) apply` (no environment variable to set)."""
+    from atelier.feast_store import write_repo
+
+    typer.echo(str(_run(lambda: write_repo(_settings(ctx)))))
+
+
 @app.command("online")
 def online_cmd(
+    ctx: typer.Context,
     product_id: str = typer.Argument(..., help="Product whose online features to print."),
 ) -> None:
     """Print a product's online features from the Feast online store."""
     from atelier.feast_store import online_features
+    from cli.demo import short
 
-    settings = _settings()
+    settings = _settings(ctx)
     row = _run(lambda: online_features(settings, [product_id]))
     for name, values in row.items():
-        typer.echo(f"  {name}: {_short(values[0])}")
+        typer.echo(f"  {name}: {short(values[0])}")
 
 
 @app.command("similar")
 def similar_cmd(
+    ctx: typer.Context,
     product_id: str = typer.Argument(..., help="Product whose similar products to list."),
     variant: str = typer.Option("hybrid", "--variant", help="Item tower: cf, content or hybrid."),
     n: int = typer.Option(10, "--n", min=1, help="Number of neighbours."),
@@ -210,7 +223,7 @@ def similar_cmd(
     """
     from spark_jobs.item_vectors import ItemVectorError, similar_lines
 
-    settings = _settings()
+    settings = _settings(ctx)
     try:
         lines = similar_lines(settings, product_id, variant, n, model_uri)
     except (ItemVectorError, ValueError) as e:
@@ -225,6 +238,7 @@ app.add_typer(predict_app, name="predict")
 
 @predict_app.command("attributes")
 def predict_attributes_cmd(
+    ctx: typer.Context,
     model_uri: Optional[str] = typer.Option(
         None,
         "--model-uri",
@@ -256,7 +270,7 @@ def predict_attributes_cmd(
         minimums = parse_min_confidence(min_confidence) if min_confidence else None
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
-    settings = _settings()
+    settings = _settings(ctx)
     try:
         report = run_predict_attributes(settings, model_uri=model_uri, min_confidence=minimums)
     except GateFailure as e:
@@ -270,6 +284,7 @@ def predict_attributes_cmd(
 
 @predict_app.command("item-vectors")
 def predict_item_vectors_cmd(
+    ctx: typer.Context,
     model_uri: Optional[str] = typer.Option(
         None,
         "--model-uri",
@@ -297,7 +312,7 @@ def predict_item_vectors_cmd(
         run_item_vectors,
     )
 
-    settings = _settings()
+    settings = _settings(ctx)
     when = None if as_of is None else as_of.replace(tzinfo=UTC)
     try:
         report = run_item_vectors(settings, model_uri=model_uri, as_of=when)
@@ -312,6 +327,7 @@ def predict_item_vectors_cmd(
 
 @app.command("promote")
 def promote_cmd(
+    ctx: typer.Context,
     model: str = typer.Argument(
         ...,
         help="Registered model name (e.g. atelier-attributes); 'attributes' and 'recommender' "
@@ -324,7 +340,7 @@ def promote_cmd(
     """Move the `champion` alias to the `challenger` version when its metric is better."""
     from atelier.registry import RegistryError, format_decision, promote
 
-    settings = _settings()
+    settings = _settings(ctx)
     shorthand = {
         "attributes": settings.mlflow.attributes_model,
         "recommender": settings.mlflow.recommender_model,
@@ -354,155 +370,35 @@ def _echo_dict(title: str, d: dict) -> None:
 
 @app.command("demo")
 def demo_cmd(
+    ctx: typer.Context,
     seed: int = typer.Option(0, "--seed"),
-    products: int = typer.Option(2400, "--products", min=50),
-    customers: int = typer.Option(600, "--customers", min=10),
+    products: int = typer.Option(600, "--products", min=50),
+    customers: int = typer.Option(200, "--customers", min=10),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Stream every stage's output instead of the log file."
+    ),
 ) -> None:
     """Generate the demo catalogue under the workdir and run every stage on it.
 
+    One line per stage on the terminal; the full output in <workdir>/logs/demo-<time>.log.
     Offline by design: VGG16 uses seeded random weights unless ImageNet weights are available.
     """
-    from atelier.spark import get_spark
-    from cli.demo import generate_demo
-    from spark_jobs.ingest import GateFailure, format_report, run_ingest
+    from cli.demo import DemoFailed, run_demo
 
-    settings = _settings()
-    steps = 12
-    source = settings.workdir / "demo-source"
-    if not (source / "articles.csv").is_file():
-        typer.echo(f"[1/{steps}] generating the demo catalogue in {source}")
-        generate_demo(
-            source,
-            seed,
-            n_products=products,
-            n_customers=customers,
-            progress=lambda m: typer.echo("  " + m, err=True),
-        )
-    else:
-        typer.echo(f"[1/{steps}] demo catalogue already in {source}")
-
-    typer.echo(f"[2/{steps}] ingesting it into the lake")
-    spark = get_spark(settings)
     try:
-        report = run_ingest(settings, "hm", source, spark=spark)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    typer.echo(format_report(report))
-
-    from atelier.feast_store import apply, online_features
-    from spark_jobs.colour import format_report as format_colour
-    from spark_jobs.colour import run_colour
-    from spark_jobs.embed import format_report as format_embed
-    from spark_jobs.embed import run_embed
-    from spark_jobs.materialize import materialize
-    from spark_jobs.product_features import run_product_features
-    from spark_jobs.text_features import run_text_features
-
-    typer.echo(f"[3/{steps}] embedding product images (VGG16) and describing their colour")
-    settings.embed.allow_random_weights = True  # the demo is offline; recorded in `weights`
-    typer.echo(format_embed(_run(lambda: run_embed(settings, spark=spark))))
-    typer.echo(format_colour(_run(lambda: run_colour(settings, spark=spark))))
-    typer.echo(f"[4/{steps}] text and product features")
-    _echo_dict("text features", _run(lambda: run_text_features(settings, spark=spark)))
-    _echo_dict("product features", _run(lambda: run_product_features(settings, spark=spark)))
-    typer.echo(f"[5/{steps}] feast apply + gated materialisation")
-    _run(lambda: apply(settings))
-    _echo_dict("materialize", _run(lambda: materialize(settings)))
-
-    from atelier.lake import Lake
-    from atelier.registry import format_decision, promote
-    from spark_jobs.predict_attributes import format_report as format_predict
-    from spark_jobs.predict_attributes import run_predict_attributes
-    from training.attributes.evaluation import markdown_table
-    from training.attributes.pipeline import train_attributes
-
-    typer.echo(
-        f"[6/{steps}] training the attribute model (Feast {settings.attributes.feature_service})"
-    )
-    # The demo shows the pipeline, not the Figure 5 study: ablations are for `train attributes`.
-    settings.attributes.ablations = False
-    # The paper's 500-sample floor is for ~100k products; scale it to the demo's catalogue so
-    # the small runs still learn the attributes whose labels have gaps.
-    n_products = Lake(settings).read_arrow("products", ["product_id"]).num_rows
-    settings.attributes.min_value_count = min(
-        settings.attributes.min_value_count, max(5, n_products // 100)
-    )
-    trained = _run(lambda: train_attributes(settings, progress=lambda m: typer.echo("  " + m)))
-    typer.echo(markdown_table(trained["report"]))
-    typer.echo(f"[7/{steps}] promotion of {settings.mlflow.attributes_model}")
-    typer.echo(format_decision(_run(lambda: promote(settings, settings.mlflow.attributes_model))))
-    typer.echo(f"[8/{steps}] predicting missing attributes for the whole catalogue")
-    typer.echo(format_predict(_run(lambda: run_predict_attributes(settings, spark=spark))))
-    _echo_dict("materialize", _run(lambda: materialize(settings)))
-
-    from spark_jobs.item_vectors import format_report as format_vectors
-    from spark_jobs.item_vectors import run_item_vectors, similar_lines
-    from training.recommender.pipeline import summary_markdown, train_recommender
-
-    typer.echo(
-        f"[9/{steps}] training the recommender: popularity, cf, content, hybrid "
-        f"(Feast {settings.recommender.feature_service}, predicted attributes included)"
-    )
-    recommender = _run(lambda: train_recommender(settings, progress=lambda m: typer.echo("  " + m)))
-    typer.echo(summary_markdown(recommender["report"]))
-    typer.echo(f"[10/{steps}] promotion of {settings.mlflow.recommender_model}")
-    typer.echo(format_decision(_run(lambda: promote(settings, settings.mlflow.recommender_model))))
-    # The catalogue is historical: take popularity and recency as of the day after its last
-    # purchase, not today (when every popularity window would be empty).
-    as_of = datetime.fromisoformat(recommender["report"]["period"]["lake_last_interaction"])
-    as_of = as_of.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-    typer.echo(f"[11/{steps}] item vectors of every product (champion, as of {as_of.date()})")
-    typer.echo(format_vectors(_run(lambda: run_item_vectors(settings, spark=spark, as_of=as_of))))
-    _echo_dict("materialize", _run(lambda: materialize(settings)))
-
-    pid = Lake(settings).read_arrow("products", ["product_id"])["product_id"][0].as_py()
-    typer.echo(f"[12/{steps}] online features of product {pid}")
-    row = _run(lambda: online_features(settings, [pid]))
-    # One call per view: both name a feature model_version (Feast refuses the collision).
-    for view, features in (
-        ("predicted_attributes", ("attribute_values", "model_version")),
-        ("item_vectors", ("vector", "model_version")),
-    ):
-        refs = [f"{view}:{f}" for f in features]
-        found = _run(lambda refs=refs: online_features(settings, [pid], refs))
-        row.update({f"{view}.{n}": v for n, v in found.items() if n != "product_id"})
-    for name, values in row.items():
-        typer.echo(f"  {name}: {_short(values[0])}")
-    from atelier.colour import describe
-
-    colour = _run(lambda: online_features(settings, [pid], ["colour_features:colour"]))["colour"]
-    if colour[0] is not None:
-        shares = ", ".join(f"{share:.0%} {name}" for name, share in describe(colour[0]))
-        typer.echo(f"  colour (main image): {shares}")
-    typer.echo(f"similar products of {pid} (hybrid item vectors, cosine):")
-    typer.echo("\n".join(_run(lambda: similar_lines(settings, pid, "hybrid", 5, None))))
-    typer.echo(
-        f"\nlake: {settings.lake_dir}\nGX Data Docs: "
-        f"{settings.gx_dir / 'uncommitted/data_docs/local_site/index.html'}\n"
-        "feature repo: cd feature_repo && "
-        f"ATELIER_WORKDIR={settings.workdir} feast feature-views list\n"
-        f"attribute report: {trained['report_dir']}\n"
-        f"recommender report (Table 3, Figure 7): {recommender['report_dir']}\n"
-        f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}"
-    )
-
-
-def _short(v) -> str:
-    """A value for the terminal: long vectors shortened to their first few numbers."""
-    if isinstance(v, list) and len(v) > 8:
-        head = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:6])
-        return f"[{head}, ...] ({len(v)} values)"
-    return str(v)
+        run_demo(_settings(ctx), seed=seed, products=products, customers=customers, verbose=verbose)
+    except DemoFailed as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("tables")
-def tables_cmd() -> None:
+def tables_cmd(ctx: typer.Context) -> None:
     """List the lake's tables with their Delta version and row count."""
     from atelier.contracts import ALL
     from atelier.lake import Lake
 
-    lake = Lake(_settings())
+    lake = Lake(_settings(ctx))
     for name in ALL:
         if lake.exists(name):
             typer.echo(
@@ -522,6 +418,7 @@ app.add_typer(evaluate_app, name="evaluate")
 
 @train_app.command("attributes")
 def train_attributes_cmd(
+    ctx: typer.Context,
     report: Optional[Path] = typer.Option(
         None,
         "--report",
@@ -536,7 +433,7 @@ def train_attributes_cmd(
     from training.attributes.evaluation import markdown_table
     from training.attributes.pipeline import train_attributes
 
-    settings = _settings()
+    settings = _settings(ctx)
     if steps is not None:
         settings.attributes.steps = steps
     if no_ablations:
@@ -552,6 +449,7 @@ def train_attributes_cmd(
 
 @evaluate_app.command("attributes")
 def evaluate_attributes_cmd(
+    ctx: typer.Context,
     source: Path = typer.Argument(..., help="Folder of a labelled catalogue."),
     layout: str = typer.Option(..., "--layout", help="Its layout: hm or fashion-images."),
     report: Path = typer.Option(..., "--report", help="Folder for the evaluation report."),
@@ -575,7 +473,7 @@ def evaluate_attributes_cmd(
     from cli.evaluate import evaluate_attributes
     from training.attributes.evaluation import markdown_table
 
-    settings = _settings()
+    settings = _settings(ctx)
     if allow_random_weights:
         settings.embed.allow_random_weights = True
     result = _run(
@@ -595,6 +493,7 @@ def evaluate_attributes_cmd(
 
 @train_app.command("recommender")
 def train_recommender_cmd(
+    ctx: typer.Context,
     train_end: Optional[datetime] = typer.Option(
         None,
         "--train-end",
@@ -621,7 +520,7 @@ def train_recommender_cmd(
     interaction trains to deploy: all history, validation metrics, no test table."""
     from training.recommender.pipeline import summary_markdown, train_recommender
 
-    settings = _settings()
+    settings = _settings(ctx)
     if epochs is not None:
         settings.recommender.epochs = epochs
     end = train_end.date() if train_end is not None else None
@@ -644,6 +543,7 @@ def train_recommender_cmd(
 
 @evaluate_app.command("recommender")
 def evaluate_recommender_cmd(
+    ctx: typer.Context,
     interactions: Path = typer.Option(
         ...,
         "--interactions",
@@ -658,7 +558,7 @@ def evaluate_recommender_cmd(
     new to customer); histories come from the lake."""
     from training.recommender.pipeline import evaluate_recommender, summary_markdown
 
-    settings = _settings()
+    settings = _settings(ctx)
     result = _run(
         lambda: evaluate_recommender(settings, interactions, report, model_uri, typer.echo)
     )
@@ -668,6 +568,7 @@ def evaluate_recommender_cmd(
 
 @app.command("serve")
 def serve_cmd(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535),
     poll_seconds: float = typer.Option(
@@ -682,7 +583,7 @@ def serve_cmd(
 
     from serving.app import configure_access_log, create_app
 
-    settings = _settings()
+    settings = _settings(ctx)
     base = f"http://{host}:{port}"
     customer, product = _examples(settings)
     typer.echo(

@@ -1,17 +1,14 @@
 """Feast definitions: entities, Delta sources, feature views and versioned feature services.
 
-Declarative and safe to import: the only thing it does at import is read two environment
-variables, the same ones `atelier.settings.Settings` reads:
-
-- `ATELIER_WORKDIR` — the workdir whose `lake/<table>` Delta tables the sources point at
-  (default: `<repo>/workspace`, the CLI's default workdir when run from the repository root);
-- `ATELIER_FEAST__PROFILE` — `embedded` (default: `FileSource` in the Delta format, read by the
-  duckdb offline store) or `scale` (`SparkSource` with the Delta table format, read by the Spark
-  offline store).
+Pure: nothing happens at import, and nothing is read from the environment. `build(lake_dir,
+profile)` returns the objects for one workdir's lake and one profile: `embedded` (`FileSource` in
+the Delta format, read by the duckdb offline store) or `scale` (`SparkSource` with the Delta table
+format, read by the Spark offline store). `atelier.feast_store` calls it for a Settings object,
+and writes each workdir's own feature repository (`<workdir>/feast/repo`: its yaml and a
+two-line definitions file calling `build` with that workdir's lake), where the `feast` CLI works.
 
 Source paths are absolute: the duckdb store resolves relative paths against the current
-directory, and Spark workers against theirs. `atelier.feast_store` does not rely on the module
-globals (a process may serve several workdirs): it calls `build(lake_dir, profile)` itself.
+directory, and Spark workers against theirs.
 
 Time semantics (see `atelier.contracts`): every row carries `event_timestamp` (when the value
 became true: the point-in-time joins use it) and `created_timestamp` (when it was written: among
@@ -42,16 +39,12 @@ never load anything older.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.data_format import DeltaFormat
 from feast.types import Array, Float32, Float64, Int32, Int64, String, UnixTimestamp
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WORKDIR = REPO_ROOT / "workspace"
 
 NO_EXPIRY = timedelta(days=36_500)
 CONTENT_TTL = NO_EXPIRY
@@ -353,37 +346,3 @@ def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
         "predicted_attributes_v1": predicted_attributes_v1,
         "serving_v1": serving_v1,
     }
-
-
-def workdir_from_env() -> Path:
-    """`ATELIER_WORKDIR` as an absolute path, or `<repo>/workspace` when it is unset."""
-    value = os.environ.get("ATELIER_WORKDIR")
-    return Path(value).expanduser().resolve() if value else DEFAULT_WORKDIR
-
-
-def profile_from_env() -> str:
-    return os.environ.get("ATELIER_FEAST__PROFILE", "embedded")
-
-
-# What `feast apply` (the CLI) collects: the module's Feast objects, built from the env.
-_objects = build(workdir_from_env() / "lake", profile_from_env())
-image_embeddings_source = _objects["image_embeddings_source"]
-colour_features_source = _objects["colour_features_source"]
-text_features_source = _objects["text_features_source"]
-product_features_source = _objects["product_features_source"]
-customer_history_source = _objects["customer_history_source"]
-attribute_vectors_source = _objects["attribute_vectors_source"]
-item_vectors_source = _objects["item_vectors_source"]
-image_embedding = _objects["image_embedding"]
-colour_features = _objects["colour_features"]
-text_features = _objects["text_features"]
-product_features = _objects["product_features"]
-customer_history = _objects["customer_history"]
-predicted_attributes = _objects["predicted_attributes"]
-item_vectors = _objects["item_vectors"]
-attributes_v1 = _objects["attributes_v1"]
-attributes_v2 = _objects["attributes_v2"]
-recommender_v1 = _objects["recommender_v1"]
-predicted_attributes_v1 = _objects["predicted_attributes_v1"]
-serving_v1 = _objects["serving_v1"]
-del _objects

@@ -15,7 +15,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_demo_runs_every_stage_and_prints_online_features(demo_run):
     workdir, out, env = demo_run
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-    text = out.stdout
+    # The terminal: a header naming the log, one line per stage with its time, a summary; no
+    # TensorFlow/CUDA/Spark/Feast chatter on either stream.
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"atelier demo in {workdir} (full log: ")
+    stages = [line for line in lines if re.match(r"\[\d+/12\] ", line)]
+    assert [int(s[1 : s.index("/")]) for s in stages] == list(range(1, 13)), out.stdout
+    assert all(re.search(r" \d+\.\ds$", s) for s in stages), stages
+    assert re.match(r"done in \d+s$", lines[13]), out.stdout
+    assert len(lines) <= 14 + 8, out.stdout
+    for noise in ("cuInit", "oneDNN", "cpu_feature_guard", "Registry cache", "WARN ", "absl"):
+        assert noise not in out.stdout + out.stderr, noise
+    logs = sorted((workdir / "logs").glob("demo-*.log"))
+    assert len(logs) == 1 and f"full log: {logs[0]}" in lines[0]
+    text = logs[0].read_text()
     assert "quarantine by reason: none" in text
     assert re.search(r"embedded\D+150\b", text), text
     # Steps 6-8: the attribute model is trained (short Table 2), promoted, and fills the gaps.
@@ -39,7 +52,7 @@ def test_demo_runs_every_stage_and_prints_online_features(demo_run):
     # The online lookup of step 12 prints the product's 512-d embedding, its token ids, the
     # attribute values served from the predicted_attributes view and its item vector (16
     # match coordinates and the bias).
-    step12 = text[text.index("[12/12]"):]
+    step12 = text[text.index("===== [12/12]"):]
     assert "(512 values)" in step12
     assert "token_ids" in step12 and "type_idx" in step12
     assert "predicted_attributes.model_version: atelier-attributes/1" in step12

@@ -105,15 +105,22 @@ def as_f32(value) -> np.ndarray:
 
 
 # -- the feast CLI on the repository ---------------------------------------------------------
-def test_feast_cli_apply_uses_the_workdir_from_the_environment(settings):
+def test_feast_cli_works_in_the_workdirs_own_repo_without_environment(settings):
     Lake(settings).merge("image_embeddings", embeddings(["p0"], vectors(1, 0)))
-    feast = Path(sys.executable).with_name("feast")
-    env = {**os.environ, "ATELIER_WORKDIR": str(settings.workdir)}
-    env.pop("ATELIER_FEAST__PROFILE", None)
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
+    printed = subprocess.run(
+        [str(bindir / "atelier"), "--workdir", str(settings.workdir), "feast-repo"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr
+    repo = Path(printed.stdout.strip().splitlines()[-1])
+    assert repo == settings.feast_dir / "repo"
+    assert "${" not in (repo / "feature_store.yaml").read_text()  # the workdir is filled in
     run = subprocess.run(
-        f"{feast} apply && {feast} feature-views list",
+        f"{bindir / 'feast'} -c {repo} apply && {bindir / 'feast'} -c {repo} feature-views list",
         shell=True,
-        cwd=REPO / "feature_repo",
+        cwd=settings.workdir,
         env=env,
         capture_output=True,
         text=True,

@@ -46,7 +46,7 @@ def trained(tmp_path_factory, spark):
     """A workdir with a demo catalogue featurised and the recommender trained once."""
     from atelier.feast_store import apply
     from atelier.settings import Settings
-    from cli.demo import generate_demo
+    from cli.demo_catalogue import generate_demo
     from spark_jobs.embed import run_embed
     from spark_jobs.ingest import run_ingest
     from spark_jobs.product_features import run_product_features

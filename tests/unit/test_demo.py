@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.demo import (
+from cli.demo_catalogue import (
     ARTICLE_COLUMNS,
     CUSTOMER_COLUMNS,
     IMAGE_SIZE,
