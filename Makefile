@@ -43,6 +43,7 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python .ci/layers_diagram.py --check
 
 clean:
 	rm -rf $(WORKDIR) .pytest_cache

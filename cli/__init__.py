@@ -1,1 +1,1 @@
-"""The command line (`atelier ...`) and the orchestration of stages: the top layer."""
+"""The command line (`atelier ...`), the demo and orchestration across stages: the top layer."""

@@ -1,4 +1,4 @@
-"""Feast feature definitions (entities, sources, feature views, feature services).
+"""Feast definitions, pure: entities, Delta sources, feature views and feature services.
 
 `definitions.build(lake_dir, profile)` makes the objects; `feature_store.yaml` (embedded profile)
 and `feature_store.scale.yaml` (scale profile) are templates of the stores' configuration.

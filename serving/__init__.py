@@ -1,1 +1,1 @@
-"""FastAPI service and web gallery over Feast online features (the serving issue)."""
+"""Serving, a stage: the FastAPI service and web gallery over Feast online features."""

@@ -1,0 +1,1 @@
+"""Batch jobs, a stage: ingest, embed, colour, text and product features, scoring, materialise."""

@@ -82,3 +82,22 @@ def test_a_wrong_way_import_inside_a_function_breaks_it(tmp_path, module, plante
     done = _lint(root)
     assert done.returncode != 0
     assert message in done.stdout, done.stdout
+
+
+def test_the_readme_diagram_is_generated_from_the_contract():
+    done = subprocess.run(
+        [sys.executable, str(REPO / ".ci" / "layers_diagram.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("<!-- layers:begin", 1)[1].split("<!-- layers:end -->", 1)[0]
+    # Every layer of the contract is drawn, in the contract's order.
+    order = [
+        block.index(f"\n{p}/") if f"\n{p}/" in block else block.index(f"  {p}/")
+        for p in PACKAGES
+        if p not in ("training", "serving")
+    ]
+    assert order == sorted(order)
