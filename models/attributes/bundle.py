@@ -9,7 +9,6 @@ it. Saved as `model.keras` beside `bundle.json` (everything else, plain JSON).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,12 +30,11 @@ from models.attributes.model import (
     as_model_inputs,
 )
 from models.attributes.model import predict_proba as model_predict_proba
+from models.bundle import MODEL_FILE, load_state, save_state
 
 if TYPE_CHECKING:
     import keras
 
-MODEL_FILE = "model.keras"
-BUNDLE_FILE = "bundle.json"
 # 2: optional colour input, wide text path, heads as logits + softmax (format 1: retrain).
 FORMAT_VERSION = 2
 CATEGORY_KEYS = ("type", "brand", "division")
@@ -92,6 +90,8 @@ class AttributeBundle:
     padding, 1 out of vocabulary); `categories` is {"type"|"brand"|"division": {name: index}} with
     0 the unknown index; `metadata` is free JSON (feature service, embedding weights, metrics).
     """
+
+    KIND = "attribute"  # in messages: "not an attribute bundle"
 
     model: keras.Model  # from build_attribute_model(config)
     config: AttributeModelConfig
@@ -367,8 +367,6 @@ class AttributeBundle:
 
     def save(self, directory) -> Path:
         """Write `model.keras` and `bundle.json` into `directory` (created); returns its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {
             "format": FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -380,13 +378,7 @@ class AttributeBundle:
             "max_shots": self.max_shots,
             "metadata": self.metadata,
         }
-        try:
-            text = json.dumps(state, indent=1, ensure_ascii=False, default=_json_default)
-        except TypeError as error:
-            raise ValueError(f"bundle metadata must be plain JSON: {error}") from error
-        self.model.save(directory / MODEL_FILE)
-        (directory / BUNDLE_FILE).write_text(text, encoding="utf-8")
-        return directory
+        return save_state(directory, state, self.model.save)
 
     @classmethod
     def load(cls, directory) -> AttributeBundle:
@@ -395,16 +387,8 @@ class AttributeBundle:
 
         import models.attributes.layers  # noqa: F401  (registers the custom layers)
 
-        directory = Path(directory)
-        missing = [f for f in (MODEL_FILE, BUNDLE_FILE) if not (directory / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{directory} is not an attribute bundle: no {missing!r}")
-        state = json.loads((directory / BUNDLE_FILE).read_text(encoding="utf-8"))
-        if state.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"bundle format {state.get('format')!r} is not the supported {FORMAT_VERSION}"
-            )
-        model = keras.saving.load_model(directory / MODEL_FILE, compile=False)
+        state = load_state(directory, cls.KIND, FORMAT_VERSION)
+        model = keras.saving.load_model(Path(directory) / MODEL_FILE, compile=False)
         return cls(
             model=model,
             config=AttributeModelConfig.from_dict(state["config"]),
@@ -426,14 +410,6 @@ def _check_id(name: str, value, minimum: int, end: int | None) -> int:
         bound = f"[{minimum}, {end})" if end is not None else f">= {minimum}"
         raise ValueError(f"{name} must be in {bound}, got {value!r}")
     return int(value)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serializable")
 
 
 def _missing(value) -> bool:

@@ -15,7 +15,6 @@ ranks. The bundle has `item_tower` and `item_index` like `trainer.TrainedRecomme
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from models.bundle import MODEL_FILE, json_default, load_state, save_state
 from models.recommender.features import (
     ATTRIBUTES,
     DAYS_PER_YEAR,
@@ -47,8 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 N_RECENT = 5  # trainer.N_RECENT; a bundle without the value predates the setting
-MODEL_FILE = "model.keras"
-BUNDLE_FILE = "bundle.json"
 # 2: item vectors are k match coordinates + the item bias (layout "dot+bias"), and the bundle
 # records `n_recent`; a format-1 bundle (k-dim, no bias) must be retrained.
 FORMAT_VERSION = 2
@@ -63,6 +61,8 @@ class RecommenderBundle:
     to the config's content layout and must equal it for `content` and `hybrid` (a `cf` tower
     reads no content). `item_index` values lie in 1..`config.n_items`.
     """
+
+    KIND = "recommender"  # in messages: "not a recommender bundle"
 
     item_tower: keras.Model
     config: RecommenderConfig
@@ -277,8 +277,6 @@ class RecommenderBundle:
 
     def save(self, directory) -> Path:
         """Write `model.keras` and `bundle.json` into `directory` (created); returns its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
         state = {
             "format": FORMAT_VERSION,
             "config": self.config.to_dict(),
@@ -288,29 +286,21 @@ class RecommenderBundle:
             "categorical": self.categorical,
             "metadata": self.metadata,
         }
-        try:
-            text = json.dumps(state, indent=1, ensure_ascii=False, default=_json_default)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"bundle metadata must be plain JSON: {error}") from error
-        save_item_tower(self.item_tower, directory / MODEL_FILE)
-        (directory / BUNDLE_FILE).write_text(text, encoding="utf-8")
-        return directory
+        return save_state(
+            directory, state, lambda path: save_item_tower(self.item_tower, path), _json_default
+        )
 
     @classmethod
     def load(cls, directory) -> RecommenderBundle:
         """Read a bundle written by `save`."""
-        directory = Path(directory)
-        missing = [f for f in (MODEL_FILE, BUNDLE_FILE) if not (directory / f).is_file()]
-        if missing:
-            raise FileNotFoundError(f"{directory} is not a recommender bundle: no {missing!r}")
-        state = json.loads((directory / BUNDLE_FILE).read_text(encoding="utf-8"))
-        if state.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"bundle format {state.get('format')!r} is not the supported {FORMAT_VERSION}: "
-                "retrain the recommender with this version (atelier train recommender)"
-            )
+        state = load_state(
+            directory,
+            cls.KIND,
+            FORMAT_VERSION,
+            ": retrain the recommender with this version (atelier train recommender)",
+        )
         return cls(
-            item_tower=load_item_tower(directory / MODEL_FILE),
+            item_tower=load_item_tower(Path(directory) / MODEL_FILE),
             config=RecommenderConfig.from_dict(state["config"]),
             variant=state["variant"],
             item_index=state["item_index"],
@@ -348,10 +338,7 @@ def _as_of(frame: pd.DataFrame, as_of) -> pd.Timestamp:
 
 
 def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
+    # Metadata may hold times (train_end); the attribute bundle's does not.
     if isinstance(value, datetime):
         return value.isoformat()
-    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serializable")
+    return json_default(value)

@@ -13,32 +13,23 @@ evaluation that want arrays use `load_bundle`.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
+from models.bundle import BundlePyfunc, log_model
+from models.bundle import load_bundle as _load_bundle
 from models.recommender.bundle import RecommenderBundle
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow.models.model import ModelInfo
 
-BUNDLE_ARTIFACT = "bundle"
-_REPO = Path(__file__).resolve().parents[2]
-_CODE_PACKAGES = ("models", "atelier")
-_REQUIREMENTS = ("mlflow", "tensorflow", "keras", "pandas", "numpy")
 
-
-class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+class RecommenderPyfunc(BundlePyfunc, mlflow.pyfunc.PythonModel):
     """Pyfunc wrapper of a `RecommenderBundle` stored as the artifact `bundle`."""
 
-    def load_context(self, context):
-        self.bundle = RecommenderBundle.load(context.artifacts[BUNDLE_ARTIFACT])
+    bundle_class = RecommenderBundle
 
     def predict(self, context, model_input: pd.DataFrame, params=None):
         """model_input: products' content columns → DataFrame(product_id, vector)."""
@@ -55,52 +46,9 @@ def log_recommender_model(
     With `registered_model_name` a new version of that registered model is created too (the
     pipeline registers through `atelier.registry.register` instead, for the metric tags).
     """
-    if not isinstance(bundle, RecommenderBundle):
-        raise ValueError(f"bundle must be a RecommenderBundle, got {type(bundle).__name__}")
-    if mlflow.active_run() is None:
-        raise RuntimeError("log_recommender_model needs an active MLflow run (mlflow.start_run())")
-    with tempfile.TemporaryDirectory(prefix="atelier-recommender-") as tmp:
-        tmp = Path(tmp)
-        bundle_dir = bundle.save(tmp / BUNDLE_ARTIFACT)
-        code_paths = []
-        for package in _CODE_PACKAGES:
-            target = tmp / "code" / package
-            shutil.copytree(
-                _REPO / package, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-            )
-            code_paths.append(str(target))
-        return mlflow.pyfunc.log_model(
-            name=name,
-            python_model=RecommenderPyfunc(),
-            artifacts={BUNDLE_ARTIFACT: str(bundle_dir)},
-            code_paths=code_paths,
-            pip_requirements=_pip_requirements(),
-            registered_model_name=registered_model_name,
-        )
+    return log_model(bundle, RecommenderPyfunc(), name, registered_model_name)
 
 
 def load_bundle(model_uri: str) -> RecommenderBundle:
-    """The `RecommenderBundle` inside a logged or registered recommender pyfunc.
-
-    `model_uri`: any MLflow model URI (`runs:/<id>/model`, `models:/<name>@champion`,
-    `models:/<name>/<version>`, `models:/m-<id>`).
-    """
-    from mlflow.models import Model
-
-    with tempfile.TemporaryDirectory(prefix="atelier-recommender-") as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp))
-        flavor = Model.load(local / "MLmodel").flavors.get("python_function", {})
-        artifact = flavor.get("artifacts", {}).get(BUNDLE_ARTIFACT)
-        if artifact is None:
-            raise ValueError(f"{model_uri!r} is not a recommender pyfunc: it has no 'bundle'")
-        return RecommenderBundle.load(local / artifact["path"])
-
-
-def _pip_requirements() -> list[str]:
-    requirements = []
-    for package in _REQUIREMENTS:
-        try:
-            requirements.append(f"{package}=={version(package)}")
-        except PackageNotFoundError:
-            requirements.append(package)
-    return requirements
+    """The `RecommenderBundle` inside a logged or registered recommender pyfunc (any URI)."""
+    return _load_bundle(model_uri, RecommenderBundle)
