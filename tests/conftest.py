@@ -218,3 +218,19 @@ def demo_run(tmp_path_factory):
          *DEMO_ARGS],
         capture_output=True, text=True, env=env, timeout=1500)
     return workdir, out, env
+
+
+@pytest.fixture(scope="module")
+def demo_workdir(tmp_path_factory, request) -> Path:
+    """A copy, for the test module, of the session's demo workdir (or of
+    ATELIER_TEST_SERVING_WORKDIR): the serving tests change their copy, never the source."""
+    import shutil
+
+    dst = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]) / "w"
+    given = os.environ.get("ATELIER_TEST_SERVING_WORKDIR")
+    if not given:
+        source, out, _ = request.getfixturevalue("demo_run")
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+        given = source
+    shutil.copytree(given, dst, symlinks=True)
+    return dst

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import html as htmlmod
 import io
-import os
 import re
 import shutil
 import socket
@@ -35,23 +34,10 @@ WINDOW = (1280, 1400)
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, request) -> Path:
-    """A copy of the session's demo workdir (or of ATELIER_TEST_SERVING_WORKDIR)."""
-    dst = tmp_path_factory.mktemp("gallery") / "w"
-    given = os.environ.get("ATELIER_TEST_SERVING_WORKDIR")
-    if not given:
-        source, out, _ = request.getfixturevalue("demo_run")
-        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-        given = source
-    shutil.copytree(given, dst, symlinks=True)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def settings(workdir):
+def settings(demo_workdir):
     from atelier.settings import load_settings
 
-    return load_settings(workdir=workdir)
+    return load_settings(workdir=demo_workdir)
 
 
 @pytest.fixture(scope="module")

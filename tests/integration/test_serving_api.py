@@ -33,23 +33,10 @@ LAYOUT = "dot+bias"  # vector_layout of the demo's training run
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, request) -> Path:
-    """A copy of the session's demo workdir (or of ATELIER_TEST_SERVING_WORKDIR)."""
-    dst = tmp_path_factory.mktemp("serving") / "w"
-    given = os.environ.get("ATELIER_TEST_SERVING_WORKDIR")
-    if not given:
-        source, out, _ = request.getfixturevalue("demo_run")
-        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
-        given = source
-    shutil.copytree(given, dst, symlinks=True)
-    return dst
-
-
-@pytest.fixture(scope="module")
-def settings(workdir):
+def settings(demo_workdir):
     from atelier.settings import load_settings
 
-    return load_settings(workdir=workdir)
+    return load_settings(workdir=demo_workdir)
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +327,7 @@ def test_attributes_known_and_predicted_with_confidence(client, attributes):
     assert r.status_code == 404 and r.json()["detail"] == "unknown product 'nope'"
 
 
-def test_without_predicted_attributes_the_known_labels_are_served(workdir, tmp_path, customer):
+def test_without_predicted_attributes_the_known_labels_are_served(demo_workdir, tmp_path, customer):
     """A catalogue with no attribute model yet is served, with filters on the known labels."""
     from fastapi.testclient import TestClient
 
@@ -350,7 +337,7 @@ def test_without_predicted_attributes_the_known_labels_are_served(workdir, tmp_p
     from serving.state import StateHolder
 
     copy = tmp_path / "w"
-    shutil.copytree(workdir, copy, symlinks=True)
+    shutil.copytree(demo_workdir, copy, symlinks=True)
     settings = load_settings(workdir=copy)
     lake = Lake(settings)
     shutil.rmtree(lake.path("predicted_attributes"))
@@ -561,7 +548,7 @@ def test_a_new_champion_is_served_once_its_vectors_exist(
     assert metric(text, "atelier_reloads_total", trigger="admin", outcome="failed") == 1
 
 
-def test_atelier_serve_prints_working_examples_and_answers(workdir, histories):
+def test_atelier_serve_prints_working_examples_and_answers(demo_workdir, histories):
     """`atelier serve` as `make demo` starts it: the printed curl call works on a real server."""
     import json
     import shlex
@@ -576,7 +563,7 @@ def test_atelier_serve_prints_working_examples_and_answers(workdir, histories):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(workdir), "serve",
+        [str(Path(sys.executable).parent / "atelier"), "--workdir", str(demo_workdir), "serve",
          "--port", str(port), "--poll-seconds", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, ATELIER_LOG_LEVEL="WARNING"),
