@@ -7,10 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workspace
 
-.PHONY: install java demo test lint clean help
+.PHONY: install java demo test test-slow test-all lint clean help
 
 help:
-	@echo "make demo | make test | make install | make lint | make clean"
+	@echo "make demo | make test | make test-slow | make test-all | make install | make lint | make clean"
 
 install: $(VENV)/.installed
 
@@ -36,8 +36,18 @@ demo: install
 	$(BIN)/atelier --workdir $(WORKDIR) demo
 	$(BIN)/atelier --workdir $(WORKDIR) serve
 
+# `make test`: everything but the suites marked slow (end-to-end demo, serving, training
+# pipelines); `make test-slow` runs those; `make test-all` both. CI runs all of them.
+PYTEST := PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest --durations=15
+
 test: install
-	PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest
+	$(PYTEST) -m "not slow"
+
+test-slow: install
+	$(PYTEST) -m slow
+
+test-all: install
+	$(PYTEST)
 
 # Style, then the one-way layers contract ([importlinter] in setup.cfg).
 lint: install

@@ -372,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=250, help="validation measurements")
     p.add_argument("--min-value-count", type=int, default=50)
     p.add_argument("--speed-steps", type=int, default=300)
+    p.add_argument(
+        "--wide-scale",
+        type=float,
+        default=None,
+        help="attributes.model.wide_scale (default: the setting's); choose it on validation",
+    )
     p.add_argument("--notes", default="", help="a sentence to print under the results")
     p.add_argument(
         "--unseen",
@@ -404,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
             "steps": args.steps,
             "eval_every": args.eval_every,
             "min_value_count": args.min_value_count,
+            **({"model": {"wide_scale": args.wide_scale}} if args.wide_scale else {}),
         },
     )
     if args.weights is None:
