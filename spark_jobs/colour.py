@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,10 +25,13 @@ from typing import TYPE_CHECKING
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     job_parser,
+    new_run_id,
     partition_id,
     read_checked_image,
     run_job,
     save_report,
+    shot_quarantine_rows,
+    with_event_us,
     worker_log,
 )
 
@@ -141,8 +143,7 @@ def pending_images(
     todo = images.select("product_id", "shot", "path", "content_hash").join(
         done.select(*keys), keys, "left_anti"
     )
-    first = products.select("product_id", F.unix_micros("first_seen").alias("_event_us"))
-    return todo.join(first, "product_id", "left").fillna({"_event_us": 0})
+    return with_event_us(todo, products)
 
 
 def describe_images(pending: DataFrame, partitions: int) -> DataFrame:
@@ -175,25 +176,6 @@ def colour_rows(described: DataFrame, descriptor_version: str, now: datetime) ->
     )
 
 
-def quarantine_rows(described: DataFrame, run_id: str, now: datetime) -> DataFrame:
-    """Bad rows of `describe_images` in the quarantine contract: source_file = image path,
-    line = shot, record = the product_images key and hash as JSON."""
-    from pyspark.sql import functions as F
-
-    from spark_jobs.common import timestamp_lit
-
-    return described.where("_reason IS NOT NULL").select(
-        F.lit("colour_features").alias("table"),
-        F.col("path").alias("source_file"),
-        F.col("shot").cast("long").alias("line"),
-        F.col("_reason").alias("reason"),
-        F.col("_detail").alias("detail"),
-        F.to_json(F.struct("product_id", "shot", "content_hash")).alias("record"),
-        F.lit(run_id).alias("run_id"),
-        timestamp_lit(now).alias("quarantined_at"),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +203,7 @@ def run_colour(
     t0 = time.time()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     version = atelier.colour.DESCRIPTOR_VERSION
-    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id(now)
     report = ColourReport(run_id, version, now.isoformat())
     if not Lake(settings).exists("product_images"):
         raise ColourError(f"no product_images table in {settings.lake_dir}: run ingest first")
@@ -306,7 +288,11 @@ def _describe_and_publish(
         )
         # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
         if by_reason:
-            q = lake.merge("quarantine", quarantine_rows(described, run_id, now), update=False)
+            q = lake.merge(
+                "quarantine",
+                shot_quarantine_rows(described, "colour_features", run_id, now),
+                update=False,
+            )
             log.info("quarantine: %d new rows (table version %s)", q.inserted, q.version)
         if not report.described:
             return

@@ -61,6 +61,33 @@ def changed_rows(new: DataFrame, existing: DataFrame, key: Sequence[str], now: d
     )
 
 
+def with_event_us(shots: DataFrame, products: DataFrame) -> DataFrame:
+    """`shots` with `_event_us`: their product's first_seen in epoch microseconds, 0 (the
+    epoch) when unknown or the product is absent (image content holds from first_seen)."""
+    from pyspark.sql import functions as F
+
+    first = products.select("product_id", F.unix_micros("first_seen").alias("_event_us"))
+    return shots.join(first, "product_id", "left").fillna({"_event_us": 0})
+
+
+def shot_quarantine_rows(rows: DataFrame, table: str, run_id: str, now: datetime) -> DataFrame:
+    """Bad shots (`_reason` set) of an image job's output for `table` in the quarantine
+    contract: source_file = image path, line = shot, record = the product_images key and hash
+    as JSON."""
+    from pyspark.sql import functions as F
+
+    return rows.where("_reason IS NOT NULL").select(
+        F.lit(table).alias("table"),
+        F.col("path").alias("source_file"),
+        F.col("shot").cast("long").alias("line"),
+        F.col("_reason").alias("reason"),
+        F.col("_detail").alias("detail"),
+        F.to_json(F.struct("product_id", "shot", "content_hash")).alias("record"),
+        F.lit(run_id).alias("run_id"),
+        timestamp_lit(now).alias("quarantined_at"),
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker side
 # ---------------------------------------------------------------------------------------------
@@ -113,6 +140,13 @@ def read_checked_image(
 # ---------------------------------------------------------------------------------------------
 # Driver side: reports and the spark-submit entry
 # ---------------------------------------------------------------------------------------------
+def new_run_id(now: datetime) -> str:
+    """A run's id: its UTC start time, then 8 random hex digits (two runs in a second differ)."""
+    import uuid
+
+    return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
 def save_report(settings: Settings, job: str, report: dict) -> Path:
     """Write `report` to reports/<job>/latest.json and, when it has a run_id, to
     reports/<job>/<run_id>.json too (the history); returns latest.json."""

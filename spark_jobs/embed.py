@@ -27,7 +27,6 @@ import logging
 import os
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +36,13 @@ from typing import TYPE_CHECKING, Any
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     job_parser,
+    new_run_id,
     partition_id,
     read_checked_image,
     run_job,
     save_report,
+    shot_quarantine_rows,
+    with_event_us,
     worker_log,
 )
 
@@ -487,8 +489,7 @@ def pending_images(
         "height",
         input_size_column(mode).alias("input_size"),
     ).join(existing.where(F.col("weights") == F.lit(weights_id)).select(*keys), keys, "left_anti")
-    first = products.select("product_id", F.unix_micros("first_seen").alias("_event_us"))
-    return todo.join(first, "product_id", "left").fillna({"_event_us": 0})
+    return with_event_us(todo, products)
 
 
 def partition_for_embedding(pending: DataFrame, partitions: int) -> DataFrame:
@@ -529,25 +530,6 @@ def embedding_rows(embedded: DataFrame, weights_id: str, now: datetime) -> DataF
     )
 
 
-def quarantine_rows(embedded: DataFrame, run_id: str, now: datetime) -> DataFrame:
-    """Bad rows of `embed_images` in the quarantine contract: source_file = image path,
-    line = shot, record = the product_images key and hash as JSON."""
-    from pyspark.sql import functions as F
-
-    from spark_jobs.common import timestamp_lit
-
-    return embedded.where("_reason IS NOT NULL").select(
-        F.lit("image_embeddings").alias("table"),
-        F.col("path").alias("source_file"),
-        F.col("shot").cast("long").alias("line"),
-        F.col("_reason").alias("reason"),
-        F.col("_detail").alias("detail"),
-        F.to_json(F.struct("product_id", "shot", "content_hash")).alias("record"),
-        F.lit(run_id).alias("run_id"),
-        timestamp_lit(now).alias("quarantined_at"),
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
@@ -568,7 +550,7 @@ def run_embed(
     now = (now or datetime.now(UTC)).astimezone(UTC)
     embed = settings.embed
     spec = resolve_weights(embed)
-    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id(now)
     report = EmbedReport(run_id, spec.id, embed.input_size, now.isoformat())
     if not Lake(settings).exists("product_images"):
         raise EmbedError(f"no product_images table in {settings.lake_dir}: run ingest first")
@@ -647,7 +629,11 @@ def _embed_and_publish(
         )
         # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
         if by_reason:
-            q = lake.merge("quarantine", quarantine_rows(embedded, run_id, now), update=False)
+            q = lake.merge(
+                "quarantine",
+                shot_quarantine_rows(embedded, "image_embeddings", run_id, now),
+                update=False,
+            )
             log.info("quarantine: %d new rows (table version %s)", q.inserted, q.version)
         if not report.embedded:
             return

@@ -17,14 +17,13 @@ import logging
 import re
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from expectations.gate import GateFailure
-from spark_jobs.common import job_parser, run_job, save_report
+from spark_jobs.common import job_parser, new_run_id, run_job, save_report
 
 if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -546,7 +545,7 @@ def run_ingest(
     if not source_dir.is_dir():
         raise IngestError(f"source folder not found: {source_dir}")
     now = now or datetime.now(UTC)
-    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = new_run_id(now)
     spark = spark or get_spark(settings)
     lake = Lake(settings, spark)
     report = IngestReport(run_id, layout.name, str(source_dir), now.isoformat())

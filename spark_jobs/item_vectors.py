@@ -36,34 +36,42 @@ merged; `atelier materialize` then serves it (feature view `item_vectors`, servi
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expectations.gate import GateFailure
-from spark_jobs.common import save_report
+from expectations.gate import GateFailure  # noqa: F401  (callers catch it from the job)
+from spark_jobs.common import job_parser, run_job
+from spark_jobs.scoring import (
+    ScoringRun,
+    contract_arrow,
+    finish_run,
+    gate_batch,
+    model_errors,
+    pin_model,
+    publish,
+    publish_lines,
+    score_in_batches,
+    sorted_products,
+    start_run,
+    worker_bundle,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
-    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
     from atelier.lake import Lake
     from atelier.settings import Settings
     from models.recommender.bundle import RecommenderBundle
 
-log = logging.getLogger("atelier.item_vectors")
+TABLE = JOB = "item_vectors"
+log = logging.getLogger(f"atelier.{JOB}")
 
-TABLE = "item_vectors"
 # Products per model call inside a partition (the bundle batches again below this).
 BATCH_SIZE = 1024
 MAIN_SHOT = 0
@@ -93,36 +101,6 @@ class ItemVectorError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # Worker side: one bundle per Python worker
 # ---------------------------------------------------------------------------------------------
-# In this (installed) module, so a reused Python worker loads the bundle once; only the latest
-# bundle is kept (each run saves its own folder).
-_BUNDLES: dict[str, Any] = {}
-
-
-def worker_bundle(directory: str, threads: int) -> RecommenderBundle:
-    """The worker's bundle saved in `directory`, loaded on first use."""
-    if directory not in _BUNDLES:
-        from spark_jobs.embed import configure_tensorflow
-
-        t0 = time.time()
-        configure_tensorflow(threads)
-        from models.recommender.bundle import RecommenderBundle
-
-        _BUNDLES.clear()
-        _BUNDLES[directory] = RecommenderBundle.load(directory)
-        _worker_log(f"bundle {directory} loaded in {time.time() - t0:.1f}s ({threads} TF threads)")
-    return _BUNDLES[directory]
-
-
-def _worker_log(msg: str) -> None:
-    # Python workers have no logging set-up; stderr reaches the driver console in local mode.
-    stamp = time.strftime("%H:%M:%S")
-    print(
-        f"{stamp} INFO atelier.item_vectors[worker {os.getpid()}]: {msg}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 SCORED_SCHEMA = "product_id STRING, vector ARRAY<FLOAT>"
 
 
@@ -138,19 +116,17 @@ def score_partition(
     Products are sorted by id and cut into fixed batches, so the batches depend only on which
     products the partition holds.
     """
-    import pandas as pd
+    from models.recommender.bundle import RecommenderBundle
 
-    frames = [b for b in batches if len(b)]
-    if not frames:
+    rows = sorted_products(batches)
+    if rows is None:
         return
-    rows = pd.concat(frames, ignore_index=True).sort_values("product_id", ignore_index=True)
-    bundle = worker_bundle(bundle_dir, threads)
-    t0 = time.time()
-    for start in range(0, len(rows), batch_size):
-        chunk = rows.iloc[start : start + batch_size].reset_index(drop=True)
-        out = bundle.predict(chunk, as_of=as_of)
-        _worker_log(f"{start + len(chunk)}/{len(rows)} products scored in {time.time() - t0:.1f}s")
-        yield out[["product_id", "vector"]]
+    bundle = worker_bundle(JOB, bundle_dir, RecommenderBundle, threads)
+
+    def score(chunk: pd.DataFrame) -> pd.DataFrame:
+        return bundle.predict(chunk, as_of=as_of)[["product_id", "vector"]]
+
+    yield from score_in_batches(JOB, rows, batch_size, score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,39 +280,18 @@ def changed_vectors(
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
-def fetch_bundle(settings: Settings, model_uri: str, run_id: str) -> tuple[RecommenderBundle, Path]:
-    """Download the model once (driver) and save its bundle under the workdir for the workers;
-    returns the bundle and that folder (`<workdir>/tmp/item_vectors/<run_id>`). Folders of
-    earlier runs are removed. Workers on other machines need the workdir on shared storage, as
-    they do for the lake."""
-    from models.recommender.pyfunc import load_bundle
-
-    root = settings.workdir / "tmp" / "item_vectors"
-    if root.is_dir():
-        for old in root.iterdir():
-            shutil.rmtree(old, ignore_errors=True)
-    bundle = load_bundle(model_uri)
-    return bundle, bundle.save(root / run_id)
-
-
 def champion_bundle(
     settings: Settings, model_uri: str | None = None
 ) -> tuple[RecommenderBundle, str, str]:
     """(bundle, model URI, model_version) of `model_uri` (default: the recommender champion),
-    the alias read once (`predict_attributes.resolve_model`). ItemVectorError without one."""
-    from mlflow.exceptions import MlflowException
-
-    from atelier import registry
+    the alias read once (`scoring.resolve_model`). ItemVectorError without one."""
     from models.recommender.pyfunc import load_bundle
-    from spark_jobs.predict_attributes import resolve_model
 
-    try:
-        registry.configure(settings)
-        uri = model_uri or registry.champion_uri(settings.mlflow.recommender_model)
-        model_version, pinned = resolve_model(uri)
+    with model_errors(ItemVectorError, "recommender model"):
+        uri, model_version, pinned = pin_model(
+            settings, model_uri, settings.mlflow.recommender_model
+        )
         return load_bundle(pinned), uri, model_version
-    except (MlflowException, registry.RegistryError, OSError) as e:
-        raise ItemVectorError(f"cannot load the recommender model: {e}") from e
 
 
 def default_as_of(now: datetime) -> datetime:
@@ -360,31 +315,28 @@ def run_item_vectors(
     ItemVectorError when there is no model or catalogue; GateFailure when the batch fails its
     suite (nothing is written then).
     """
-    from mlflow.exceptions import MlflowException
-
-    from atelier import registry
     from atelier.lake import Lake
     from atelier.spark import get_spark
-    from spark_jobs.predict_attributes import resolve_model
+    from models.recommender.pyfunc import load_bundle
 
     t0 = time.time()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     as_of = default_as_of(now) if as_of is None else _utc(as_of)
-    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    if not Lake(settings).exists("products"):
-        raise ItemVectorError(f"no products table in {settings.lake_dir}: run ingest first")
-    try:
-        registry.configure(settings)
-        uri = model_uri or registry.champion_uri(settings.mlflow.recommender_model)
-        model_version, pinned = resolve_model(uri)
-        log.info("model %s (%s): downloading", model_version, uri)
-        bundle, bundle_dir = fetch_bundle(settings, pinned, run_id)
-    except (MlflowException, registry.RegistryError, OSError) as e:
-        raise ItemVectorError(f"cannot load the recommender model: {e}") from e
+    run = start_run(
+        settings,
+        JOB,
+        model_uri,
+        settings.mlflow.recommender_model,
+        load_bundle,
+        ItemVectorError,
+        "recommender model",
+        now,
+    )
+    bundle: RecommenderBundle = run.bundle
     report: dict[str, Any] = {
-        "run_id": run_id,
-        "model_uri": uri,
-        "model_version": model_version,
+        "run_id": run.run_id,
+        "model_uri": run.model_uri,
+        "model_version": run.model_version,
         "variant": bundle.variant,
         "k": bundle.k,
         "as_of": as_of.isoformat(),
@@ -392,29 +344,21 @@ def run_item_vectors(
     }
     spark = spark or get_spark(settings)
     lake = Lake(settings, spark)
-    try:
-        _score_and_publish(
-            settings, lake, bundle, str(bundle_dir), model_version, now, as_of, report
-        )
-    finally:
-        shutil.rmtree(bundle_dir, ignore_errors=True)
-    report["seconds"] = round(time.time() - t0, 1)
-    save_report(settings, TABLE, report)
-    log.info("done in %.1fs", report["seconds"])
-    return report
+    return finish_run(
+        settings,
+        run,
+        report,
+        t0,
+        lambda: _score_and_publish(settings, lake, run, now, as_of, report),
+    )
 
 
 def _score_and_publish(
-    settings: Settings,
-    lake: Lake,
-    bundle: RecommenderBundle,
-    bundle_dir: str,
-    model_version: str,
-    now: datetime,
-    as_of: datetime,
-    report: dict,
+    settings: Settings, lake: Lake, run: ScoringRun, now: datetime, as_of: datetime, report: dict
 ) -> None:
     from pyspark.sql import functions as F
+
+    bundle: RecommenderBundle = run.bundle
 
     attributes = lake.read_spark("attribute_vectors") if lake.exists("attribute_vectors") else None
     content = content_frame(
@@ -438,7 +382,11 @@ def _score_and_publish(
         )
         t1 = time.time()
         scored = score_products(
-            content, bundle_dir, as_of, settings.embed.partitions, settings.embed.tf_threads
+            content,
+            str(run.bundle_dir),
+            as_of,
+            settings.embed.partitions,
+            settings.embed.tf_threads,
         ).cache()
         report["scored"] = scored.count()
         report["score_seconds"] = round(time.time() - t1, 1)
@@ -455,58 +403,17 @@ def _score_and_publish(
             report["score_seconds"],
             report["zero_vectors"],
         )
-        rows = vector_rows(scored, bundle.variant, model_version, as_of)
+        rows = vector_rows(scored, bundle.variant, run.model_version, as_of)
         batch = changed_vectors(rows, lake.read_spark(TABLE), now)
-        arrow = _arrow(batch)
-        failures = _gate(settings, lake, arrow, now, bundle.k + 1)  # + the bias
+        arrow = contract_arrow(TABLE, batch)
+        failures = gate_batch(settings, lake, TABLE, arrow, now, bundle.k + 1)  # + the bias
         if report["scored"] != n_products:
             failures.append(f"{TABLE}: scored {report['scored']} of {n_products} products")
-        report[TABLE] = {"written": arrow.num_rows, "inserted": 0, "updated": 0}
-        if failures:
-            report["failures"] = failures
-            report["published"] = False
-            report[TABLE]["version"] = lake.version(TABLE)
-            save_report(settings, TABLE, report)
-            raise GateFailure("item vectors gate", failures, report)
-        if arrow.num_rows:
-            res = lake.merge(TABLE, arrow)
-            report[TABLE].update(inserted=res.inserted, updated=res.updated)
-        report[TABLE]["version"] = lake.version(TABLE)
-        log.info("%s: %s", TABLE, report[TABLE])
-        report["failures"] = []
-        report["published"] = True
+        publish(settings, lake, run, report, {TABLE: arrow}, failures, "item vectors gate")
     finally:
         if scored is not None:
             scored.unpersist()
         content.unpersist()
-
-
-def _arrow(df: DataFrame) -> pa.Table:
-    """`df` in the table's contract as Arrow (the gate keeps NaN apart from null on it)."""
-    from atelier.contracts import contract
-
-    c = contract(TABLE)
-    return df.toArrow().select(c.column_names).cast(c.schema())
-
-
-def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime, k: int) -> list[str]:
-    """Failures of the item_vectors suite on the batch (nothing to check when it is empty)."""
-    if arrow.num_rows == 0:
-        return []
-    from expectations.gate import validate_table
-    from expectations.suites import gate_checks
-
-    products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
-    result = validate_table(
-        settings,
-        TABLE,
-        arrow,
-        row_count_band=(0, settings.gate.max_rows),
-        reference_values={"product_id": products},
-        now=now,
-        list_checks=gate_checks(settings, TABLE, vector_size=k),
-    )
-    return [] if result.success else list(result.failures)
 
 
 def _utc(ts: datetime) -> datetime:
@@ -522,17 +429,7 @@ def format_report(report: dict) -> str:
         f"({report.get('score_seconds', 0)}s), in the CF index {report.get('cf_known', 0)}, "
         f"zero vectors {report.get('zero_vectors', 0)}",
     ]
-    t = report.get(TABLE)
-    if t:
-        version = "-" if t.get("version") is None else t["version"]
-        lines.append(
-            f"{TABLE:<21} written {t['written']} (ins. {t['inserted']}, upd. {t['updated']})  "
-            f"version {version}"
-        )
-    if report.get("published"):
-        lines.append(f"published ({report.get('seconds', 0)}s in all)")
-    else:
-        lines.append("NOT published: " + "; ".join(report.get("failures", [])))
+    lines += publish_lines(report, (TABLE,))
     return "\n".join(lines)
 
 
@@ -655,13 +552,7 @@ def similar_lines(
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/item_vectors.py [--workdir W] [--model-uri URI] [--as-of T]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(
-        prog="spark_jobs/item_vectors.py", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--workdir", type=Path)
+    p = job_parser("item_vectors.py", __doc__)
     p.add_argument("--model-uri", help="MLflow model URI (default: the recommender's champion)")
     p.add_argument(
         "--as-of",
@@ -669,23 +560,17 @@ def main(argv: list[str] | None = None) -> int:
         help="time the content features are taken at, ISO 8601 (default: today 00:00 UTC)",
     )
     args = p.parse_args(argv)
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    try:
-        report = run_item_vectors(settings, model_uri=args.model_uri, as_of=args.as_of)
-    except GateFailure as e:
-        print(format_report(e.report))
-        return 2
-    except (ItemVectorError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+    return run_job(
+        args.workdir,
+        lambda settings: run_item_vectors(settings, model_uri=args.model_uri, as_of=args.as_of),
+        format_report,
+        (ItemVectorError, ValueError),
+    )
 
 
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
-    # functions by value, which would hand every task a fresh, empty bundle cache.
+    # functions by value, and the workers should import the same module the driver did.
     from spark_jobs.item_vectors import main as _main
 
     sys.exit(_main())

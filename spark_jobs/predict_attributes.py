@@ -31,32 +31,39 @@ model on unchanged inputs writes nothing; a new champion rewrites every row (mod
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import re
 import shutil
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from expectations.gate import GateFailure
-from spark_jobs.common import save_report
+from expectations.gate import GateFailure  # noqa: F401  (callers catch it from the job)
+from spark_jobs.common import job_parser, run_job
+from spark_jobs.scoring import (
+    ScoringRun,
+    contract_arrow,
+    finish_run,
+    gate_batch,
+    publish,
+    publish_lines,
+    score_in_batches,
+    sorted_products,
+    start_run,
+    worker_bundle,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
     from atelier.lake import Lake
     from atelier.settings import Settings
     from models.attributes.bundle import AttributeBundle, AttributeSpec
 
-log = logging.getLogger("atelier.predict_attributes")
+JOB = "predict_attributes"
+log = logging.getLogger(f"atelier.{JOB}")
 
 LABEL, PREDICTED, BELOW_CONFIDENCE = "label", "predicted", "below_confidence"
 SOURCES = (LABEL, PREDICTED, BELOW_CONFIDENCE)
@@ -108,24 +115,6 @@ def attribute_layout(attributes: Mapping[str, AttributeSpec]) -> list[tuple[str,
     return [(a, i, len(spec.classes)) for i, (a, spec) in enumerate(attributes.items())]
 
 
-def resolve_model(model_uri: str) -> tuple[str, str]:
-    """(model_version, pinned URI) of a model URI. `models:/<name>@<alias>` and
-    `models:/<name>/<version>` give "<name>/<version>" and `models:/<name>/<version>` (the
-    alias is read once, so a promotion during the run cannot mix two models); any other URI
-    (`runs:/...`) is its own version label."""
-    from mlflow import MlflowClient
-
-    m = re.fullmatch(r"models:/([^/@]+)@([^/]+)", model_uri)
-    if m:
-        name, alias = m.groups()
-        version = MlflowClient().get_model_version_by_alias(name, alias).version
-        return f"{name}/{version}", f"models:/{name}/{version}"
-    m = re.fullmatch(r"models:/([^/@]+)/(\d+)", model_uri)
-    if m:
-        return f"{m.group(1)}/{m.group(2)}", model_uri
-    return model_uri, model_uri
-
-
 def _unit_interval(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{where} must be a number in [0, 1], got {value!r}")
@@ -172,36 +161,6 @@ def min_confidence_by_attribute(
 # ---------------------------------------------------------------------------------------------
 # Worker side: one bundle per Python worker
 # ---------------------------------------------------------------------------------------------
-# In this (installed) module, so a reused Python worker loads the bundle once; only the latest
-# bundle is kept (each run saves its own folder).
-_BUNDLES: dict[str, Any] = {}
-
-
-def worker_bundle(directory: str, threads: int) -> AttributeBundle:
-    """The worker's bundle saved in `directory`, loaded on first use."""
-    if directory not in _BUNDLES:
-        from spark_jobs.embed import configure_tensorflow
-
-        t0 = time.time()
-        configure_tensorflow(threads)
-        from models.attributes.bundle import AttributeBundle
-
-        _BUNDLES.clear()
-        _BUNDLES[directory] = AttributeBundle.load(directory)
-        _worker_log(f"bundle {directory} loaded in {time.time() - t0:.1f}s ({threads} TF threads)")
-    return _BUNDLES[directory]
-
-
-def _worker_log(msg: str) -> None:
-    # Python workers have no logging set-up; stderr reaches the driver console in local mode.
-    stamp = time.strftime("%H:%M:%S")
-    print(
-        f"{stamp} INFO atelier.predict_attributes[worker {os.getpid()}]: {msg}",
-        file=sys.stderr,
-        flush=True,
-    )
-
-
 SCORED_SCHEMA = (
     "product_id STRING, attribute STRING, value STRING, confidence DOUBLE, "
     "probabilities ARRAY<FLOAT>"
@@ -217,24 +176,21 @@ def score_partition(
     Products are sorted by id and cut into fixed batches, so the batches (and the float
     results) depend only on which products the partition holds.
     """
-    import pandas as pd
-
     from atelier.text import product_text
+    from models.attributes.bundle import AttributeBundle
 
-    frames = [b for b in batches if len(b)]
-    if not frames:
+    rows = sorted_products(batches)
+    if rows is None:
         return
-    rows = pd.concat(frames, ignore_index=True).sort_values("product_id", ignore_index=True)
     rows["text"] = [product_text(t, d) for t, d in zip(rows["title"], rows["description"])]
-    bundle = worker_bundle(bundle_dir, threads)
-    t0 = time.time()
-    for start in range(0, len(rows), batch_size):
-        chunk = rows.iloc[start : start + batch_size]
+    bundle = worker_bundle(JOB, bundle_dir, AttributeBundle, threads)
+
+    def score(chunk: pd.DataFrame) -> pd.DataFrame:
         frame = chunk[["product_id", "text", "type", "brand", "division", "embeddings", "colours"]]
-        out = bundle.predict(frame.reset_index(drop=True))
-        out = out[out["applicable"]]
-        _worker_log(f"{start + len(chunk)}/{len(rows)} products scored in {time.time() - t0:.1f}s")
-        yield out[_SCORED_COLUMNS].reset_index(drop=True)
+        out = bundle.predict(frame)
+        return out[out["applicable"]][_SCORED_COLUMNS].reset_index(drop=True)
+
+    yield from score_in_batches(JOB, rows, batch_size, score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,21 +381,6 @@ def attribute_vectors(
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
-def fetch_bundle(settings: Settings, model_uri: str, run_id: str) -> tuple[AttributeBundle, Path]:
-    """Download the model once (driver) and save its bundle under the workdir for the workers;
-    returns the bundle and that folder (`<workdir>/tmp/predict_attributes/<run_id>`). Folders
-    of earlier runs are removed. Workers on other machines need the workdir on shared storage,
-    as they do for the lake."""
-    from models.attributes.pyfunc import load_bundle
-
-    root = settings.workdir / "tmp" / "predict_attributes"
-    if root.is_dir():
-        for old in root.iterdir():
-            shutil.rmtree(old, ignore_errors=True)
-    bundle = load_bundle(model_uri)
-    return bundle, bundle.save(root / run_id)
-
-
 def run_predict_attributes(
     settings: Settings,
     spark: SparkSession | None = None,
@@ -457,37 +398,35 @@ def run_predict_attributes(
     catalogue's image embeddings were made with other weights than the model was trained on;
     GateFailure when a batch fails its suite (nothing is written then).
     """
-    from mlflow.exceptions import MlflowException
-
-    from atelier import registry
     from atelier.lake import Lake
     from atelier.spark import get_spark
+    from models.attributes.pyfunc import load_bundle
 
     t0 = time.time()
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    run_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    if not Lake(settings).exists("products"):
-        raise PredictError(f"no products table in {settings.lake_dir}: run ingest first")
-    try:
-        registry.configure(settings)
-        uri = model_uri or registry.champion_uri(settings.mlflow.attributes_model)
-        model_version, pinned = resolve_model(uri)
-        log.info("model %s (%s): downloading", model_version, uri)
-        bundle, bundle_dir = fetch_bundle(settings, pinned, run_id)
-    except (MlflowException, registry.RegistryError, OSError) as e:
-        raise PredictError(f"cannot load the attribute model: {e}") from e
+    run = start_run(
+        settings,
+        JOB,
+        model_uri,
+        settings.mlflow.attributes_model,
+        load_bundle,
+        PredictError,
+        "attribute model",
+        now,
+    )
+    bundle: AttributeBundle = run.bundle
     try:
         minimums = min_confidence_by_attribute(
             settings.predict.min_confidence if min_confidence is None else min_confidence,
             bundle.attribute_order,
         )
     except (PredictError, ValueError):  # refused before any work: leave no bundle behind
-        shutil.rmtree(bundle_dir, ignore_errors=True)
+        shutil.rmtree(run.bundle_dir, ignore_errors=True)
         raise
     report: dict[str, Any] = {
-        "run_id": run_id,
-        "model_uri": uri,
-        "model_version": model_version,
+        "run_id": run.run_id,
+        "model_uri": run.model_uri,
+        "model_version": run.model_version,
         "attributes": bundle.attribute_order,
         "vector_size": bundle.vector_size,
         "min_confidence": minimums,
@@ -497,29 +436,20 @@ def run_predict_attributes(
     lake = Lake(settings, spark)
     _check_embedding_weights(lake, bundle)
     _check_colour_version(lake, bundle)
-    try:
-        _predict_and_publish(settings, lake, bundle, str(bundle_dir), model_version, now, report)
-    finally:
-        shutil.rmtree(bundle_dir, ignore_errors=True)
-    report["seconds"] = round(time.time() - t0, 1)
-    save_report(settings, "predict_attributes", report)
-    log.info("done in %.1fs", report["seconds"])
-    return report
+    return finish_run(
+        settings, run, report, t0, lambda: _predict_and_publish(settings, lake, run, now, report)
+    )
 
 
 def _predict_and_publish(
-    settings: Settings,
-    lake: Lake,
-    bundle: AttributeBundle,
-    bundle_dir: str,
-    model_version: str,
-    now: datetime,
-    report: dict,
+    settings: Settings, lake: Lake, run: ScoringRun, now: datetime, report: dict
 ) -> None:
     from pyspark.sql import functions as F
 
     from spark_jobs.common import changed_rows
 
+    bundle: AttributeBundle = run.bundle
+    model_version = run.model_version
     spark = lake.spark
     assert spark is not None
     products = lake.read_spark(
@@ -544,7 +474,7 @@ def _predict_and_publish(
     )
     t1 = time.time()
     scored = score_products(
-        inputs, bundle_dir, settings.embed.partitions, settings.embed.tf_threads
+        inputs, str(run.bundle_dir), settings.embed.partitions, settings.embed.tf_threads
     ).cache()
     report["scored"] = scored.count()
     report["score_seconds"] = round(time.time() - t1, 1)
@@ -585,63 +515,17 @@ def _predict_and_publish(
                 vectors, lake.read_spark("attribute_vectors"), ["product_id"], now
             ),
         }
-        arrows = {t: _arrow(t, df) for t, df in batches.items()}
+        arrows = {t: contract_arrow(t, df) for t, df in batches.items()}
         failures = [
             f
             for t, arrow in arrows.items()
-            for f in _gate(settings, lake, t, arrow, now, bundle.vector_size)
+            for f in gate_batch(settings, lake, t, arrow, now, bundle.vector_size)
         ]
-        for t, arrow in arrows.items():
-            report[t] = {"written": arrow.num_rows, "inserted": 0, "updated": 0}
-        if failures:
-            report["failures"] = failures
-            report["published"] = False
-            for t in arrows:
-                report[t]["version"] = lake.version(t)
-            save_report(settings, "predict_attributes", report)
-            raise GateFailure("predicted attributes gate", failures, report)
-        for t, arrow in arrows.items():
-            if arrow.num_rows:
-                res = lake.merge(t, arrow)
-                report[t].update(inserted=res.inserted, updated=res.updated)
-            report[t]["version"] = lake.version(t)
-            log.info("%s: %s", t, report[t])
-        report["failures"] = []
-        report["published"] = True
+        publish(settings, lake, run, report, arrows, failures, "predicted attributes gate")
     finally:
         rows.unpersist()
         scored.unpersist()
         inputs.unpersist()
-
-
-def _arrow(table: str, df: DataFrame) -> pa.Table:
-    """`df` in the table's contract as Arrow (the gate keeps NaN apart from null on it)."""
-    from atelier.contracts import contract
-
-    c = contract(table)
-    return df.toArrow().select(c.column_names).cast(c.schema())
-
-
-def _gate(
-    settings: Settings, lake: Lake, table: str, arrow: pa.Table, now: datetime, vector_size: int
-) -> list[str]:
-    """Failures of `table`'s suite on the batch (nothing to check when it is empty)."""
-    if arrow.num_rows == 0:
-        return []
-    from expectations.gate import validate_table
-    from expectations.suites import gate_checks
-
-    products = lake.read_arrow("products", ["product_id"])["product_id"].to_pylist()
-    result = validate_table(
-        settings,
-        table,
-        arrow,
-        row_count_band=(0, settings.gate.max_rows),
-        reference_values={"product_id": products},
-        now=now,
-        list_checks=gate_checks(settings, table, vector_size=vector_size),
-    )
-    return [] if result.success else list(result.failures)
 
 
 def _check_embedding_weights(lake: Lake, bundle: AttributeBundle) -> None:
@@ -698,31 +582,14 @@ def format_report(report: dict) -> str:
             f"  {attribute:<32} label {n[LABEL]:>7}  predicted {n[PREDICTED]:>7}  "
             f"below {n.get(BELOW_CONFIDENCE, 0):>7}{minimum}"
         )
-    for table in ("predicted_attributes", "attribute_vectors"):
-        t = report.get(table)
-        if t:
-            version = "-" if t.get("version") is None else t["version"]
-            lines.append(
-                f"{table:<21} written {t['written']} (ins. {t['inserted']}, upd. "
-                f"{t['updated']})  version {version}"
-            )
-    if report.get("published"):
-        lines.append(f"published ({report.get('seconds', 0)}s in all)")
-    else:
-        lines.append("NOT published: " + "; ".join(report.get("failures", [])))
+    lines += publish_lines(report, ("predicted_attributes", "attribute_vectors"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`spark-submit spark_jobs/predict_attributes.py [--workdir W] [--model-uri URI]
     [--min-confidence [ATTRIBUTE=]VALUE ...]`."""
-    from atelier.logs import setup_logging
-    from atelier.settings import load_settings
-
-    p = argparse.ArgumentParser(
-        prog="spark_jobs/predict_attributes.py", description=__doc__.split("\n")[0]
-    )
-    p.add_argument("--workdir", type=Path)
+    p = job_parser("predict_attributes.py", __doc__)
     p.add_argument("--model-uri", help="MLflow model URI (default: the attribute model's champion)")
     p.add_argument(
         "--min-confidence",
@@ -736,25 +603,19 @@ def main(argv: list[str] | None = None) -> int:
         min_confidence = parse_min_confidence(args.min_confidence) if args.min_confidence else None
     except ValueError as e:
         p.error(str(e))
-    setup_logging()
-    settings = load_settings(workdir=args.workdir)
-    try:
-        report = run_predict_attributes(
+    return run_job(
+        args.workdir,
+        lambda settings: run_predict_attributes(
             settings, model_uri=args.model_uri, min_confidence=min_confidence
-        )
-    except GateFailure as e:
-        print(format_report(e.report))
-        return 2
-    except (PredictError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    return 0
+        ),
+        format_report,
+        (PredictError, ValueError),
+    )
 
 
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
-    # functions by value, which would hand every task a fresh, empty bundle cache.
+    # functions by value, and the workers should import the same module the driver did.
     from spark_jobs.predict_attributes import main as _main
 
     sys.exit(_main())
