@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atelier.figures import png_figure
 from models.ranking import top_k
 
 SEED_LABELS = ("most popular", "median popularity", "least popular")
@@ -181,17 +182,6 @@ def plot_similar_grid(
         raise ValueError(f"n must be a non-negative integer, got {n!r}")
     rows = [(label, seed, variant) for label, seed in seeds.items() for variant in neighbours]
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(
-        len(rows),
-        width + 1,
-        figsize=(1.6 * (width + 1), 1.9 * len(rows)),
-        squeeze=False,
-    )
     cache: dict[str, np.ndarray | None] = {}
 
     def draw(ax, pid: str, caption: str) -> None:
@@ -205,7 +195,13 @@ def plot_similar_grid(
             ax.imshow(image)
         ax.set_xlabel(caption, fontsize=6)
 
-    try:
+    with png_figure(
+        path,
+        len(rows),
+        width + 1,
+        figsize=(1.6 * (width + 1), 1.9 * len(rows)),
+        squeeze=False,
+    ) as (fig, axes):
         for i, (label, seed, variant) in enumerate(rows):
             for ax in axes[i]:
                 ax.set_xticks([])
@@ -228,10 +224,4 @@ def plot_similar_grid(
                     transform=axes[i, 1].transAxes,
                 )
         fig.suptitle("Similar products by variant (seed, then nearest neighbours)", fontsize=9)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)

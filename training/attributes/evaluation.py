@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from atelier.figures import png_figure
+
 MISSING = -1  # label of a product not labelled for an attribute
 METRIC_KEYS = ("weighted_f1", "accuracy", "baseline_accuracy", "support", "classes")
 
@@ -170,38 +172,21 @@ def normalised_confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_confusion(matrix, class_names: Sequence[str], path) -> Path:
     """Write a heat map of a (normalised) confusion matrix to the PNG `path`; returns the path."""
     matrix = np.asarray(matrix, dtype=np.float64)
     k = len(class_names)
     if matrix.shape != (k, k):
         raise ValueError(f"matrix must be ({k}, {k}) for {k} class names, got {matrix.shape!r}")
-    plt = _pyplot()
     size = max(4.0, 0.5 * k + 2.0)
-    fig, ax = plt.subplots(figsize=(size, size))
-    try:
+    with png_figure(path, figsize=(size, size)) as (fig, ax):
         image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=max(1.0, float(matrix.max())))
         ax.set_xticks(range(k), labels=list(class_names), rotation=90)
         ax.set_yticks(range(k), labels=list(class_names))
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
 def plot_curves(curves: Mapping[str, Sequence[tuple[int, float, float]]], path) -> Path:
@@ -211,9 +196,7 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float, float]]], path) 
     PNG. The test split is not on it: it is scored once, on the kept checkpoint."""
     if not curves:
         raise ValueError("curves must hold at least one attribute, got {}")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    try:
+    with png_figure(path, figsize=(8, 5)) as (fig, ax):
         for i, (attribute, points) in enumerate(curves.items()):
             points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
             colour = f"C{i % 10}"
@@ -225,13 +208,7 @@ def plot_curves(curves: Mapping[str, Sequence[tuple[int, float, float]]], path) 
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
 # -- confidence you can act on ---------------------------------------------------------------
@@ -380,9 +357,7 @@ def plot_reliability(per_attribute_bins: Mapping[str, Sequence[Mapping]], path) 
     table of `expected_calibration_error`. Writes a PNG; returns the path."""
     if not per_attribute_bins:
         raise ValueError("per_attribute_bins must hold at least one attribute, got {}")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    try:
+    with png_figure(path, figsize=(6, 6)) as (fig, ax):
         ax.plot([0.0, 1.0], [0.0, 1.0], ":", color="grey", label="perfect calibration")
         for i, (attribute, table) in enumerate(per_attribute_bins.items()):
             points = [(b["confidence"], b["accuracy"]) for b in table if b["count"]]
@@ -396,10 +371,4 @@ def plot_reliability(per_attribute_bins: Mapping[str, Sequence[Mapping]], path) 
         ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
