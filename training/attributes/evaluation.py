@@ -47,6 +47,25 @@ def _n_classes(classes) -> int:
     return count
 
 
+def _labelled(y_true, y_pred, classes) -> tuple[np.ndarray, np.ndarray, int]:
+    """(y_true, y_pred, number of classes) of the labelled rows (y_true != -1); ValueError for
+    lengths that differ or ids outside [0, number of classes)."""
+    y_true = _labels(y_true, "y_true")
+    y_pred = _labels(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(
+            f"y_true and y_pred differ in length: {y_true.shape[0]} vs {y_pred.shape[0]}"
+        )
+    n_classes = _n_classes(classes)
+    labelled = y_true != MISSING
+    y_true, y_pred = y_true[labelled], y_pred[labelled]
+    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
+        bad = values[(values < 0) | (values >= n_classes)]
+        if bad.size:
+            raise ValueError(f"{name} holds ids outside [0, {n_classes}): {sorted(set(bad))[:5]!r}")
+    return y_true, y_pred, n_classes
+
+
 def attribute_metrics(y_true, y_pred, classes, train_labels=None) -> dict:
     """Table 2 metrics of one attribute.
 
@@ -57,21 +76,9 @@ def attribute_metrics(y_true, y_pred, classes, train_labels=None) -> dict:
     """
     from sklearn.metrics import accuracy_score, f1_score
 
-    y_true = _labels(y_true, "y_true")
-    y_pred = _labels(y_pred, "y_pred")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(
-            f"y_true and y_pred differ in length: {y_true.shape[0]} vs {y_pred.shape[0]}"
-        )
-    n_classes = _n_classes(classes)
-    labelled = y_true != MISSING
-    y_true, y_pred = y_true[labelled], y_pred[labelled]
+    y_true, y_pred, n_classes = _labelled(y_true, y_pred, classes)
     if y_true.size == 0:
         raise ValueError("no labelled test products: every y_true is missing (-1)")
-    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
-        bad = values[(values < 0) | (values >= n_classes)]
-        if bad.size:
-            raise ValueError(f"{name} holds ids outside [0, {n_classes}): {sorted(set(bad))[:5]!r}")
 
     reference = y_true
     if train_labels is not None:
@@ -153,19 +160,7 @@ def markdown_table(report: Mapping) -> str:
 def normalised_confusion(y_true, y_pred, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) confusion matrix, row = true class, normalised so each row sums to
     1; a class absent from `y_true` gets a row of zeros. Missing labels (-1) are dropped."""
-    y_true = _labels(y_true, "y_true")
-    y_pred = _labels(y_pred, "y_pred")
-    if y_true.shape != y_pred.shape:
-        raise ValueError(
-            f"y_true and y_pred differ in length: {y_true.shape[0]} vs {y_pred.shape[0]}"
-        )
-    n_classes = _n_classes(n_classes)
-    labelled = y_true != MISSING
-    y_true, y_pred = y_true[labelled], y_pred[labelled]
-    for name, values in (("y_true", y_true), ("y_pred", y_pred)):
-        bad = values[(values < 0) | (values >= n_classes)]
-        if bad.size:
-            raise ValueError(f"{name} holds ids outside [0, {n_classes}): {sorted(set(bad))[:5]!r}")
+    y_true, y_pred, n_classes = _labelled(y_true, y_pred, n_classes)
     counts = np.zeros((n_classes, n_classes), dtype=np.float64)
     np.add.at(counts, (y_true, y_pred), 1.0)
     totals = counts.sum(axis=1, keepdims=True)
