@@ -739,6 +739,38 @@ def tune_recommender(
     }
 
 
+@dataclass
+class _Tally:
+    """What a training run measures, by mode and variant: the per-run `AtK`s (main and
+    cold-start), list diagnostics, validation and training figures."""
+
+    runs: dict = None
+    cold: dict = None
+    diag: dict = None
+    validation: dict = None
+    training: dict = None
+
+    def __post_init__(self):
+        self.runs = {m: {} for m in MODES}
+        self.cold = {m: {} for m in MODES}
+        self.diag = {m: {} for m in MODES}
+        self.validation, self.training = {}, {}
+
+    def record(self, mode: str, variant: str, main, cold_at, diagnosis=None) -> None:
+        self.runs[mode].setdefault(variant, []).append(main)
+        self.cold[mode].setdefault(variant, []).append(cold_at)
+        if diagnosis is not None:
+            self.diag[mode].setdefault(variant, []).append(diagnosis)
+
+    def lists(self, mode: str, variant: str, recs: Mapping, test: Period) -> None:
+        """Score the lists `recs` of a variant without model diagnostics (a baseline)."""
+        diagnosis = {"distinct_products": distinct_products(recs), "customer_cosine": None}
+        self.record(mode, variant, *score(recs, test.relevant, test.cold), diagnosis)
+
+    def report(self, split: Split) -> dict:
+        return _report(split, self.runs, self.cold, self.diag, self.validation, self.training)
+
+
 def train_recommender(
     settings: Settings,
     train_end: date | datetime | str | None = None,
@@ -763,8 +795,7 @@ def train_recommender(
     import mlflow
 
     from atelier import registry
-    from models.blend import blend, fit_blend
-    from training.attributes.pipeline import device, git_commit
+    from training.attributes.pipeline import git_commit
 
     cfg = settings.recommender
     say = progress or log.info
@@ -774,11 +805,55 @@ def train_recommender(
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise ValueError(f"runs must be a positive integer, got {runs!r}")
     learned = [v for v in variants if v in LEARNED]
+    split = split if split is not None else prepare_split(settings, train_end)
+    _describe_split(split, cfg, say)
+    tally = _Tally()
+    commit = git_commit()
+    params = _run_params(settings, split, variants, runs, commit)
+    registry.configure(settings)
+    with mlflow.start_run(run_name="recommender") as run:
+        mlflow.set_tags(
+            {
+                "git_commit": commit,
+                "feature_service": cfg.feature_service,
+                "stage": "train-recommender",
+            }
+        )
+        mlflow.log_params(params)
+        if split.test is not None:
+            _baselines(split, cfg, tally, say)
+        best, first_runs = _learned_runs(settings, split, learned, runs, tally, say)
+        report = tally.report(split)
+        report.update(
+            feature_service=cfg.feature_service, git_commit=commit, device=params["device"]
+        )
+        version = None
+        if best is not None:
+            version = _register(settings, split, report, best, commit, run.info.run_id)
+        report_dir = Path(report_dir or settings.reports_dir / "recommender")
+        if first_runs and split.test is not None:
+            _figure7(settings, split, first_runs, report, report_dir, say)
+        write_report(report_dir, report)
+        mlflow.log_metrics(flat_metrics(report))
+        mlflow.log_artifacts(str(report_dir), artifact_path="report")
+    if version is not None:
+        say(
+            f"registered {settings.mlflow.recommender_model} version {version} as challenger "
+            f"(run {best[1] + 1}, lowest validation loss)"
+        )
+    say(f"recommender done in {time.perf_counter() - t0:.0f}s; report in {report_dir}")
+    return {
+        "run_id": run.info.run_id,
+        "model_version": version,
+        "report_dir": str(report_dir),
+        "report": report,
+        "runs": tally.runs,
+        "cold_runs": tally.cold,
+    }
 
-    if split is None:
-        split = prepare_split(settings, train_end)
+
+def _describe_split(split: Split, cfg, say) -> None:
     end, test = split.end, split.test
-    interactions = split.interactions
     if split.deploy:
         say(
             f"train_end {end.date()} is at or after the last interaction: training to deploy on "
@@ -797,16 +872,16 @@ def train_recommender(
         f"{len(split.fit_examples)} before it"
     )
 
-    runs_by: dict[str, dict[str, list]] = {m: {} for m in MODES}
-    cold_by: dict[str, dict[str, list]] = {m: {} for m in MODES}
-    diag: dict[str, dict[str, list]] = {m: {} for m in MODES}
-    validation: dict[str, dict] = {}
-    training: dict[str, dict] = {}
-    commit = git_commit()
-    params = {
+
+def _run_params(settings: Settings, split: Split, variants, runs: int, commit: str) -> dict:
+    """The MLflow params of a training run: window, settings, content blocks, provenance."""
+    from training.attributes.pipeline import device
+
+    cfg, test = settings.recommender, split.test
+    return {
         "feature_service": cfg.feature_service,
         "train_start": str(split.start) if split.start is not None else "all",
-        "train_end": str(end),
+        "train_end": str(split.end),
         "test_end": str(test.stop) if test else "none (deploy)",
         "validation_start": str(split.boundary),
         "variants": ",".join(variants),
@@ -823,154 +898,126 @@ def train_recommender(
         "attribute_model_versions": ",".join(split.features.attribute_model_versions) or "none",
     }
 
-    def record(mode, variant, main, cold_at):
-        runs_by[mode].setdefault(variant, []).append(main)
-        cold_by[mode].setdefault(variant, []).append(cold_at)
 
-    registry.configure(settings)
-    with mlflow.start_run(run_name="recommender") as run:
-        mlflow.set_tags(
-            {
-                "git_commit": commit,
-                "feature_service": cfg.feature_service,
-                "stage": "train-recommender",
-            }
+def _baselines(split: Split, cfg, tally: _Tally, say) -> None:
+    """Popularity in both modes and "buy it again" (all products) on the test period."""
+    test = split.test
+    ranking = popularity_recommender(split.interactions, split.end, cfg.popularity_days)
+    for mode in MODES:
+        if mode == "all_products":
+            recs = popularity_recommendations(ranking[:K], test.relevant, K)
+        else:
+            recs = without_seen(ranking, test.histories, K)
+        tally.lists(mode, "popularity", recs, test)
+    tally.lists("all_products", "buy_again", buy_again_recommendations(test.histories, K), test)
+    say(
+        f"popularity: {METRIC} {tally.runs['all_products']['popularity'][0].precision:.4f}; "
+        f"buy again: {tally.runs['all_products']['buy_again'][0].precision:.4f}"
+    )
+
+
+def _learned_runs(settings: Settings, split: Split, learned, runs: int, tally: _Tally, say):
+    """Every seeded run of every learned variant: (best, first_runs). best = (validation loss,
+    run, fitted, test precision, blend rule) of the registered variant's run with the lowest
+    validation loss; first_runs: variant → its run-0 model (Figure 7)."""
+    best = None
+    first_runs: dict[str, object] = {}
+    for r in range(runs if learned else 0):
+        for variant in learned:
+
+            def tell(message: str, variant=variant, r=r) -> None:
+                say(f"{variant} run {r + 1}/{runs}: {message}")
+
+            fitted = fit_variant(settings, split, variant, settings.seed + r, tell)
+            _log_training(fitted, variant, r, tally)
+            rule = _blend_rule(settings, split, variant, fitted)
+            precision = None
+            if split.test is not None:
+                precision = _test_run(fitted["model"], split.test, variant, r, rule, tally, tell)
+            chosen_by = fitted["selection"].best_validation_loss
+            if variant == REGISTERED_VARIANT and (best is None or chosen_by < best[0]):
+                best = (chosen_by, r, fitted, precision, rule)
+            if r == 0:
+                first_runs[variant] = fitted["model"]
+    return best, first_runs
+
+
+def _log_training(fitted: dict, variant: str, r: int, tally: _Tally) -> None:
+    """Epochs, losses and validation figures of one run: into the tally and MLflow."""
+    import mlflow
+
+    model, selection = fitted["model"], fitted["selection"]
+    info = tally.training.setdefault(
+        variant, {"epochs": [], "best_epoch": [], "seconds_per_epoch": [], "loss_drop": []}
+    )
+    info["epochs"].append(selection.epochs)
+    info["best_epoch"].append(selection.best_epoch)
+    info["seconds_per_epoch"].append(model.seconds_per_epoch)
+    losses = model.history["train_loss"]
+    info["loss_drop"].append(1.0 - losses[-1] / losses[0] if losses[0] else 0.0)
+    for e, (train_loss, val_loss) in enumerate(
+        zip(selection.history["train_loss"], selection.history["val_loss"]), 1
+    ):
+        values = {f"{variant}.run{r}.train_loss": train_loss}
+        if math.isfinite(val_loss):
+            values[f"{variant}.run{r}.val_loss"] = val_loss
+        mlflow.log_metrics(values, step=e)
+    val = tally.validation.setdefault(variant, {"loss": [], **{m: [] for m in MODES}})
+    val["loss"].append(selection.best_validation_loss)
+    for mode, value in fitted["validation"].items():
+        val[mode].append(value)
+
+
+def _blend_rule(settings: Settings, split: Split, variant: str, fitted: dict):
+    """The rebuy/new blend calibrated on the validation window (registered variant only)."""
+    from models.blend import fit_blend
+
+    if variant != REGISTERED_VARIANT or not settings.recommender.blend or not fitted["new_lists"]:
+        return None
+    return fit_blend(fitted["new_lists"], split.validation.histories, split.validation.relevant, K)
+
+
+def _test_run(model, test: Period, variant: str, r: int, rule, tally: _Tally, tell) -> float:
+    """Score one trained run on the test period in both modes (and its blend); its
+    all-products precision."""
+    import mlflow
+
+    from models.blend import blend
+
+    lists, vectors = _mode_lists(model, test)
+    diagnosed = diagnostics(model, test, lists, vectors)
+    for mode in MODES:
+        tally.record(mode, variant, *score(lists[mode], test.relevant, test.cold), diagnosed[mode])
+    precision = tally.runs["all_products"][variant][-1].precision
+    if rule is not None:
+        mixed = {
+            c: blend(lists["new_to_customer"][c], test.histories[c], rule, K)
+            for c in test.histories
+        }
+        tally.lists("all_products", "blend", mixed, test)
+    new = tally.runs["new_to_customer"][variant][-1].precision
+    tell(f"test {METRIC}: all products {precision:.4f}, new to customer {new:.4f}")
+    mlflow.log_metrics(
+        {f"{variant}.run{r}.{METRIC}": precision, f"{variant}.run{r}.new_to_customer.{METRIC}": new}
+    )
+    return precision
+
+
+def _figure7(settings, split: Split, first_runs, report: dict, report_dir: Path, say) -> None:
+    try:
+        report["similar"] = similar_figure(
+            settings,
+            first_runs,
+            split.features,
+            split.interactions,
+            split.end,
+            split.start,
+            split.test.catalogue,
+            report_dir / FIGURE7,
         )
-        mlflow.log_params(params)
-
-        if test is not None:
-            ranking = popularity_recommender(interactions, end, cfg.popularity_days)
-            for mode in MODES:
-                if mode == "all_products":
-                    recs = popularity_recommendations(ranking[:K], test.relevant, K)
-                else:
-                    recs = without_seen(ranking, test.histories, K)
-                record(mode, "popularity", *score(recs, test.relevant, test.cold))
-                diag[mode].setdefault("popularity", []).append(
-                    {"distinct_products": distinct_products(recs), "customer_cosine": None}
-                )
-            again = buy_again_recommendations(test.histories, K)
-            record("all_products", "buy_again", *score(again, test.relevant, test.cold))
-            diag["all_products"].setdefault("buy_again", []).append(
-                {"distinct_products": distinct_products(again), "customer_cosine": None}
-            )
-            pop = runs_by["all_products"]["popularity"][0]
-            say(
-                f"popularity: {METRIC} {pop.precision:.4f}; buy again: "
-                f"{runs_by['all_products']['buy_again'][0].precision:.4f}"
-            )
-
-        best = None  # (validation loss, run, fitted, test precision, blend rule)
-        first_runs: dict[str, object] = {}
-        for r in range(runs if learned else 0):
-            seed = settings.seed + r
-            for variant in learned:
-
-                def tell(message: str, variant=variant, r=r) -> None:
-                    say(f"{variant} run {r + 1}/{runs}: {message}")
-
-                fitted = fit_variant(settings, split, variant, seed, tell)
-                model, selection = fitted["model"], fitted["selection"]
-                info = training.setdefault(
-                    variant,
-                    {"epochs": [], "best_epoch": [], "seconds_per_epoch": [], "loss_drop": []},
-                )
-                info["epochs"].append(selection.epochs)
-                info["best_epoch"].append(selection.best_epoch)
-                info["seconds_per_epoch"].append(model.seconds_per_epoch)
-                losses = model.history["train_loss"]
-                info["loss_drop"].append(1.0 - losses[-1] / losses[0] if losses[0] else 0.0)
-                for e, (train_loss, val_loss) in enumerate(
-                    zip(selection.history["train_loss"], selection.history["val_loss"]), 1
-                ):
-                    values = {f"{variant}.run{r}.train_loss": train_loss}
-                    if math.isfinite(val_loss):
-                        values[f"{variant}.run{r}.val_loss"] = val_loss
-                    mlflow.log_metrics(values, step=e)
-                val = validation.setdefault(variant, {"loss": [], **{m: [] for m in MODES}})
-                val["loss"].append(selection.best_validation_loss)
-                for mode, value in fitted["validation"].items():
-                    val[mode].append(value)
-                rule = None
-                if variant == REGISTERED_VARIANT and cfg.blend and fitted["new_lists"]:
-                    rule = fit_blend(
-                        fitted["new_lists"],
-                        split.validation.histories,
-                        split.validation.relevant,
-                        K,
-                    )
-                precision = None
-                if test is not None:
-                    lists, vectors = _mode_lists(model, test)
-                    for mode, d in diagnostics(model, test, lists, vectors).items():
-                        diag[mode].setdefault(variant, []).append(d)
-                    for mode in MODES:
-                        record(mode, variant, *score(lists[mode], test.relevant, test.cold))
-                    precision = runs_by["all_products"][variant][-1].precision
-                    if rule is not None:
-                        mixed = {
-                            c: blend(lists["new_to_customer"][c], test.histories[c], rule, K)
-                            for c in test.histories
-                        }
-                        record("all_products", "blend", *score(mixed, test.relevant, test.cold))
-                        diag["all_products"].setdefault("blend", []).append(
-                            {"distinct_products": distinct_products(mixed), "customer_cosine": None}
-                        )
-                    new = runs_by["new_to_customer"][variant][-1].precision
-                    tell(f"test {METRIC}: all products {precision:.4f}, new to customer {new:.4f}")
-                    mlflow.log_metrics(
-                        {
-                            f"{variant}.run{r}.{METRIC}": precision,
-                            f"{variant}.run{r}.new_to_customer.{METRIC}": new,
-                        }
-                    )
-                chosen_by = selection.best_validation_loss
-                if variant == REGISTERED_VARIANT and (best is None or chosen_by < best[0]):
-                    best = (chosen_by, r, fitted, precision, rule)
-                if r == 0:
-                    first_runs[variant] = model
-
-        report = _report(split, runs_by, cold_by, diag, validation, training)
-        report["feature_service"] = cfg.feature_service
-        report["git_commit"] = commit
-        report["device"] = params["device"]
-
-        version = None
-        if best is not None:
-            version = _register(settings, split, report, best, commit, run.info.run_id)
-        report_dir = Path(report_dir or settings.reports_dir / "recommender")
-        if first_runs and test is not None:
-            try:
-                report["similar"] = similar_figure(
-                    settings,
-                    first_runs,
-                    split.features,
-                    interactions,
-                    end,
-                    split.start,
-                    test.catalogue,
-                    report_dir / FIGURE7,
-                )
-                say(f"Figure 7 (similar products by variant): {report_dir / FIGURE7}")
-            except ValueError as e:  # e.g. no product every variant can represent
-                log.warning("no Figure 7: %s", e)
-        write_report(report_dir, report)
-        mlflow.log_metrics(flat_metrics(report))
-        mlflow.log_artifacts(str(report_dir), artifact_path="report")
-    if version is not None:
-        say(
-            f"registered {settings.mlflow.recommender_model} version {version} as challenger "
-            f"(run {best[1] + 1}, lowest validation loss)"
-        )
-    say(f"recommender done in {time.perf_counter() - t0:.0f}s; report in {report_dir}")
-    return {
-        "run_id": run.info.run_id,
-        "model_version": version,
-        "report_dir": str(report_dir),
-        "report": report,
-        "runs": runs_by,
-        "cold_runs": cold_by,
-    }
+        say(f"Figure 7 (similar products by variant): {report_dir / FIGURE7}")
+    except ValueError as e:  # e.g. no product every variant can represent
+        log.warning("no Figure 7: %s", e)
 
 
 def _mean(values) -> float | None:
