@@ -215,8 +215,6 @@ def train_attributes(
     import mlflow
 
     from atelier import registry
-    from models.attributes.bundle import AttributeBundle, AttributeSpec
-    from models.attributes.model import predict_proba
     from models.attributes.pyfunc import log_attribute_model
 
     cfg = settings.attributes
@@ -226,9 +224,7 @@ def train_attributes(
     plan = prepare_labels(ts, cfg, settings.seed)
     say(f"training set: {len(ts)} products, heads {', '.join(plan.classes)}")
     report_dir = Path(report_dir or settings.reports_dir / "attributes")
-    kwargs = _train_kwargs(settings)
     commit = git_commit()
-
     registry.configure(settings)
     with mlflow.start_run(run_name="attributes") as run:
         mlflow.set_tags(
@@ -238,107 +234,14 @@ def train_attributes(
                 "stage": "train-attributes",
             }
         )
-        mlflow.log_params(
-            {
-                "feature_service": cfg.feature_service,
-                "steps": cfg.steps,
-                "batch_size": cfg.batch_size,
-                "learning_rate": cfg.learning_rate,
-                "optimizer": "SGD (no momentum)",
-                "loss_weights": cfg.loss_weights,
-                "min_value_count": cfg.min_value_count,
-                "applicability_min_fraction": cfg.applicability_min_fraction,
-                "test_fraction": cfg.test_fraction,
-                "hidden_fraction": plan.report["hidden_fraction"],
-                "max_shots": cfg.max_shots,
-                "seed": settings.seed,
-                "device": device(),
-                "vocab_version": ts.vocab_version,
-                "embedding_weights": ",".join(ts.embedding_weights),
-                "git_commit": commit,
-                "products": len(ts),
-                **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
-            }
-        )
-        full = train_model(ts, plan, progress=say, **kwargs)
-        metrics, pairs = evaluate(full.model, ts, plan)
-        baselines = {"tfidf_lr": tfidf_baseline(ts, plan, settings.seed)} if cfg.baseline else {}
-        result = report(metrics, baselines)
-        # Probabilities, not just the arg-max `evaluate` scores: thresholds to act on.
-        test_rows = np.flatnonzero(np.any([plan.test[a] >= 0 for a in plan.classes], axis=0))
-        probabilities = predict_proba(full.model, ts.rows(test_rows))
-        result["confidence"] = confidence_report(
-            {a: (plan.test[a][test_rows], probabilities[a]) for a in metrics}
-        )
-        result["ablations"] = {"full": result[METRIC]}
-        if cfg.ablations:
-            for name, switches in ABLATIONS.items():
-                if name == "no_colour" and not full.config.has_colour:
-                    continue
-                say(f"ablation {name}")
-                ablated = train_model(ts, plan, **kwargs, curves=False, **switches)
-                ab_metrics, _ = evaluate(ablated.model, ts, plan)
-                result["ablations"][name] = float(
-                    np.mean([m["weighted_f1"] for m in ab_metrics.values()])
-                )
-        result["label_plan"] = plan.report
-        result["training"] = {
-            "steps": full.steps,
-            "seconds": round(full.seconds, 2),
-            "steps_per_second": round(full.steps_per_second, 2),
-            "visits": full.visits,
-            # Chosen on the validation split, never the test.
-            "best_step": full.best_step,
-            "best_validation_f1": full.best_validation_f1,
-            "validation_f1": full.validation_f1,
-            "stopped": full.stopped,
-            "device": device(),
-            "feature_service": cfg.feature_service,
-            "embedding_weights": ts.embedding_weights,
-            "git_commit": commit,
-        }
+        mlflow.log_params(_run_params(settings, ts, plan, commit))
+        full = train_model(ts, plan, progress=say, **_train_kwargs(settings))
+        result, pairs = _evaluate_run(settings, ts, plan, full, say)
+        result["training"] = _training_summary(settings, ts, full, commit)
         result["curves"] = {a: [list(p) for p in pts] for a, pts in full.curves.items()}
         write_report(report_dir, result, pairs, plan.classes, full.curves)
-        mlflow.log_metrics(flat_metrics(result))
-        mlflow.log_metric("steps_per_second", full.steps_per_second)
-        for a, points in full.curves.items():
-            for s, train_f1, val_f1 in points:
-                mlflow.log_metric(f"{a}.train_weighted_f1", train_f1, step=s)
-                mlflow.log_metric(f"{a}.validation_weighted_f1", val_f1, step=s)
-        mlflow.log_artifacts(str(report_dir), artifact_path="report")
-
-        bundle = AttributeBundle(
-            model=full.model,
-            config=full.config,
-            attributes={
-                a: AttributeSpec(
-                    classes=plan.classes[a],
-                    grouping=plan.grouping[a],
-                    applies_to=plan.applies_to[a],
-                )
-                for a in plan.classes
-            },
-            vocabulary=ts.vocabulary,
-            vocab_version=ts.vocab_version,
-            sequence_length=ts.sequence_length,
-            categories=ts.categories,
-            max_shots=ts.max_shots,
-            metadata={
-                "feature_service": cfg.feature_service,
-                "embedding_weights": ts.embedding_weights,
-                "embedding_weights_source": weights_source(settings.embed),
-                "colour_descriptor_version": ts.colour_version,
-                METRIC: result[METRIC],
-                "run_id": run.info.run_id,
-                "git_commit": commit,
-                # Majority class of each head's training labels: the baseline of Table 2 when
-                # the model is scored on another catalogue.
-                "train_majority": {
-                    a: int(np.bincount(plan.train[a][plan.train[a] >= 0]).argmax())
-                    for a in plan.classes
-                },
-            },
-        )
+        _log_run(result, full, report_dir)
+        bundle = _bundle(settings, ts, plan, full, result, run.info.run_id, commit)
         info = log_attribute_model(bundle, name="model")
         version = registry.register(
             settings,
@@ -358,6 +261,126 @@ def train_attributes(
         "report_dir": str(report_dir),
         "report": result,
     }
+
+
+def _run_params(settings: Settings, ts: TrainingSet, plan: LabelPlan, commit: str) -> dict:
+    cfg = settings.attributes
+    return {
+        "feature_service": cfg.feature_service,
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "learning_rate": cfg.learning_rate,
+        "optimizer": "SGD (no momentum)",
+        "loss_weights": cfg.loss_weights,
+        "min_value_count": cfg.min_value_count,
+        "applicability_min_fraction": cfg.applicability_min_fraction,
+        "test_fraction": cfg.test_fraction,
+        "hidden_fraction": plan.report["hidden_fraction"],
+        "max_shots": cfg.max_shots,
+        "seed": settings.seed,
+        "device": device(),
+        "vocab_version": ts.vocab_version,
+        "embedding_weights": ",".join(ts.embedding_weights),
+        "git_commit": commit,
+        "products": len(ts),
+        **{f"model.{k}": v for k, v in cfg.model.model_dump().items()},
+    }
+
+
+def _evaluate_run(settings: Settings, ts: TrainingSet, plan: LabelPlan, full, say):
+    """Table 2 on the test split (the baseline, confidence, ablations): (result, pairs)."""
+    from models.attributes.model import predict_proba
+
+    cfg = settings.attributes
+    metrics, pairs = evaluate(full.model, ts, plan)
+    baselines = {"tfidf_lr": tfidf_baseline(ts, plan, settings.seed)} if cfg.baseline else {}
+    result = report(metrics, baselines)
+    # Probabilities, not just the arg-max `evaluate` scores: thresholds to act on.
+    test_rows = np.flatnonzero(np.any([plan.test[a] >= 0 for a in plan.classes], axis=0))
+    probabilities = predict_proba(full.model, ts.rows(test_rows))
+    result["confidence"] = confidence_report(
+        {a: (plan.test[a][test_rows], probabilities[a]) for a in metrics}
+    )
+    result["ablations"] = {"full": result[METRIC]}
+    if cfg.ablations:
+        for name, switches in ABLATIONS.items():
+            if name == "no_colour" and not full.config.has_colour:
+                continue
+            say(f"ablation {name}")
+            ablated = train_model(ts, plan, **_train_kwargs(settings), curves=False, **switches)
+            ab_metrics, _ = evaluate(ablated.model, ts, plan)
+            result["ablations"][name] = float(
+                np.mean([m["weighted_f1"] for m in ab_metrics.values()])
+            )
+    result["label_plan"] = plan.report
+    return result, pairs
+
+
+def _training_summary(settings: Settings, ts: TrainingSet, full, commit: str) -> dict:
+    return {
+        "steps": full.steps,
+        "seconds": round(full.seconds, 2),
+        "steps_per_second": round(full.steps_per_second, 2),
+        "visits": full.visits,
+        # Chosen on the validation split, never the test.
+        "best_step": full.best_step,
+        "best_validation_f1": full.best_validation_f1,
+        "validation_f1": full.validation_f1,
+        "stopped": full.stopped,
+        "device": device(),
+        "feature_service": settings.attributes.feature_service,
+        "embedding_weights": ts.embedding_weights,
+        "git_commit": commit,
+    }
+
+
+def _log_run(result: dict, full, report_dir: Path) -> None:
+    """Metrics, learning curves (per step) and the report folder into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics(flat_metrics(result))
+    mlflow.log_metric("steps_per_second", full.steps_per_second)
+    for a, points in full.curves.items():
+        for s, train_f1, val_f1 in points:
+            mlflow.log_metric(f"{a}.train_weighted_f1", train_f1, step=s)
+            mlflow.log_metric(f"{a}.validation_weighted_f1", val_f1, step=s)
+    mlflow.log_artifacts(str(report_dir), artifact_path="report")
+
+
+def _bundle(settings, ts: TrainingSet, plan: LabelPlan, full, result, run_id: str, commit: str):
+    """The trained model with everything scoring needs (classes, vocabulary, provenance)."""
+    from models.attributes.bundle import AttributeBundle, AttributeSpec
+
+    return AttributeBundle(
+        model=full.model,
+        config=full.config,
+        attributes={
+            a: AttributeSpec(
+                classes=plan.classes[a], grouping=plan.grouping[a], applies_to=plan.applies_to[a]
+            )
+            for a in plan.classes
+        },
+        vocabulary=ts.vocabulary,
+        vocab_version=ts.vocab_version,
+        sequence_length=ts.sequence_length,
+        categories=ts.categories,
+        max_shots=ts.max_shots,
+        metadata={
+            "feature_service": settings.attributes.feature_service,
+            "embedding_weights": ts.embedding_weights,
+            "embedding_weights_source": weights_source(settings.embed),
+            "colour_descriptor_version": ts.colour_version,
+            METRIC: result[METRIC],
+            "run_id": run_id,
+            "git_commit": commit,
+            # Majority class of each head's training labels: the baseline of Table 2 when
+            # the model is scored on another catalogue.
+            "train_majority": {
+                a: int(np.bincount(plan.train[a][plan.train[a] >= 0]).argmax())
+                for a in plan.classes
+            },
+        },
+    )
 
 
 # -- evaluation on another catalogue --------------------------------------------------------
