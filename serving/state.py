@@ -48,6 +48,7 @@ import numpy as np
 
 from models.blend import BlendRule
 from models.ranking import DOT, LAYOUTS
+from models.recommender.bundle import N_RECENT
 from serving.scoring import AttributeTable, Candidates, popularity_scores
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -233,8 +234,10 @@ def build_state(
 
     lake = Lake(settings)
     model_version, run_id = champion(settings)
+    # The model's own history length: a run without it predates the setting and was trained
+    # with the then fixed N_RECENT, never with whatever this server's settings say now.
     layout, n_recent, blend_rule = model_params(
-        _run_params(settings, run_id, model_version), settings.recommender.n_recent
+        _run_params(settings, run_id, model_version), N_RECENT
     )
     # Versions first: a table written while we read shows up as a change at the next poll.
     sources = {t: lake.version(t) for t in SOURCES}
