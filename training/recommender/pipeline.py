@@ -762,10 +762,10 @@ class _Tally:
         if diagnosis is not None:
             self.diag[mode].setdefault(variant, []).append(diagnosis)
 
-    def lists(self, mode: str, variant: str, recs: Mapping, test: Period) -> None:
+    def lists(self, mode: str, variant: str, recs: Mapping, relevant, cold) -> None:
         """Score the lists `recs` of a variant without model diagnostics (a baseline)."""
         diagnosis = {"distinct_products": distinct_products(recs), "customer_cosine": None}
-        self.record(mode, variant, *score(recs, test.relevant, test.cold), diagnosis)
+        self.record(mode, variant, *score(recs, relevant, cold), diagnosis)
 
     def report(self, split: Split) -> dict:
         return _report(split, self.runs, self.cold, self.diag, self.validation, self.training)
@@ -908,8 +908,14 @@ def _baselines(split: Split, cfg, tally: _Tally, say) -> None:
             recs = popularity_recommendations(ranking[:K], test.relevant, K)
         else:
             recs = without_seen(ranking, test.histories, K)
-        tally.lists(mode, "popularity", recs, test)
-    tally.lists("all_products", "buy_again", buy_again_recommendations(test.histories, K), test)
+        tally.lists(mode, "popularity", recs, test.relevant, test.cold)
+    tally.lists(
+        "all_products",
+        "buy_again",
+        buy_again_recommendations(test.histories, K),
+        test.relevant,
+        test.cold,
+    )
     say(
         f"popularity: {METRIC} {tally.runs['all_products']['popularity'][0].precision:.4f}; "
         f"buy again: {tally.runs['all_products']['buy_again'][0].precision:.4f}"
@@ -994,7 +1000,7 @@ def _test_run(model, test: Period, variant: str, r: int, rule, tally: _Tally, te
             c: blend(lists["new_to_customer"][c], test.histories[c], rule, K)
             for c in test.histories
         }
-        tally.lists("all_products", "blend", mixed, test)
+        tally.lists("all_products", "blend", mixed, test.relevant, test.cold)
     new = tally.runs["new_to_customer"][variant][-1].precision
     tell(f"test {METRIC}: all products {precision:.4f}, new to customer {new:.4f}")
     mlflow.log_metrics(
@@ -1219,17 +1225,67 @@ def evaluate_recommender(
     modes (popularity from the lake's last `popularity_days` before the period, "buy it again",
     and the blend of a model that carries a blend rule; one run each) and logs an
     `evaluate-recommender` MLflow run. Returns the report."""
-    import mlflow
-
     from atelier import registry
-    from models.blend import BlendRule, blend
-    from models.recommender.features import load_content_features
-    from models.recommender.pyfunc import load_bundle
 
-    cfg = settings.recommender
     say = progress or log.info
     registry.configure(settings)  # a given models:/ URI resolves in this workdir's registry
     models = registered_models(settings, model_uri)
+    ev = _evaluation_period(settings, interactions_file, say)
+    tally = _Tally()
+    ranking = popularity_recommender(ev.history, ev.cut, settings.recommender.popularity_days)
+    tally.lists(
+        "all_products",
+        "popularity",
+        popularity_recommendations(ranking[:K], ev.relevant, K),
+        ev.relevant,
+        ev.cold,
+    )
+    tally.lists(
+        "new_to_customer",
+        "popularity",
+        without_seen(ranking, ev.histories, K),
+        ev.relevant,
+        ev.cold,
+    )
+    tally.lists(
+        "all_products",
+        "buy_again",
+        buy_again_recommendations(ev.histories, K),
+        ev.relevant,
+        ev.cold,
+    )
+    described = {}
+    for role, uri in models:
+        label, about = _score_registered(uri, role, ev, tally, described, say)
+        described[label] = about
+    report = _evaluation_report(tally, ev, interactions_file)
+    report["models"] = described
+    write_report(report_dir, report)
+    _log_evaluation(settings, report, report_dir, interactions_file, models, ev)
+    return report
+
+
+@dataclass
+class _EvaluationPeriod:
+    """The purchases of an evaluation file and what the lake knew before them."""
+
+    period: pd.DataFrame
+    skipped: int
+    first: pd.Timestamp
+    last: pd.Timestamp
+    cut: pd.Timestamp
+    history: pd.DataFrame
+    relevant: dict
+    histories: dict
+    features: object
+    catalogue: np.ndarray
+    unknown: set
+    cold: set
+
+
+def _evaluation_period(settings: Settings, interactions_file: Path, say) -> _EvaluationPeriod:
+    from models.recommender.features import load_content_features
+
     period, skipped = read_transactions(interactions_file, settings.layouts_dir)
     if period.empty:
         raise ValueError(f"{interactions_file} holds no usable purchase ({skipped} rows skipped)")
@@ -1244,76 +1300,84 @@ def evaluate_recommender(
         raise ValueError(
             f"no customer of {interactions_file} has a history in the lake before {first}"
         )
-    histories = customer_histories(history, cut, relevant)
     features = load_content_features(settings, cut, content_as_of=last)
     catalogue = np.asarray(features.product_ids, dtype=object)
-    known = set(catalogue)
-    bought = set(period["product_id"])
-    cold = cold_start_products(combined, cut, catalogue=known | bought)
+    known, bought = set(catalogue), set(period["product_id"])
     say(
         f"period {first.date()}..{last.date()}: {len(relevant)} customers with a history, "
         f"{len(bought - known)} purchased products unknown to the lake"
     )
+    return _EvaluationPeriod(
+        period=period,
+        skipped=skipped,
+        first=first,
+        last=last,
+        cut=cut,
+        history=history,
+        relevant=relevant,
+        histories=customer_histories(history, cut, relevant),
+        features=features,
+        catalogue=catalogue,
+        unknown=bought - known,
+        cold=cold_start_products(combined, cut, catalogue=known | bought),
+    )
 
-    runs: dict[str, dict[str, list]] = {m: {} for m in MODES}
-    cold_runs: dict[str, dict[str, list]] = {m: {} for m in MODES}
-    diag: dict[str, dict[str, list]] = {m: {} for m in MODES}
 
-    def record(mode, label, recs):
-        main, cold_at = score(recs, relevant, cold)
-        runs[mode][label], cold_runs[mode][label] = [main], [cold_at]
-        diag[mode][label] = [
-            {"distinct_products": distinct_products(recs), "customer_cosine": None}
-        ]
-        return main
+def _score_registered(uri: str, role: str, ev: _EvaluationPeriod, tally, described, say):
+    """Score one registered model in both modes (and its blend): (label, description)."""
+    from models.blend import BlendRule, blend
+    from models.recommender.pyfunc import load_bundle
 
-    ranking = popularity_recommender(history, cut, cfg.popularity_days)
-    record("all_products", "popularity", popularity_recommendations(ranking[:K], relevant, K))
-    record("new_to_customer", "popularity", without_seen(ranking, histories, K))
-    record("all_products", "buy_again", buy_again_recommendations(histories, K))
-    described = {}
-    for role, uri in models:
-        bundle = load_bundle(uri)
-        label = bundle.variant
-        if label in described:  # the challenger beside a champion of the same variant
-            label = f"{bundle.variant}_{role}"
-        scored = Period(cut, last, histories, relevant, bundle.conform(features), catalogue, cold)
-        lists, vectors = _mode_lists(bundle, scored)
-        found = diagnostics(bundle, scored, lists, vectors)
-        for mode in MODES:
-            record(mode, label, lists[mode])
-            diag[mode][label] = [found[mode]]
-        main = runs["all_products"][label][0]
-        rule = bundle.metadata.get("blend")
-        if rule:
-            rule = BlendRule.from_dict(rule)
-            mixed = {
-                c: blend(lists["new_to_customer"][c], histories[c], rule, K) for c in histories
-            }
-            record("all_products", f"blend_{label}" if label != bundle.variant else "blend", mixed)
-        train_end = bundle.metadata.get("train_end")
-        purchases = [p for items in relevant.values() for p in items]
-        described[label] = {
-            "role": role,
-            "model_uri": uri,
-            "variant": bundle.variant,
-            "train_end": train_end,
-            "registered_" + METRIC: bundle.metadata.get(METRIC),
-            "registered_evaluation": bundle.metadata.get("evaluation"),
-            "purchases_outside_cf_index": int((~bundle.knows(purchases)).sum()),
-            "period_overlaps_training": bool(
-                train_end is not None and first <= utc_timestamp(train_end, "train_end")
-            ),
+    bundle = load_bundle(uri)
+    label = bundle.variant
+    if label in described:  # the challenger beside a champion of the same variant
+        label = f"{bundle.variant}_{role}"
+    scored = Period(
+        ev.cut,
+        ev.last,
+        ev.histories,
+        ev.relevant,
+        bundle.conform(ev.features),
+        ev.catalogue,
+        ev.cold,
+    )
+    lists, vectors = _mode_lists(bundle, scored)
+    found = diagnostics(bundle, scored, lists, vectors)
+    for mode in MODES:
+        tally.record(mode, label, *score(lists[mode], ev.relevant, ev.cold), found[mode])
+    rule = bundle.metadata.get("blend")
+    if rule:
+        rule = BlendRule.from_dict(rule)
+        mixed = {
+            c: blend(lists["new_to_customer"][c], ev.histories[c], rule, K) for c in ev.histories
         }
-        new = runs["new_to_customer"][label][0]
-        say(
-            f"{label} ({uri}): {METRIC} all products {main.precision:.4f}, new to customer "
-            f"{new.precision:.4f}"
-        )
+        name = f"blend_{label}" if label != bundle.variant else "blend"
+        tally.lists("all_products", name, mixed, ev.relevant, ev.cold)
+    train_end = bundle.metadata.get("train_end")
+    purchases = [p for items in ev.relevant.values() for p in items]
+    main, new = tally.runs["all_products"][label][0], tally.runs["new_to_customer"][label][0]
+    say(
+        f"{label} ({uri}): {METRIC} all products {main.precision:.4f}, new to customer "
+        f"{new.precision:.4f}"
+    )
+    return label, {
+        "role": role,
+        "model_uri": uri,
+        "variant": bundle.variant,
+        "train_end": train_end,
+        "registered_" + METRIC: bundle.metadata.get(METRIC),
+        "registered_evaluation": bundle.metadata.get("evaluation"),
+        "purchases_outside_cf_index": int((~bundle.knows(purchases)).sum()),
+        "period_overlaps_training": bool(
+            train_end is not None and ev.first <= utc_timestamp(train_end, "train_end")
+        ),
+    }
 
-    report = table3(runs["all_products"], _cold_runs(cold_runs["all_products"]), K)
+
+def _evaluation_report(tally, ev: _EvaluationPeriod, interactions_file: Path) -> dict:
+    report = table3(tally.runs["all_products"], _cold_runs(tally.cold["all_products"]), K)
     report["new_to_customer"] = table3(
-        runs["new_to_customer"], _cold_runs(cold_runs["new_to_customer"]), K
+        tally.runs["new_to_customer"], _cold_runs(tally.cold["new_to_customer"]), K
     )
     report["diagnostics"] = {
         mode: {
@@ -1323,25 +1387,30 @@ def evaluate_recommender(
             }
             for v, e in by.items()
         }
-        for mode, by in diag.items()
+        for mode, by in tally.diag.items()
     }
     report["period"] = {
-        "history_end": str(cut),
-        "test_start": str(first),
-        "test_end": str(last),
+        "history_end": str(ev.cut),
+        "test_start": str(ev.first),
+        "test_end": str(ev.last),
     }
+    relevant = ev.relevant
     report["data"] = {
         "interactions_file": str(interactions_file),
-        "rows": len(period),
-        "rows_skipped": skipped,
+        "rows": len(ev.period),
+        "rows_skipped": ev.skipped,
         "test_customers": len(relevant),
         "test_purchases": int(sum(len(v) for v in relevant.values())),
-        "products_without_features": len(bought - known),
-        "recommendable_products": len(catalogue),
-        "cold_start_purchases": int(sum(len(set(v) & cold) for v in relevant.values())),
+        "products_without_features": len(ev.unknown),
+        "recommendable_products": len(ev.catalogue),
+        "cold_start_purchases": int(sum(len(set(v) & ev.cold) for v in relevant.values())),
     }
-    report["models"] = described
-    write_report(report_dir, report)
+    return report
+
+
+def _log_evaluation(settings, report, report_dir, interactions_file, models, ev) -> None:
+    import mlflow
+
     mlflow.set_experiment(settings.mlflow.experiment)
     with mlflow.start_run(run_name="evaluate-recommender"):
         mlflow.set_tags(
@@ -1349,9 +1418,8 @@ def evaluate_recommender(
                 "stage": "evaluate-recommender",
                 "interactions_file": str(interactions_file),
                 "models": ",".join(uri for _, uri in models),
-                "evaluation": f"{first.date()}..{last.date()}",
+                "evaluation": f"{ev.first.date()}..{ev.last.date()}",
             }
         )
         mlflow.log_metrics(flat_metrics(report))
         mlflow.log_artifacts(str(report_dir), artifact_path="report")
-    return report
