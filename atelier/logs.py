@@ -15,5 +15,6 @@ def setup_logging(level: str | None = None) -> None:
         datefmt="%H:%M:%S",
     )
     # Third-party chatter that buries the job's own progress lines.
-    for noisy in ("py4j", "great_expectations", "urllib3", "matplotlib"):
+    # Feast logs "Registry cache expired, so refreshing" at INFO on every lookup after the TTL.
+    for noisy in ("py4j", "great_expectations", "urllib3", "matplotlib", "feast.infra.registry"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
