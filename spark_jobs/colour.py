@@ -27,10 +27,10 @@ from spark_jobs.common import (
     job_parser,
     new_run_id,
     partition_id,
+    quarantine_shots,
     read_checked_image,
     run_job,
     save_report,
-    shot_quarantine_rows,
     with_event_us,
     worker_log,
 )
@@ -288,12 +288,7 @@ def _describe_and_publish(
         )
         # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
         if by_reason:
-            q = lake.merge(
-                "quarantine",
-                shot_quarantine_rows(described, "colour_features", run_id, now),
-                update=False,
-            )
-            log.info("quarantine: %d new rows (table version %s)", q.inserted, q.version)
+            quarantine_shots(lake, described, "colour_features", run_id, now, log)
         if not report.described:
             return
         c = contract("colour_features")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from pyspark.sql import Column, DataFrame
 
+    from atelier.lake import Lake
     from atelier.settings import Settings
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -68,6 +70,14 @@ def with_event_us(shots: DataFrame, products: DataFrame) -> DataFrame:
 
     first = products.select("product_id", F.unix_micros("first_seen").alias("_event_us"))
     return shots.join(first, "product_id", "left").fillna({"_event_us": 0})
+
+
+def quarantine_shots(
+    lake: Lake, rows: DataFrame, table: str, run_id: str, now: datetime, log: logging.Logger
+) -> None:
+    """Append the bad shots of an image job's output for `table` to the quarantine table."""
+    q = lake.merge("quarantine", shot_quarantine_rows(rows, table, run_id, now), update=False)
+    log.info("quarantine: %d new rows (table version %s)", q.inserted, q.version)
 
 
 def shot_quarantine_rows(rows: DataFrame, table: str, run_id: str, now: datetime) -> DataFrame:

@@ -55,6 +55,10 @@ INTERACTION_REASONS = (
 )
 
 
+# The columns `parse_csv` gives every line, before the source's own.
+PARSED = ("_source", "_line", "_raw", "_error", "_detail")
+
+
 class IngestError(RuntimeError):
     """Raised when a source cannot be ingested at all (bad layout, missing file or column)."""
 
@@ -132,9 +136,7 @@ def parse_csv(lines: DataFrame, header: list[str]) -> DataFrame:
                             err = "malformed_row"
                             detail = f"expected {n} fields, got {len(parsed)}"
                 out.append([src, int(line), raw, err, detail, *fields])
-            yield pd.DataFrame(
-                out, columns=["_source", "_line", "_raw", "_error", "_detail", *names]
-            )
+            yield pd.DataFrame(out, columns=[*PARSED, *names])
 
     return lines.mapInPandas(parse, schema)
 
@@ -178,18 +180,24 @@ def _price_checks(price_raw: Column, price: Column) -> list[tuple[str, Column]]:
     ]
 
 
+def _flag_duplicates(df: DataFrame, key: str) -> DataFrame:
+    """`df` with `_dup`: True on every well-parsed row of a `key` but its first (lowest line),
+    which wins; the later ones are quarantined."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(key).orderBy("_line")
+    ok = F.col("_error").isNull() & F.col(key).isNotNull()
+    return df.withColumn("_dup", F.when(ok, F.row_number().over(w) > 1).otherwise(F.lit(False)))
+
+
 def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     """Parsed product rows -> canonical columns + `_reason` (null when the row is good)."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     m = layout.products
     df = parsed.select(
-        "_source",
-        "_line",
-        "_raw",
-        "_error",
-        "_detail",
+        *PARSED,
         source_column(parsed, m.id).alias("product_id"),
         source_column(parsed, m.type).alias("type"),
         source_column(parsed, m.brand).alias("brand"),
@@ -199,10 +207,7 @@ def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
         source_column(parsed, m.price).alias("_price_raw"),
         *[F.col(f"`{a}`") for a in layout.attributes],
     ).withColumn("price", F.expr("try_cast(_price_raw AS DOUBLE)"))
-    # Duplicates: the first occurrence (lowest line) of a key wins, later ones are quarantined.
-    w = Window.partitionBy("product_id").orderBy("_line")
-    ok = F.col("_error").isNull() & F.col("product_id").isNotNull()
-    df = df.withColumn("_dup", F.when(ok, F.row_number().over(w) > 1).otherwise(F.lit(False)))
+    df = _flag_duplicates(df, "product_id")
     checks = [
         ("missing_id", F.col("product_id").isNull()),
         ("missing_type", F.col("type").isNull()),
@@ -225,26 +230,19 @@ def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
 
 def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     """Parsed customer rows -> canonical columns + `_reason`."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     m = layout.customers
     assert m is not None
     df = parsed.select(
-        "_source",
-        "_line",
-        "_raw",
-        "_error",
-        "_detail",
+        *PARSED,
         source_column(parsed, m.id).alias("customer_id"),
         source_column(parsed, m.age).alias("_age_raw"),
         source_column(parsed, m.club_member_status).alias("club_member_status"),
         source_column(parsed, m.fashion_news_frequency).alias("fashion_news_frequency"),
         source_column(parsed, m.postal_code).alias("postal_code"),
     ).withColumn("age", F.expr("try_cast(try_cast(_age_raw AS DOUBLE) AS INT)"))
-    w = Window.partitionBy("customer_id").orderBy("_line")
-    ok = F.col("_error").isNull() & F.col("customer_id").isNotNull()
-    df = df.withColumn("_dup", F.when(ok, F.row_number().over(w) > 1).otherwise(F.lit(False)))
+    df = _flag_duplicates(df, "customer_id")
     checks = [
         ("missing_id", F.col("customer_id").isNull()),
         ("duplicate_key", F.col("_dup")),
@@ -285,11 +283,7 @@ def interactions_candidates(
     m = layout.interactions
     assert m is not None
     df = parsed.select(
-        "_source",
-        "_line",
-        "_raw",
-        "_error",
-        "_detail",
+        *PARSED,
         source_column(parsed, m.customer).alias("customer_id"),
         source_column(parsed, m.product).alias("product_id"),
         source_column(parsed, m.timestamp).alias("_ts_raw"),

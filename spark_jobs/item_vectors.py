@@ -79,8 +79,9 @@ MAIN_SHOT = 0
 # largest magnitude of the stored vector (at least 1): float results of the same model on the
 # same inputs can differ in the last bits with the batch a product lands in.
 VECTOR_TOLERANCE = 1e-5
-# The Feast columns `RecommenderBundle.features_from_frame` reads, besides product_id.
-CONTENT_COLUMNS = (
+# The Feast columns `RecommenderBundle.features_from_frame` reads, besides product_id: those
+# of product_features, then one of each other table.
+PRODUCT_COLUMNS = (
     "type_idx",
     "log_price",
     "first_seen",
@@ -88,10 +89,8 @@ CONTENT_COLUMNS = (
     "popularity_7d",
     "popularity_30d",
     "popularity_90d",
-    "tfidf",
-    "embedding",
-    "attribute_vector",
 )
+CONTENT_COLUMNS = (*PRODUCT_COLUMNS, "tfidf", "embedding", "attribute_vector")
 
 
 class ItemVectorError(RuntimeError):
@@ -166,14 +165,7 @@ def content_frame(
     from pyspark.sql import functions as F
 
     meta = latest_as_of(product_features, ["product_id"], as_of).select(
-        "product_id",
-        "type_idx",
-        "log_price",
-        "first_seen",
-        "recency_days",
-        "popularity_7d",
-        "popularity_30d",
-        "popularity_90d",
+        "product_id", *PRODUCT_COLUMNS
     )
     text = latest_as_of(text_features, ["product_id"], as_of).select("product_id", "tfidf")
     image = latest_as_of(
