@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from atelier.figures import png_figure
 from models.recommender.items import utc_timestamp
 from training.recommender.baselines import (
     buy_again_recommendations,
@@ -296,16 +297,11 @@ def _day(value) -> str:
 def plot_report(report: Mapping, path) -> Path:
     """Bars of precision@10 and recall@10 per variant (± std over runs), and the cold-start
     breakdown when there is one; writes a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     sections = [("all products", report["variants"])]
     if report.get("cold_start"):
         sections.append(("cold-start products", report["cold_start"]))
-    fig, axes = plt.subplots(1, len(sections), figsize=(6 * len(sections), 4), squeeze=False)
-    try:
+    size = (6 * len(sections), 4)
+    with png_figure(path, 1, len(sections), figsize=size, squeeze=False) as (fig, axes):
         for ax, (title, section) in zip(axes[0], sections):
             names = list(section)
             x = np.arange(len(names))
@@ -317,13 +313,7 @@ def plot_report(report: Mapping, path) -> Path:
             ax.set_title(title)
             ax.grid(axis="y", alpha=0.3)
             ax.legend(fontsize="small")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
-    return path
+    return Path(path)
 
 
 def similar_figure(
