@@ -337,6 +337,17 @@ def test_score_and_top_k_by_hand():
         score(customers, np.zeros((4, 3)))
 
 
+def test_top_k_of_one_row_equals_the_matrix_form_without_padding():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        row = rng.integers(0, 5, size=40).astype(np.float32)
+        row[rng.random(40) < 0.2] = -np.inf
+        allowed = rng.random(40) > 0.2
+        for k in (1, 3, 10, 40):
+            matrix = top_k(row[None], k, allowed)[0]
+            np.testing.assert_array_equal(top_k(row, k, allowed), matrix[matrix >= 0])
+
+
 def test_top_k_matches_a_full_stable_sort_with_many_ties():
     scores = np.random.default_rng(0).integers(0, 4, size=(50, 30)).astype(np.float32)
     scores[:, 7] = -np.inf
