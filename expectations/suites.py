@@ -46,6 +46,9 @@ def build_suite(
 ) -> gx.ExpectationSuite:
     """The expectation suite named `contract.name` that enforces the contract.
 
+    Long by design: one expectation per contract rule, in the contract's order, so a reader can
+    check the suite against `atelier.contracts` line by line.
+
     row_count_band: inclusive (min, max) number of rows.
     reference_values: column -> allowed values, for columns in `contract.references`; a
         reference without an entry is not checked. The suite only records which references

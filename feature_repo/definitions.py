@@ -120,7 +120,10 @@ def _source(name: str, lake_dir: Path, profile: str):
 
 
 def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
-    """Every Feast object of the repository, by name, with sources under `lake_dir`."""
+    """Every Feast object of the repository, by name, with sources under `lake_dir`.
+
+    Long by design: a declarative list (sources, views with their fields, services) read top to
+    bottom like a Feast repo file; splitting it would scatter one schema over helpers."""
     images = _source("image_embeddings", lake_dir, profile)
     colours = _source("colour_features", lake_dir, profile)
     texts = _source("text_features", lake_dir, profile)

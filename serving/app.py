@@ -165,6 +165,9 @@ def create_app(
 ) -> FastAPI:
     """The API over `state_holder` (default: a new one for `settings`).
 
+    Long by design: the route table, each route a short closure over the holder and metrics
+    (FastAPI's idiom); the logic lives in `serving.predictor` and `serving.scoring`.
+
     On start-up a holder without a state loads one in a background thread (`/health` answers
     at once, `/ready` says 503 until it is loaded); with `poll_seconds` the holder rebuilds
     whenever the champion or a source table changed.

@@ -230,7 +230,8 @@ def _card(
 # -- router ----------------------------------------------------------------------------------
 def gallery_router() -> APIRouter:
     """The gallery's routes; they read the app's `StateHolder` (`app.state.holder`) and, when
-    present, count fallbacks in its `ServingMetrics` (`app.state.metrics`)."""
+    present, count fallbacks in its `ServingMetrics` (`app.state.metrics`). Long by design:
+    the page routes, each a short closure rendering one template."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=True,
