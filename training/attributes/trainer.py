@@ -174,58 +174,17 @@ def train_model(
         else {}
     )
     schedule = round_robin({a: samplers[a].size for a in attributes}, steps, seed)
-
-    rng = np.random.default_rng(seed)
-    curve_train = {}
-    for a in attributes:
-        labelled = np.flatnonzero(plan.train[a] >= 0)
-        if labelled.size > CURVE_TRAIN_SAMPLE:
-            labelled = np.sort(rng.choice(labelled, CURVE_TRAIN_SAMPLE, replace=False))
-        curve_train[a] = labelled
-    validation = plan.validation or {}
-    curve_val = {a: np.flatnonzero(validation[a] >= 0) for a in attributes if a in validation}
-    selecting = bool(eval_every) and any(r.size for r in curve_val.values())
-
     result = TrainResult(model=model, config=config, steps=steps, seconds=0.0)
     say = progress or log.info
+    selection = _Selection(ts, plan, result, seed, patience, curves, say)
+    selecting = bool(eval_every) and selection.can_select
     visits = dict.fromkeys(attributes, 0)
     losses: dict[str, list[float]] = {a: [] for a in attributes}
-    best_head = dict.fromkeys(attributes, -1.0)
-    since_best = dict.fromkeys(attributes, 0)
-    active = set(attributes)
-    best_weights = None
-
-    def measure(i: int) -> None:
-        """Validation F1 at step i: curves, the best checkpoint, per-head early stopping."""
-        nonlocal best_weights
-        val_f1 = _weighted_f1(model, ts, validation, curve_val)
-        train_f1 = _weighted_f1(model, ts, plan.train, curve_train) if curves else {}
-        for a in attributes:
-            if a in val_f1:
-                result.curves.setdefault(a, []).append((i, train_f1.get(a, np.nan), val_f1[a]))
-        mean_f1 = float(np.mean(list(val_f1.values())))
-        if result.best_validation_f1 is None or mean_f1 > result.best_validation_f1:
-            result.best_validation_f1, result.best_step = mean_f1, i
-            result.validation_f1 = dict(val_f1)
-            best_weights = model.get_weights()
-        for a in sorted(active):
-            if a not in val_f1:
-                continue
-            if val_f1[a] > best_head[a] + 1e-4:
-                best_head[a], since_best[a] = val_f1[a], 0
-            else:
-                since_best[a] += 1
-            if patience and since_best[a] >= patience:
-                active.discard(a)
-                result.stopped[a] = i
-                say(f"step {i}: {a} stops (best validation F1 {best_head[a]:.3f})")
-
     t0 = time.perf_counter()
-    eval_seconds = 0.0
     report_every = max(1, steps // 10)
     i = measured = 0
     for attribute in schedule:
-        if attribute not in active:
+        if attribute not in selection.active:
             continue  # an early-stopped head's turn is skipped, not counted as a step
         i += 1
         rows = samplers[attribute].next()
@@ -234,34 +193,89 @@ def train_model(
         losses[attribute].append(step(attribute, ts.rows(rows), labels, weights))
         visits[attribute] += 1
         if selecting and i % eval_every == 0:
-            e0 = time.perf_counter()
-            measure(i)
+            selection.measure(i)
             measured = i
-            eval_seconds += time.perf_counter() - e0
         if i % report_every == 0:
-            elapsed = time.perf_counter() - t0 - eval_seconds
+            elapsed = time.perf_counter() - t0 - selection.seconds
             recent = {a: np.mean(v[-20:]) for a, v in losses.items() if v}
             say(
                 f"step {i}/{steps} ({100 * i / steps:.0f}%), {i / max(elapsed, 1e-9):.1f} steps/s, "
                 + "loss "
                 + ", ".join(f"{a} {v:.3f}" for a, v in recent.items())
             )
-        if not active:
+        if not selection.active:
             say(f"step {i}: every head has stopped")
             break
     if selecting and measured != i:
-        e0 = time.perf_counter()
-        measure(i)
-        eval_seconds += time.perf_counter() - e0
+        selection.measure(i)
     # Training speed excludes the time spent measuring curves.
-    result.seconds = time.perf_counter() - t0 - eval_seconds
+    result.seconds = time.perf_counter() - t0 - selection.seconds
     result.steps = i
-    if best_weights is not None:
-        model.set_weights(best_weights)
-        say(
-            f"kept the weights of step {result.best_step} (mean validation weighted F1 "
-            f"{result.best_validation_f1:.3f})"
-        )
+    selection.restore_best()
     result.visits = visits
     result.final_loss = {a: float(np.mean(v[-20:])) for a, v in losses.items() if v}
     return result
+
+
+class _Selection:
+    """Validation measurements during training: learning curves, the best checkpoint (mean
+    validation weighted F1) and per-head early stopping after `patience` measurements."""
+
+    def __init__(self, ts, plan, result: TrainResult, seed: int, patience: int, curves: bool, say):
+        self.ts, self.plan, self.result = ts, plan, result
+        self.patience, self.curves, self.say = patience, curves, say
+        attributes = list(plan.classes)
+        rng = np.random.default_rng(seed)
+        self.curve_train = {}
+        for a in attributes:
+            labelled = np.flatnonzero(plan.train[a] >= 0)
+            if labelled.size > CURVE_TRAIN_SAMPLE:
+                labelled = np.sort(rng.choice(labelled, CURVE_TRAIN_SAMPLE, replace=False))
+            self.curve_train[a] = labelled
+        self.validation = plan.validation or {}
+        self.curve_val = {
+            a: np.flatnonzero(self.validation[a] >= 0) for a in attributes if a in self.validation
+        }
+        self.can_select = any(r.size for r in self.curve_val.values())
+        self.best_head = dict.fromkeys(attributes, -1.0)
+        self.since_best = dict.fromkeys(attributes, 0)
+        self.active = set(attributes)
+        self.best_weights = None
+        self.seconds = 0.0  # spent measuring, left out of the training speed
+
+    def measure(self, i: int) -> None:
+        """Validation F1 at step i: curves, the best checkpoint, per-head early stopping."""
+        e0 = time.perf_counter()
+        model, result = self.result.model, self.result
+        val_f1 = _weighted_f1(model, self.ts, self.validation, self.curve_val)
+        train_f1 = (
+            _weighted_f1(model, self.ts, self.plan.train, self.curve_train) if self.curves else {}
+        )
+        for a in self.plan.classes:
+            if a in val_f1:
+                result.curves.setdefault(a, []).append((i, train_f1.get(a, np.nan), val_f1[a]))
+        mean_f1 = float(np.mean(list(val_f1.values())))
+        if result.best_validation_f1 is None or mean_f1 > result.best_validation_f1:
+            result.best_validation_f1, result.best_step = mean_f1, i
+            result.validation_f1 = dict(val_f1)
+            self.best_weights = model.get_weights()
+        for a in sorted(self.active):
+            if a not in val_f1:
+                continue
+            if val_f1[a] > self.best_head[a] + 1e-4:
+                self.best_head[a], self.since_best[a] = val_f1[a], 0
+            else:
+                self.since_best[a] += 1
+            if self.patience and self.since_best[a] >= self.patience:
+                self.active.discard(a)
+                result.stopped[a] = i
+                self.say(f"step {i}: {a} stops (best validation F1 {self.best_head[a]:.3f})")
+        self.seconds += time.perf_counter() - e0
+
+    def restore_best(self) -> None:
+        if self.best_weights is not None:
+            self.result.model.set_weights(self.best_weights)
+            self.say(
+                f"kept the weights of step {self.result.best_step} (mean validation weighted F1 "
+                f"{self.result.best_validation_f1:.3f})"
+            )
