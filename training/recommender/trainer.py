@@ -188,13 +188,7 @@ def train_recommender_model(
     epochs = check_int("epochs", epochs, 1, numpy_ints=True)
     batch_size = check_int("batch_size", batch_size, 1, numpy_ints=True)
     patience = check_int("patience", patience, 1, numpy_ints=True)
-    if not isinstance(examples, TrainingExamples) or len(examples) == 0:
-        raise ValueError(f"examples must be non-empty TrainingExamples, got {examples!r:.80}")
-    if len(timeline) != len(features) or not np.array_equal(
-        timeline.product_ids, features.product_ids
-    ):
-        raise ValueError("the sales timeline's rows must be the features' products, in order")
-    _check_config(config, features)
+    _check_inputs(examples, features, timeline, config)
     seed = config.seed if seed is None else check_int("seed", seed, 0, numpy_ints=True)
     say = progress or log.info
 
@@ -202,13 +196,7 @@ def train_recommender_model(
     index = item_index(bought)
     config = dataclasses.replace(config, n_items=len(index))
     cf = features.cf_indices(index)
-    if candidates is None:
-        candidates = features.product_ids
-    candidates = np.asarray(sorted(set(candidates)), dtype=object)
-    if config.variant == "cf":
-        candidates = np.asarray([p for p in candidates if p in index], dtype=object)
-    if candidates.size == 0:
-        raise ValueError("candidates (products to draw negatives from) must not be empty")
+    candidates = _negative_candidates(features, index, candidates, config.variant)
     candidate_rows = features.rows(candidates)
 
     tower = build_item_tower(config)
@@ -221,22 +209,74 @@ def train_recommender_model(
         check = BatchMaker(
             validation, features, timeline, cf, candidate_rows, config, static, dynamic
         )
-    rng = np.random.default_rng(seed)
+    fit = _fit_epochs(
+        tower,
+        step,
+        make,
+        check,
+        len(examples),
+        len(validation or ()),
+        epochs,
+        batch_size,
+        patience,
+        seed,
+        say,
+    )
+    return TrainedRecommender(
+        item_tower=tower,
+        config=config,
+        item_index=index,
+        candidates=candidates,
+        n_train=len(examples),
+        n_validation=len(validation or ()),
+        seed=seed,
+        n_recent=n_recent,
+        **fit,
+    )
 
+
+def _check_inputs(examples, features, timeline, config) -> None:
+    if not isinstance(examples, TrainingExamples) or len(examples) == 0:
+        raise ValueError(f"examples must be non-empty TrainingExamples, got {examples!r:.80}")
+    if len(timeline) != len(features) or not np.array_equal(
+        timeline.product_ids, features.product_ids
+    ):
+        raise ValueError("the sales timeline's rows must be the features' products, in order")
+    _check_config(config, features)
+
+
+def _negative_candidates(features, index, candidates, variant: str) -> np.ndarray:
+    """The sorted products negatives are drawn from; for `cf`, only those with a CF row."""
+    if candidates is None:
+        candidates = features.product_ids
+    candidates = np.asarray(sorted(set(candidates)), dtype=object)
+    if variant == "cf":
+        candidates = np.asarray([p for p in candidates if p in index], dtype=object)
+    if candidates.size == 0:
+        raise ValueError("candidates (products to draw negatives from) must not be empty")
+    return candidates
+
+
+def _fit_epochs(
+    tower, step, make, check, n_train, n_validation, epochs, batch_size, patience, seed, say
+) -> dict:
+    """Seeded epochs of WMRB steps, early stopping on the validation loss (`check`, or None);
+    the tower ends with the best epoch's weights. The TrainedRecommender fields it decides."""
+    rng = np.random.default_rng(seed)
     history: dict[str, list[float]] = {"train_loss": [], "val_loss": []}
     epoch_seconds: list[float] = []
     best_loss, best_epoch, best_weights, waited = math.inf, 0, None, 0
     stopped_early = False
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        order = rng.permutation(len(examples))
+        order = rng.permutation(n_train)
         total = 0.0
         for start in range(0, order.size, batch_size):
             rows = order[start : start + batch_size]
             total += step(make(rows, rng)) * rows.size
         epoch_seconds.append(time.perf_counter() - t0)
         train_loss = total / order.size
-        val_loss = _validation_loss(step, check, len(validation or ()), batch_size, seed + 1)
+        val_loss = _validation_loss(step, check, n_validation, batch_size, seed + 1)
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         improved = check is None or (math.isfinite(val_loss) and val_loss < best_loss)
@@ -262,20 +302,12 @@ def train_recommender_model(
         tower.set_weights(best_weights)
     else:  # no finite validation loss at all: the tower holds the last epoch
         best_epoch = len(epoch_seconds)
-    return TrainedRecommender(
-        item_tower=tower,
-        config=config,
-        item_index=index,
-        candidates=candidates,
-        history=history,
-        best_epoch=best_epoch,
-        epoch_seconds=epoch_seconds,
-        n_train=len(examples),
-        n_validation=len(validation or ()),
-        stopped_early=stopped_early,
-        seed=seed,
-        n_recent=n_recent,
-    )
+    return {
+        "history": history,
+        "best_epoch": best_epoch,
+        "epoch_seconds": epoch_seconds,
+        "stopped_early": stopped_early,
+    }
 
 
 def _validation_loss(step, make, n: int, batch_size: int, seed: int) -> float:
