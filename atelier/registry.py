@@ -221,51 +221,20 @@ def promote(settings: Settings, name: str, force: bool = False) -> Decision:
         old_eval = champion.tags.get(TAG_EVALUATION)
 
     cv = int(challenger.version)
-    promoted = False
-    if champion_before == cv:
-        reason = f"version {cv} is already the champion"
-    elif champion_before is None:
-        promoted = True
-        reason = f"no champion yet: version {cv} ({_fmt(metric_name, new)}) becomes champion"
-    elif force:
-        promoted = True
-        reason = (
-            f"forced: version {cv} ({_fmt(metric_name, new)}) replaces champion version "
-            f"{champion_before} ({_fmt(old_metric, old)}) without comparing"
-        )
-    elif new is None or old is None or metric_name != old_metric:
-        reason = (
-            f"cannot compare challenger version {cv} ({_fmt(metric_name, new)}) with champion "
-            f"version {champion_before} ({_fmt(old_metric, old)}); use --force to promote anyway"
-        )
-    elif new_eval and old_eval and new_eval != old_eval:
-        reason = (
-            f"cannot compare challenger version {cv} ({_fmt(metric_name, new)} on {new_eval}) "
-            f"with champion version {champion_before} ({_fmt(old_metric, old)} on {old_eval}): "
-            "the metrics come from different evaluations; compare both on one period (atelier "
-            "evaluate recommender) and use --force to promote"
-        )
-    else:
-        better = new > old if greater else new < old
-        promoted = better
-        word = "higher" if greater else "lower"
-        if better:
-            reason = (
-                f"challenger version {cv} beats champion version {champion_before}: "
-                f"{metric_name} {new:.6g} vs {old:.6g} ({word} is better)"
-            )
-        else:
-            reason = (
-                f"challenger version {cv} does not beat champion version {champion_before}: "
-                f"{metric_name} {new:.6g} vs {old:.6g} ({word} is better); champion kept"
-            )
+    promoted, reason = _decide(
+        cv,
+        champion_before,
+        force,
+        greater,
+        (metric_name, new, new_eval),
+        (old_metric, old, old_eval),
+    )
     if champion_before == cv:
         outcome = "already_champion"
     else:
         outcome = "promoted" if promoted else "refused"
     if promoted:
         client.set_registered_model_alias(name, CHAMPION, str(cv))
-
     decision = Decision(
         model=name,
         challenger=cv,
@@ -281,20 +250,68 @@ def promote(settings: Settings, name: str, force: bool = False) -> Decision:
         outcome=outcome,
         decided_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
+    _record(settings, client, decision)
+    log.info("promotion of %s: %s", name, reason)
+    return decision
+
+
+def _decide(
+    cv: int, champion_before, force: bool, greater: bool, challenger: tuple, champion: tuple
+):
+    """(promote?, why) for challenger version `cv`; `challenger` and `champion` are
+    (metric name, value, evaluation tag), `greater` whether higher is better. Pure: the rules
+    of `promote`."""
+    metric_name, new, new_eval = challenger
+    old_metric, old, old_eval = champion
+    if champion_before == cv:
+        return False, f"version {cv} is already the champion"
+    if champion_before is None:
+        return True, f"no champion yet: version {cv} ({_fmt(metric_name, new)}) becomes champion"
+    if force:
+        return True, (
+            f"forced: version {cv} ({_fmt(metric_name, new)}) replaces champion version "
+            f"{champion_before} ({_fmt(old_metric, old)}) without comparing"
+        )
+    if new is None or old is None or metric_name != old_metric:
+        return False, (
+            f"cannot compare challenger version {cv} ({_fmt(metric_name, new)}) with champion "
+            f"version {champion_before} ({_fmt(old_metric, old)}); use --force to promote anyway"
+        )
+    if new_eval and old_eval and new_eval != old_eval:
+        return False, (
+            f"cannot compare challenger version {cv} ({_fmt(metric_name, new)} on {new_eval}) "
+            f"with champion version {champion_before} ({_fmt(old_metric, old)} on {old_eval}): "
+            "the metrics come from different evaluations; compare both on one period (atelier "
+            "evaluate recommender) and use --force to promote"
+        )
+    better = new > old if greater else new < old
+    word = "higher" if greater else "lower"
+    if better:
+        return True, (
+            f"challenger version {cv} beats champion version {champion_before}: "
+            f"{metric_name} {new:.6g} vs {old:.6g} ({word} is better)"
+        )
+    return False, (
+        f"challenger version {cv} does not beat champion version {champion_before}: "
+        f"{metric_name} {new:.6g} vs {old:.6g} ({word} is better); champion kept"
+    )
+
+
+def _record(settings: Settings, client, decision: Decision) -> None:
+    """The decision as an MLflow run, tags on the challenger version and a JSON line in
+    reports/promotions.jsonl."""
     decision.run_id = _log_run(client, decision)
     for key, value in (
-        ("promotion_decision", outcome),
-        ("promotion_reason", reason),
+        ("promotion_decision", decision.outcome),
+        ("promotion_reason", decision.reason),
         ("promotion_forced", str(decision.forced).lower()),
         ("promotion_run_id", decision.run_id),
         ("promotion_at", decision.decided_at),
     ):
-        client.set_model_version_tag(name, str(cv), key, value)
+        client.set_model_version_tag(decision.model, str(decision.challenger), key, value)
     settings.reports_dir.mkdir(parents=True, exist_ok=True)
     with (settings.reports_dir / PROMOTIONS_FILE).open("a", encoding="utf-8") as f:
         f.write(decision.to_json() + "\n")
-    log.info("promotion of %s: %s", name, reason)
-    return decision
 
 
 def _fmt(metric: str | None, value: float | None) -> str:
