@@ -18,19 +18,19 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from expectations.gate import GateFailure
 from spark_jobs.common import (
+    finish_shot_run,
     job_parser,
     new_run_id,
     partition_id,
     quarantine_shots,
     read_checked_image,
     run_job,
-    save_report,
     with_event_us,
     worker_log,
 )
@@ -245,7 +245,7 @@ def run_colour(
     finally:
         pending.unpersist()
     report.version = lake.version("colour_features")
-    return _finish(settings, report, t0, published=True)
+    return finish_shot_run(settings, "colour", report, t0, True, "described")
 
 
 def _describe_and_publish(
@@ -301,7 +301,7 @@ def _describe_and_publish(
             raise GateFailure(
                 "colour_features gate",
                 report.failures,
-                _finish(settings, report, t0, published=False),
+                finish_shot_run(settings, "colour", report, t0, False, "described"),
             )
         res = lake.merge("colour_features", rows if lake.uses_delta_spark else arrow)
         report.inserted, report.updated = res.inserted, res.updated
@@ -326,21 +326,6 @@ def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime) -> lis
         list_checks=gate_checks(settings, "colour_features"),
     )
     return [] if result.success else list(result.failures)
-
-
-def _finish(settings: Settings, report: ColourReport, t0: float, published: bool) -> dict:
-    """Stamps, saves (reports/colour/<run_id>.json and latest.json) and logs the report."""
-    report.seconds = round(time.time() - t0, 1)
-    report.published = published
-    save_report(settings, "colour", asdict(report))
-    log.info(
-        "done in %.1fs: %d described, %d skipped, %d quarantined",
-        report.seconds,
-        report.described,
-        report.skipped,
-        sum(report.quarantined.values()),
-    )
-    return asdict(report)
 
 
 def format_report(report: dict) -> str:

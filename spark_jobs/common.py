@@ -170,6 +170,27 @@ def save_report(settings: Settings, job: str, report: dict) -> Path:
     return path
 
 
+def finish_shot_run(
+    settings: Settings, job: str, report: Any, t0: float, published: bool, done: str
+) -> dict:
+    """Stamp (seconds, published), save and log the report of an image job (`embed`,
+    `colour`): a dataclass whose field `done` counts the shots it wrote. Returns it as a dict."""
+    from dataclasses import asdict
+
+    report.seconds = round(time.time() - t0, 1)
+    report.published = published
+    save_report(settings, job, asdict(report))
+    logging.getLogger(f"atelier.{job}").info(
+        "done in %.1fs: %d %s, %d skipped, %d quarantined",
+        report.seconds,
+        getattr(report, done),
+        done,
+        report.skipped,
+        sum(report.quarantined.values()),
+    )
+    return asdict(report)
+
+
 def job_parser(script: str, doc: str) -> argparse.ArgumentParser:
     """The argument parser of `spark-submit spark_jobs/<script>`, with --workdir."""
     p = argparse.ArgumentParser(prog=f"spark_jobs/{script}", description=doc.split("\n")[0])

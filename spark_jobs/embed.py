@@ -28,20 +28,20 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from expectations.gate import GateFailure
 from spark_jobs.common import (
+    finish_shot_run,
     job_parser,
     new_run_id,
     partition_id,
     quarantine_shots,
     read_checked_image,
     run_job,
-    save_report,
     with_event_us,
     worker_log,
 )
@@ -591,7 +591,7 @@ def run_embed(
     finally:
         pending.unpersist()
     report.version = lake.version("image_embeddings")
-    return _finish(settings, report, t0, published=True)
+    return finish_shot_run(settings, "embed", report, t0, True, "embedded")
 
 
 def _embed_and_publish(
@@ -642,7 +642,7 @@ def _embed_and_publish(
             raise GateFailure(
                 "image_embeddings gate",
                 report.failures,
-                _finish(settings, report, t0, published=False),
+                finish_shot_run(settings, "embed", report, t0, False, "embedded"),
             )
         res = lake.merge("image_embeddings", rows if lake.uses_delta_spark else arrow)
         report.inserted, report.updated = res.inserted, res.updated
@@ -666,21 +666,6 @@ def _gate(settings: Settings, lake: Lake, arrow: pa.Table, now: datetime) -> lis
         list_checks={"embedding": ListCheck(length=EMBEDDING_DIM, finite=True)},
     )
     return [] if result.success else list(result.failures)
-
-
-def _finish(settings: Settings, report: EmbedReport, t0: float, published: bool) -> dict:
-    """Stamps, saves (reports/embed/<run_id>.json and latest.json) and logs the report."""
-    report.seconds = round(time.time() - t0, 1)
-    report.published = published
-    save_report(settings, "embed", asdict(report))
-    log.info(
-        "done in %.1fs: %d embedded, %d skipped, %d quarantined",
-        report.seconds,
-        report.embedded,
-        report.skipped,
-        sum(report.quarantined.values()),
-    )
-    return asdict(report)
 
 
 def format_report(report: dict) -> str:
