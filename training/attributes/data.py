@@ -185,16 +185,7 @@ def load_training_set(
     embeddings = per_product["embedding"].agg(list).reindex(ids)
     first = per_product.first().reindex(ids)
     image, mask = stack_shots(list(embeddings), cfg.max_shots)
-    colour = None
-    if COLOUR in frame.columns:
-        # Aligned with the image shots: same (product_id, shot) rows, same order and cap.
-        per_shot = per_product[COLOUR].agg(list).reindex(ids)
-        dims = {len(v) for vs in per_shot.dropna() for v in vs if v is not None}
-        if len(dims) > 1:
-            raise ValueError(f"colour descriptors of several lengths {sorted(dims)}: rerun colour")
-        if dims:
-            colour, _ = stack_shots(list(per_shot), cfg.max_shots, dim=dims.pop())
-            colour = colour[:, : image.shape[1]]
+    colour = _colour_shots(frame, per_product, ids, cfg.max_shots, image.shape[1])
 
     vocab_version, vocabulary = _vocabulary(lake)
     sequence_length = settings.text.sequence_length
@@ -210,22 +201,8 @@ def load_training_set(
         inputs[COLOUR] = colour
     tfidf = None
     if with_tfidf:
-        tf_entity = pd.DataFrame(
-            {"product_id": ids, "event_timestamp": entity["event_timestamp"].iloc[0]}
-        )
-        tf = historical_features(settings, tf_entity, [TFIDF_REF], store=store)
-        tf = tf.drop_duplicates("product_id").set_index("product_id").reindex(ids)
-        dim = settings.text.tfidf_dim
-        tfidf = (
-            np.stack(
-                [
-                    np.zeros(dim, np.float32) if v is None else np.asarray(v, np.float32)
-                    for v in tf["tfidf"]
-                ]
-            )
-            if len(ids)
-            else np.zeros((0, dim), np.float32)
-        )
+        at = entity["event_timestamp"].iloc[0]
+        tfidf = _tfidf(settings, store, ids, at)
 
     wide = labels.pivot(index="product_id", columns="attribute", values="value").reindex(ids)
     label_arrays = {
@@ -249,6 +226,39 @@ def load_training_set(
         sequence_length=sequence_length,
         max_shots=cfg.max_shots,
         embedding_weights=weights or _embedding_weights(lake),
+    )
+
+
+def _colour_shots(frame, per_product, ids, max_shots: int, n_shots: int):
+    """(n, shots, dim) colour descriptors aligned with the image shots (same (product_id,
+    shot) rows, order and cap), or None when the service has none."""
+    if COLOUR not in frame.columns:
+        return None
+    per_shot = per_product[COLOUR].agg(list).reindex(ids)
+    dims = {len(v) for vs in per_shot.dropna() for v in vs if v is not None}
+    if len(dims) > 1:
+        raise ValueError(f"colour descriptors of several lengths {sorted(dims)}: rerun colour")
+    if not dims:
+        return None
+    colour, _ = stack_shots(list(per_shot), max_shots, dim=dims.pop())
+    return colour[:, :n_shots]
+
+
+def _tfidf(settings: Settings, store, ids, at) -> np.ndarray:
+    """(n, tfidf_dim) TF-IDF of the products as of `at` (zeros for a product without text),
+    for the TF-IDF + LR baseline."""
+    import pandas as pd
+
+    from atelier.feast_store import historical_features
+
+    tf_entity = pd.DataFrame({"product_id": ids, "event_timestamp": at})
+    tf = historical_features(settings, tf_entity, [TFIDF_REF], store=store)
+    tf = tf.drop_duplicates("product_id").set_index("product_id").reindex(ids)
+    dim = settings.text.tfidf_dim
+    if not len(ids):
+        return np.zeros((0, dim), np.float32)
+    return np.stack(
+        [np.zeros(dim, np.float32) if v is None else np.asarray(v, np.float32) for v in tf["tfidf"]]
     )
 
 
