@@ -195,31 +195,8 @@ def _cold_runs(cold: dict[str, list]) -> dict[str, list] | None:
 def summary_markdown(report: Mapping) -> str:
     """Table 3 in both modes with the period, diagnostics, validation, training and the
     registered model, as Markdown."""
-    period = report.get("period", {})
     lines = ["# Recommender (Table 3)", ""]
-    if "history_end" in period:  # an evaluation on a later period
-        lines += [
-            f"Histories up to {_day(period['history_end'])}; tested on the purchases of "
-            f"{_day(period['test_start'])} to {_day(period['test_end'])}; precision/recall@{K} "
-            "averaged over the customers with a history.",
-            "",
-        ]
-    elif period.get("deploy"):
-        lines += [
-            f"Trained to deploy on every interaction up to {_day(period['train_end'])}: no test "
-            "period, no Table 3. Validation window "
-            f"{_day(period['validation_start'])}..{_day(period['train_end'])}; score the "
-            "registered model on later purchases with `atelier evaluate recommender`.",
-            "",
-        ]
-    elif period:
-        lines += [
-            f"Trained on the interactions up to {_day(period['train_end'])} (inclusive; "
-            f"validation window from {_day(period['validation_start'])}); tested on the "
-            f"purchases after it up to {_day(period['test_end'])}; precision/recall@{K} "
-            "averaged over the customers with a history.",
-            "",
-        ]
+    lines += _period_lines(report.get("period", {}))
     if report.get("variants"):
         lines += ["## All products (the paper's protocol)", "", markdown_table(report, K)]
     if report.get("new_to_customer", {}).get("variants"):
@@ -228,55 +205,9 @@ def summary_markdown(report: Mapping) -> str:
             "",
             markdown_table(report["new_to_customer"], K),
         ]
-    diag = report.get("diagnostics") or {}
-    if any(diag.values()):
-        lines += [
-            "## Diversity",
-            "",
-            "| mode | variant | distinct products in top-10s (mean over runs) | customer-vector "
-            "cosine |",
-            "|---|---|---:|---:|",
-        ]
-        for mode, by_variant in diag.items():
-            for variant, d in by_variant.items():
-                cosine = d.get("customer_cosine")
-                lines.append(
-                    f"| {mode} | {variant} | {d['distinct_products']:.1f} | "
-                    f"{'–' if cosine is None else f'{cosine:.3f}'} |"
-                )
-        lines.append("")
-    validation = report.get("validation")
-    if validation:
-        lines += [
-            "## Validation window (model selection; the test period is not used)",
-            "",
-            f"| variant | runs | WMRB loss | {METRIC} all products | {METRIC} new to customer |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for variant, v in validation.items():
-            cells = [
-                v.get("loss"),
-                v.get(f"all_products.{METRIC}"),
-                v.get(f"new_to_customer.{METRIC}"),
-            ]
-            text = ["–" if c is None else f"{c:.5f}" for c in cells]
-            lines.append(f"| {variant} | {v['runs']} | " + " | ".join(text) + " |")
-        lines.append("")
-    training = report.get("training")
-    if training:
-        lines += [
-            "## Training",
-            "",
-            "| variant | runs | epochs (mean) | best epoch (mean) | seconds/epoch | train loss "
-            "drop |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for variant, info in training.items():
-            lines.append(
-                f"| {variant} | {info['runs']} | {info['epochs']:.1f} | {info['best_epoch']:.1f} "
-                f"| {info['seconds_per_epoch']:.3f} | {info.get('train_loss_drop', 0):.1%} |"
-            )
-        lines.append("")
+    lines += _diversity_lines(report.get("diagnostics") or {})
+    lines += _validation_lines(report.get("validation"))
+    lines += _training_lines(report.get("training"))
     model = report.get("model")
     if model:
         value = model.get(METRIC)
@@ -288,6 +219,86 @@ def summary_markdown(report: Mapping) -> str:
     for label, info in report.get("models", {}).items():
         lines.append(f"- {label}: {info['model_uri']} (trained up to {info.get('train_end')})")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _period_lines(period: Mapping) -> list[str]:
+    if "history_end" in period:  # an evaluation on a later period
+        return [
+            f"Histories up to {_day(period['history_end'])}; tested on the purchases of "
+            f"{_day(period['test_start'])} to {_day(period['test_end'])}; precision/recall@{K} "
+            "averaged over the customers with a history.",
+            "",
+        ]
+    if period.get("deploy"):
+        return [
+            f"Trained to deploy on every interaction up to {_day(period['train_end'])}: no test "
+            "period, no Table 3. Validation window "
+            f"{_day(period['validation_start'])}..{_day(period['train_end'])}; score the "
+            "registered model on later purchases with `atelier evaluate recommender`.",
+            "",
+        ]
+    if period:
+        return [
+            f"Trained on the interactions up to {_day(period['train_end'])} (inclusive; "
+            f"validation window from {_day(period['validation_start'])}); tested on the "
+            f"purchases after it up to {_day(period['test_end'])}; precision/recall@{K} "
+            "averaged over the customers with a history.",
+            "",
+        ]
+    return []
+
+
+def _diversity_lines(diag: Mapping) -> list[str]:
+    if not any(diag.values()):
+        return []
+    lines = [
+        "## Diversity",
+        "",
+        "| mode | variant | distinct products in top-10s (mean over runs) | customer-vector "
+        "cosine |",
+        "|---|---|---:|---:|",
+    ]
+    for mode, by_variant in diag.items():
+        for variant, d in by_variant.items():
+            cosine = d.get("customer_cosine")
+            lines.append(
+                f"| {mode} | {variant} | {d['distinct_products']:.1f} | "
+                f"{'–' if cosine is None else f'{cosine:.3f}'} |"
+            )
+    return [*lines, ""]
+
+
+def _validation_lines(validation: Mapping | None) -> list[str]:
+    if not validation:
+        return []
+    lines = [
+        "## Validation window (model selection; the test period is not used)",
+        "",
+        f"| variant | runs | WMRB loss | {METRIC} all products | {METRIC} new to customer |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for variant, v in validation.items():
+        cells = [v.get("loss"), v.get(f"all_products.{METRIC}"), v.get(f"new_to_customer.{METRIC}")]
+        text = ["–" if c is None else f"{c:.5f}" for c in cells]
+        lines.append(f"| {variant} | {v['runs']} | " + " | ".join(text) + " |")
+    return [*lines, ""]
+
+
+def _training_lines(training: Mapping | None) -> list[str]:
+    if not training:
+        return []
+    lines = [
+        "## Training",
+        "",
+        "| variant | runs | epochs (mean) | best epoch (mean) | seconds/epoch | train loss drop |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant, info in training.items():
+        lines.append(
+            f"| {variant} | {info['runs']} | {info['epochs']:.1f} | {info['best_epoch']:.1f} "
+            f"| {info['seconds_per_epoch']:.3f} | {info.get('train_loss_drop', 0):.1%} |"
+        )
+    return [*lines, ""]
 
 
 def _day(value) -> str:
