@@ -24,8 +24,8 @@ from typing import Any, TextIO
 
 from atelier.settings import AttributeSettings, RecommenderSettings, Settings
 
-PRODUCTS = 600
-CUSTOMERS = 200
+PRODUCTS = 400
+CUSTOMERS = 150
 STAGES = 12
 
 
@@ -34,14 +34,14 @@ class DemoFailed(RuntimeError):
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """`settings` with the demo's smaller models, where the user left the defaults: 600
+    """`settings` with the demo's smaller models, where the user left the defaults: 500
     attribute steps, a k=32 recommender over at most 4 epochs, ablations off (they are the
     Figure 5 study of `atelier train attributes`), random weights allowed (offline)."""
     attributes, recommender = settings.attributes, settings.recommender
     defaults_a, defaults_r = AttributeSettings(), RecommenderSettings()
     a = {"ablations": False}
     if attributes.steps == defaults_a.steps:
-        a["steps"] = 600
+        a["steps"] = 500
     r = {}
     if recommender.k == defaults_r.k:
         r["k"] = 32
@@ -145,8 +145,7 @@ def run_demo(
         "attribute report": trained["report_dir"],
         "recommender report": recommender["report_dir"],
         "MLflow UI": f"mlflow ui --backend-store-uri {settings.tracking_uri}",
-        "feature repo": f"cd feature_repo && ATELIER_WORKDIR={settings.workdir} feast "
-        "feature-views list",
+        "feature repo": f"feast -c {settings.feast_dir / 'repo'} feature-views list",
     }
     print(f"done in {sum(p.seconds.values()):.0f}s", file=out)
     for name, value in summary.items():

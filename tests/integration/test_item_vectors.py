@@ -411,6 +411,7 @@ def test_materialize_serves_the_vectors_online(published):
     assert served == {"item_vectors:vector", "customer_history:history"}
 
 
+@pytest.mark.slow
 @pytest.mark.spark
 @pytest.mark.integration
 def test_spark_submit_and_cli_rerun_write_nothing(published):

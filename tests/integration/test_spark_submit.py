@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO, embed_env, embed_weights_id, make_hm_slice
 
-pytestmark = [pytest.mark.integration, pytest.mark.spark]
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
 BIN = Path(sys.executable).parent
 
