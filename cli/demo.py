@@ -123,11 +123,9 @@ def run_demo(
     out = out or sys.stdout
     print(f"atelier demo in {settings.workdir} (full log: {log})", file=out, flush=True)
     p = Progress(log, out, verbose)
-    state: dict[str, Any] = {}
     source = settings.workdir / "demo-source"
     p.run("demo catalogue", lambda: _generate(source, seed, products, customers))
-    state["spark"] = p.run("ingest into the lake", lambda: _ingest(settings, source))
-    spark = state["spark"]
+    spark = p.run("ingest into the lake", lambda: _ingest(settings, source))
     p.run("image embeddings (VGG16) and colour", lambda: _images(settings, spark))
     p.run("text and product features", lambda: _features(settings, spark))
     p.run("feast apply and gated materialisation", lambda: _feast(settings))

@@ -176,8 +176,8 @@ def top_k(scores, k: int = 10, allowed=None) -> np.ndarray:
     picked = np.take_along_axis(masked, candidates, axis=1)
     order = np.lexsort((candidates, -picked), axis=1)
     best = np.take_along_axis(candidates, order, axis=1)
-    ok = np.take_along_axis(np.take_along_axis(eligible, candidates, axis=1), order, axis=1)
-    return np.where(ok, best, -1)
+    # Ineligible entries were masked to -inf, so a non-finite pick is one to leave out.
+    return np.where(np.isfinite(np.take_along_axis(picked, order, axis=1)), best, -1)
 
 
 def _top_k_row(scores: np.ndarray, k: int, allowed) -> np.ndarray:

@@ -4,8 +4,7 @@ A view loads incrementally while its Delta table is unchanged and its whole TTL 
 table changed (see `materialize`). What each view last loaded is kept per online store in
 `<workdir>/feast/materialized.json`, so a rerun with nothing new loads nothing.
 
-    atelier materialize            # the CLI
-    python spark_jobs/materialize.py --workdir DIR
+    atelier materialize            # the CLI (feast apply, then this)
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -745,17 +745,11 @@ class _Tally:
     """What a training run measures, by mode and variant: the per-run `AtK`s (main and
     cold-start), list diagnostics, validation and training figures."""
 
-    runs: dict = None
-    cold: dict = None
-    diag: dict = None
-    validation: dict = None
-    training: dict = None
-
-    def __post_init__(self):
-        self.runs = {m: {} for m in MODES}
-        self.cold = {m: {} for m in MODES}
-        self.diag = {m: {} for m in MODES}
-        self.validation, self.training = {}, {}
+    runs: dict = field(default_factory=lambda: {m: {} for m in MODES})
+    cold: dict = field(default_factory=lambda: {m: {} for m in MODES})
+    diag: dict = field(default_factory=lambda: {m: {} for m in MODES})
+    validation: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
 
     def record(self, mode: str, variant: str, main, cold_at, diagnosis=None) -> None:
         self.runs[mode].setdefault(variant, []).append(main)
