@@ -766,21 +766,8 @@ def generate_demo(
     say(f"catalogue: {n_products} articles")
     cat = _build_articles(rng_cat, n_products, n_days)
     rows = cat["rows"]
-
-    # Missing labels: a rate per attribute in [0.62, 0.72], blanked for exactly that share.
-    n = len(rows)
-    missing: dict[str, np.ndarray] = {}
-    for attr in TARGET_ATTRIBUTES:
-        rate = rng_miss.uniform(*MISSING_RATE_RANGE)
-        blank = np.zeros(n, dtype=bool)
-        blank[rng_miss.permutation(n)[: round(rate * n)]] = True
-        missing[attr] = blank
-    _write_csv(
-        out / "articles.csv",
-        ARTICLE_COLUMNS,
-        (_article_record(r, {a: bool(missing[a][i]) for a in TARGET_ATTRIBUTES})
-         for i, r in enumerate(rows)),
-    )  # fmt: skip
+    missing = _missing_labels(rng_miss, len(rows))
+    _write_articles(out, rows, missing)
 
     say(f"customers: {n_customers}")
     cust = _build_customers(rng_cust, n_customers, seed)
@@ -789,14 +776,70 @@ def generate_demo(
     say("transactions")
     tx = _build_transactions(rng_tx, rows, cust["tastes"], n_days)
     dates = [(first + dt.timedelta(days=d)).isoformat() for d in range(n_days)]
-    ids = cust["ids"]
-    _write_csv(
-        out / "transactions_train.csv",
-        TRANSACTION_COLUMNS,
-        ((dates[d], ids[c], rows[a]["article_id"], repr(p), str(ch)) for d, c, a, p, ch in tx),
-    )
+    _write_transactions(out, tx, dates, cust["ids"], rows)
     say(f"transactions: {len(tx)} purchases")
 
+    _write_images(out, rows, seed, say)
+    return {
+        "out_dir": str(out),
+        "seed": seed,
+        "products": len(rows),
+        "product_codes": cat["n_codes"],
+        "customers": n_customers,
+        "purchases": len(tx),
+        "types": len({r["type"] for r in rows}),
+        "images": len(rows),
+        "first_date": dates[tx[0][0]] if tx else None,
+        "last_date": dates[tx[-1][0]] if tx else None,
+        "products_at_start": sum(1 for r in rows if r["release"] == 0),
+        "missing_fraction": {a: float(missing[a].mean()) for a in TARGET_ATTRIBUTES},
+    }
+
+
+def _missing_labels(rng, n: int) -> dict[str, Any]:
+    """Per target attribute, a bool mask (n,) of the articles whose label is blanked.
+
+    A rate per attribute in `MISSING_RATE_RANGE`, blanked for exactly that share.
+    """
+    import numpy as np
+
+    missing = {}
+    for attr in TARGET_ATTRIBUTES:
+        rate = rng.uniform(*MISSING_RATE_RANGE)
+        blank = np.zeros(n, dtype=bool)
+        blank[rng.permutation(n)[: round(rate * n)]] = True
+        missing[attr] = blank
+    return missing
+
+
+def _write_articles(out: Path, rows: list[dict[str, Any]], missing: Mapping[str, Any]) -> None:
+    _write_csv(
+        out / "articles.csv",
+        ARTICLE_COLUMNS,
+        (_article_record(r, {a: bool(missing[a][i]) for a in TARGET_ATTRIBUTES})
+         for i, r in enumerate(rows)),
+    )  # fmt: skip
+
+
+def _write_transactions(
+    out: Path,
+    tx: list[tuple[int, int, int, float, int]],
+    dates: list[str],
+    customer_ids: list[str],
+    rows: list[dict[str, Any]],
+) -> None:
+    records = (
+        (dates[d], customer_ids[c], rows[a]["article_id"], repr(p), str(ch))
+        for d, c, a, p, ch in tx
+    )
+    _write_csv(out / "transactions_train.csv", TRANSACTION_COLUMNS, records)
+
+
+def _write_images(
+    out: Path, rows: list[dict[str, Any]], seed: int, say: Callable[[str], None]
+) -> None:
+    """One JPEG per article; images of a previous catalogue in `out` are removed."""
+    n = len(rows)
     wanted = set()
     for i, r in enumerate(rows):
         path = image_path(out, r["article_id"])
@@ -809,18 +852,3 @@ def generate_demo(
     for old in (out / "images").glob("*/*.jpg"):
         if _IMAGE_NAME.match(old.name) and old not in wanted:
             old.unlink()
-
-    return {
-        "out_dir": str(out),
-        "seed": seed,
-        "products": n,
-        "product_codes": cat["n_codes"],
-        "customers": n_customers,
-        "purchases": len(tx),
-        "types": len({r["type"] for r in rows}),
-        "images": n,
-        "first_date": dates[tx[0][0]] if tx else None,
-        "last_date": dates[tx[-1][0]] if tx else None,
-        "products_at_start": sum(1 for r in rows if r["release"] == 0),
-        "missing_fraction": {a: float(missing[a].mean()) for a in TARGET_ATTRIBUTES},
-    }
