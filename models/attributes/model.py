@@ -171,17 +171,29 @@ def build_attribute_model(config: AttributeModelConfig):
     """
     import keras
 
-    from models.attributes.layers import (
-        CategoricalEmbedding,
-        ShotMean,
-        ShotMerge,
-        TextCNN,
-        WideText,
-    )
+    from models.attributes.layers import CategoricalEmbedding
 
     if not isinstance(config, AttributeModelConfig):
         raise ValueError(f"config must be an AttributeModelConfig, got {type(config).__name__}")
     c = config
+    inputs = _model_inputs(c)
+    type_vector = None
+    if c.use_metadata:
+        type_vector = CategoricalEmbedding(c.n_types, c.type_embedding_dim, name="type_embedding")(
+            inputs[TYPE_IDX]
+        )
+    # Layers are created in graph order (type, modalities, fusion, trunk, heads): unseeded
+    # initialisers draw from the global seed in that order.
+    fused = _fusion(c, inputs, type_vector)
+    x = _trunk(c, inputs, fused)
+    outputs = {attribute: _head(c, inputs, x, attribute) for attribute in c.heads}
+    return keras.Model(inputs=inputs, outputs=outputs, name="attribute_model")
+
+
+def _model_inputs(c: AttributeModelConfig) -> dict:
+    """The `keras.Input`s of the model, by input name (`colour` only with `colour_dim` > 0)."""
+    import keras
+
     inputs = {
         IMAGE: keras.Input((None, c.image_dim), name=IMAGE, dtype="float32"),
         IMAGE_MASK: keras.Input((None,), name=IMAGE_MASK, dtype="float32"),
@@ -192,12 +204,15 @@ def build_attribute_model(config: AttributeModelConfig):
     }
     if c.colour_dim > 0:
         inputs[COLOUR] = keras.Input((None, c.colour_dim), name=COLOUR, dtype="float32")
+    return inputs
 
-    type_vector = None
-    if c.use_metadata:
-        type_vector = CategoricalEmbedding(c.n_types, c.type_embedding_dim, name="type_embedding")(
-            inputs[TYPE_IDX]
-        )
+
+def _fusion(c: AttributeModelConfig, inputs: dict, type_vector):
+    """The enabled modalities (shot merge, text CNN, colour) and the type embedding, merged
+    by the `fusion` dense layer (with dropout when configured)."""
+    import keras
+
+    from models.attributes.layers import ShotMean, ShotMerge, TextCNN
 
     # Visual and text features are fused with the type embedding (the paper uses type in both
     # merges); brand and division join later, in the trunk.
@@ -231,6 +246,14 @@ def build_attribute_model(config: AttributeModelConfig):
     x = keras.layers.Dense(c.fusion_units, activation="relu", name="fusion")(fused)
     if c.dropout > 0:
         x = keras.layers.Dropout(c.dropout, name="fusion_dropout")(x)
+    return x
+
+
+def _trunk(c: AttributeModelConfig, inputs: dict, x):
+    """The shared trunk over the fusion output, joined by brand and division with metadata."""
+    import keras
+
+    from models.attributes.layers import CategoricalEmbedding
 
     if c.use_metadata:
         brand = CategoricalEmbedding(c.n_brands, c.brand_embedding_dim, name="brand_embedding")
@@ -242,17 +265,26 @@ def build_attribute_model(config: AttributeModelConfig):
         x = keras.layers.Dense(units, activation="relu", name=f"trunk_{i}")(x)
         if c.dropout > 0:
             x = keras.layers.Dropout(c.dropout, name=f"trunk_dropout_{i}")(x)
+    return x
 
-    outputs = {}
-    for attribute, classes in c.heads.items():
-        logits = keras.layers.Dense(classes, name=f"logits_{attribute}")(x)
-        if c.wide_text and c.use_text:
-            wide = WideText(
-                c.vocab_size, classes, oov_id=c.oov_id, scale=c.wide_scale, name=f"wide_{attribute}"
-            )(inputs[TOKEN_IDS])
-            logits = keras.layers.Add(name=f"logits_sum_{attribute}")([logits, wide])
-        outputs[attribute] = keras.layers.Softmax(name=head_name(attribute))(logits)
-    return keras.Model(inputs=inputs, outputs=outputs, name="attribute_model")
+
+def _head(c: AttributeModelConfig, inputs: dict, x, attribute: str):
+    """Class probabilities of `attribute`: trunk logits, plus the wide text path when on."""
+    import keras
+
+    from models.attributes.layers import WideText
+
+    logits = keras.layers.Dense(c.heads[attribute], name=f"logits_{attribute}")(x)
+    if c.wide_text and c.use_text:
+        wide = WideText(
+            c.vocab_size,
+            c.heads[attribute],
+            oov_id=c.oov_id,
+            scale=c.wide_scale,
+            name=f"wide_{attribute}",
+        )(inputs[TOKEN_IDS])
+        logits = keras.layers.Add(name=f"logits_sum_{attribute}")([logits, wide])
+    return keras.layers.Softmax(name=head_name(attribute))(logits)
 
 
 def _concat(parts, name):
