@@ -113,6 +113,53 @@ def _offset(seed: int | None, i: int) -> int | None:
     return None if seed is None else seed + i
 
 
+def _check_n_items(value, *, positive: bool) -> int:
+    """n_items: positive when the tower has CF rows, else any non-negative integer (unused)."""
+    if positive:
+        return _check_positive_int("n_items", value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"n_items must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _dynamic_dims(block_dims: dict[str, int], dynamic_blocks, *, strict: bool) -> dict[str, int]:
+    """The dense blocks named by `dynamic_blocks`, name → width in name order.
+
+    `strict` (a tower with content): a name that is not a dense block raises; otherwise such
+    names are dropped, since a `cf` tower reads no blocks at all.
+    """
+    dynamic = _check_lifted(dynamic_blocks)
+    unknown = [b for b in dynamic if b not in block_dims]
+    if unknown and strict:
+        raise ValueError(
+            f"dynamic_blocks must name dense blocks {sorted(block_dims)!r}, got {unknown!r}"
+        )
+    return {b: block_dims[b] for b in dynamic if b in block_dims}
+
+
+def _content_args(
+    block_dims: dict[str, int],
+    dynamic_dims: dict[str, int],
+    categorical_dims,
+    hidden_units,
+    activation,
+    dropout,
+    lifted_blocks,
+) -> dict:
+    """The checked `ContentEncoder` arguments of an item tower: its blocks less the dynamic ones.
+
+    Checked in this order, so a call with several bad arguments always reports the same one.
+    """
+    return {
+        "block_dims": {b: w for b, w in block_dims.items() if b not in dynamic_dims},
+        "categorical_dims": _check_dims("categorical_dims", categorical_dims),
+        "hidden_units": _check_units(hidden_units),
+        "activation": _check_activation(activation),
+        "dropout": _check_dropout(dropout),
+        "lifted_blocks": tuple(b for b in _check_lifted(lifted_blocks) if b not in dynamic_dims),
+    }
+
+
 @keras.saving.register_keras_serializable(package="atelier")
 class ContentEncoder(keras.layers.Layer):
     """Content features of a product → a `units`-dim vector, as in the paper.
@@ -315,70 +362,69 @@ class ItemTower(keras.layers.Layer):
         self.seed = _check_seed(seed)
         self.uses_cf = variant in ("cf", "hybrid")
         self.uses_content = variant in ("content", "hybrid")
-        if self.uses_cf:
-            self.n_items = _check_positive_int("n_items", n_items)
-        else:
-            if isinstance(n_items, bool) or not isinstance(n_items, int) or n_items < 0:
-                raise ValueError(f"n_items must be a non-negative integer, got {n_items!r}")
-            self.n_items = n_items
+        self.n_items = _check_n_items(n_items, positive=self.uses_cf)
         block_dims = _check_dims("block_dims", block_dims)
-        dynamic = _check_lifted(dynamic_blocks)
-        unknown = [b for b in dynamic if b not in block_dims]
-        if unknown and self.uses_content:
-            raise ValueError(
-                f"dynamic_blocks must name dense blocks {sorted(block_dims)!r}, got {unknown!r}"
-            )
-        self.dynamic_dims = {b: block_dims[b] for b in dynamic if b in block_dims}
-        self.content_args = {
-            "block_dims": {b: w for b, w in block_dims.items() if b not in self.dynamic_dims},
-            "categorical_dims": _check_dims("categorical_dims", categorical_dims),
-            "hidden_units": _check_units(hidden_units),
-            "activation": _check_activation(activation),
-            "dropout": _check_dropout(dropout),
-            "lifted_blocks": tuple(
-                b for b in _check_lifted(lifted_blocks) if b not in self.dynamic_dims
-            ),
-        }
+        self.dynamic_dims = _dynamic_dims(block_dims, dynamic_blocks, strict=self.uses_content)
+        self.content_args = _content_args(
+            block_dims,
+            self.dynamic_dims,
+            categorical_dims,
+            hidden_units,
+            activation,
+            dropout,
+            lifted_blocks,
+        )
+        # Sub-layers are created in this order (cf, content, dynamic): it fixes the order of
+        # `weights` (what get_weights/set_weights see) and, unseeded, each layer's initial draws.
         self.cf_embedding = self.cf_bias = None
         self.content_encoder = self.content_bias = None
         self.dynamic_hidden = self.dynamic_out = None
         if self.uses_cf:
-            self.cf_embedding = keras.layers.Embedding(
-                self.n_items + 1,
-                units,
-                embeddings_initializer=keras.initializers.RandomUniform(
-                    -0.05, 0.05, seed=_offset(seed, 0)
-                ),
-                name="cf_embedding",
-            )
-            self.cf_bias = keras.layers.Embedding(
-                self.n_items + 1, 1, embeddings_initializer="zeros", name="cf_bias"
-            )
+            self._make_cf_layers()
         if self.uses_content:
-            self.content_encoder = ContentEncoder(
-                units,
-                seed=_offset(seed, 1),
-                output_bias=False,  # a shared offset would be a direction every item shares
-                name="content_encoder",
-                **self.content_args,
-            )
-            self.content_bias = keras.layers.Dense(
-                1,
-                kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(seed, 2)),
-                name="content_bias",
-            )
+            self._make_content_layers()
             if self.dynamic_dims:
-                self.dynamic_hidden = keras.layers.Dense(
-                    self.bias_units,
-                    activation="relu",
-                    kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(seed, 3)),
-                    name="dynamic_hidden",
-                )
-                self.dynamic_out = keras.layers.Dense(
-                    1,
-                    kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(seed, 4)),
-                    name="dynamic_bias",
-                )
+                self._make_dynamic_layers()
+
+    def _make_cf_layers(self) -> None:
+        self.cf_embedding = keras.layers.Embedding(
+            self.n_items + 1,
+            self.units,
+            embeddings_initializer=keras.initializers.RandomUniform(
+                -0.05, 0.05, seed=_offset(self.seed, 0)
+            ),
+            name="cf_embedding",
+        )
+        self.cf_bias = keras.layers.Embedding(
+            self.n_items + 1, 1, embeddings_initializer="zeros", name="cf_bias"
+        )
+
+    def _make_content_layers(self) -> None:
+        self.content_encoder = ContentEncoder(
+            self.units,
+            seed=_offset(self.seed, 1),
+            output_bias=False,  # a shared offset would be a direction every item shares
+            name="content_encoder",
+            **self.content_args,
+        )
+        self.content_bias = keras.layers.Dense(
+            1,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(self.seed, 2)),
+            name="content_bias",
+        )
+
+    def _make_dynamic_layers(self) -> None:
+        self.dynamic_hidden = keras.layers.Dense(
+            self.bias_units,
+            activation="relu",
+            kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(self.seed, 3)),
+            name="dynamic_hidden",
+        )
+        self.dynamic_out = keras.layers.Dense(
+            1,
+            kernel_initializer=keras.initializers.GlorotUniform(seed=_offset(self.seed, 4)),
+            name="dynamic_bias",
+        )
 
     @property
     def static_names(self) -> tuple[str, ...]:
