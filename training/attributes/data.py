@@ -155,23 +155,9 @@ def load_training_set(
     cfg = settings.attributes
     now = now or datetime.now(UTC)
     lake = Lake(settings)
-    labels = lake.read_pandas("product_labels")
-    if labels.empty:
-        raise ValueError("product_labels is empty: there is nothing to train on")
-    products = lake.read_pandas("products", ["product_id", "type"])
-    products = products[products["product_id"].isin(set(labels["product_id"]))]
-    products = products.sort_values("product_id").reset_index(drop=True)
+    labels, products = _labelled_products(lake)
     ids = products["product_id"].to_numpy(dtype=object)
-
-    images = lake.read_pandas("product_images", ["product_id", "shot"])
-    images = images[images["product_id"].isin(set(ids)) & (images["shot"] < cfg.max_shots)]
-    # One entity row per existing shot; a product without images still gets shot 0 (a null
-    # embedding) so its text and metadata are there.
-    shots = pd.concat(
-        [images, pd.DataFrame({"product_id": ids, "shot": 0})], ignore_index=True
-    ).drop_duplicates()
-    entity = shots.assign(event_timestamp=pd.Timestamp(now).tz_convert("UTC"))
-    entity["shot"] = entity["shot"].astype("int32")
+    entity = _shot_entities(lake, ids, cfg.max_shots, now)
     store = store or feature_store(settings)
     log.info(
         "historical features %s for %d products (%d shots)",
@@ -189,26 +175,13 @@ def load_training_set(
 
     vocab_version, vocabulary = _vocabulary(lake)
     sequence_length = settings.text.sequence_length
-    inputs = {
-        IMAGE: image,
-        IMAGE_MASK: mask,
-        TOKEN_IDS: _token_matrix(list(first["token_ids"]), sequence_length),
-        TYPE_IDX: _int_column(first, "type_idx"),
-        BRAND_IDX: _int_column(first, "brand_idx"),
-        DIVISION_IDX: _int_column(first, "division_idx"),
-    }
-    if colour is not None:
-        inputs[COLOUR] = colour
+    inputs = _model_inputs(image, mask, colour, first, sequence_length)
     tfidf = None
     if with_tfidf:
         at = entity["event_timestamp"].iloc[0]
         tfidf = _tfidf(settings, store, ids, at)
 
-    wide = labels.pivot(index="product_id", columns="attribute", values="value").reindex(ids)
-    label_arrays = {
-        a: np.array([None if pd.isna(v) else str(v) for v in wide[a]], dtype=object)
-        for a in sorted(wide.columns)
-    }
+    label_arrays = _label_arrays(labels, ids)
     weights = sorted({w for w in frame.get("weights", pd.Series(dtype=object)).dropna()})
     is_test = held_out(ids, cfg.test_fraction, settings.seed)
     return TrainingSet(
@@ -227,6 +200,63 @@ def load_training_set(
         max_shots=cfg.max_shots,
         embedding_weights=weights or _embedding_weights(lake),
     )
+
+
+def _labelled_products(lake) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The lake's labels (long: product_id, attribute, value) and the labelled products
+    (product_id, type), sorted by id."""
+    labels = lake.read_pandas("product_labels")
+    if labels.empty:
+        raise ValueError("product_labels is empty: there is nothing to train on")
+    products = lake.read_pandas("products", ["product_id", "type"])
+    products = products[products["product_id"].isin(set(labels["product_id"]))]
+    return labels, products.sort_values("product_id").reset_index(drop=True)
+
+
+def _shot_entities(lake, ids, max_shots: int, now: datetime) -> pd.DataFrame:
+    """Feast entity rows (product_id, shot, event_timestamp = `now`) of the products' shots
+    below `max_shots`."""
+    import pandas as pd
+
+    images = lake.read_pandas("product_images", ["product_id", "shot"])
+    images = images[images["product_id"].isin(set(ids)) & (images["shot"] < max_shots)]
+    # One entity row per existing shot; a product without images still gets shot 0 (a null
+    # embedding) so its text and metadata are there.
+    shots = pd.concat(
+        [images, pd.DataFrame({"product_id": ids, "shot": 0})], ignore_index=True
+    ).drop_duplicates()
+    entity = shots.assign(event_timestamp=pd.Timestamp(now).tz_convert("UTC"))
+    entity["shot"] = entity["shot"].astype("int32")
+    return entity
+
+
+def _model_inputs(
+    image: np.ndarray, mask: np.ndarray, colour, first: pd.DataFrame, sequence_length: int
+) -> dict[str, np.ndarray]:
+    """The network's inputs: the stacked shots (and colour, when there is one) plus the text
+    and metadata of each product's `first` feature row."""
+    inputs = {
+        IMAGE: image,
+        IMAGE_MASK: mask,
+        TOKEN_IDS: _token_matrix(list(first["token_ids"]), sequence_length),
+        TYPE_IDX: _int_column(first, "type_idx"),
+        BRAND_IDX: _int_column(first, "brand_idx"),
+        DIVISION_IDX: _int_column(first, "division_idx"),
+    }
+    if colour is not None:
+        inputs[COLOUR] = colour
+    return inputs
+
+
+def _label_arrays(labels: pd.DataFrame, ids) -> dict[str, np.ndarray]:
+    """attribute → each product's value as a string (None when unlabelled), rows as `ids`."""
+    import pandas as pd
+
+    wide = labels.pivot(index="product_id", columns="attribute", values="value").reindex(ids)
+    return {
+        a: np.array([None if pd.isna(v) else str(v) for v in wide[a]], dtype=object)
+        for a in sorted(wide.columns)
+    }
 
 
 def _colour_shots(frame, per_product, ids, max_shots: int, n_shots: int):
@@ -339,18 +369,10 @@ def prepare_labels(ts: TrainingSet, cfg: AttributeSettings, seed: int) -> LabelP
         "attributes": {},
         "skipped": {},
     }
-    complete = labels_complete(ts.labels)
-    hide = cfg.hide_labels == "always" or (cfg.hide_labels == "auto" and complete)
-    labels = dict(ts.labels)
-    hidden = dict.fromkeys(labels, 0)
-    if hide and cfg.hide_label_fraction > 0:
-        labels, hidden = hide_labels(labels, train_rows, cfg.hide_label_fraction, seed)
-    report["labels_complete"] = complete
-    report["hidden_fraction"] = cfg.hide_label_fraction if hide else 0.0
+    labels, hidden, hiding = _training_labels(ts, cfg, seed, train_rows)
+    report.update(hiding)
 
-    labelled_train = {
-        a: train_rows & np.array([v is not None for v in labels[a]], bool) for a in labels
-    }
+    labelled_train = {a: train_rows & _labelled(labels[a]) for a in labels}
     applies = applicability(
         ts.types[train_rows],
         {a: m[train_rows] for a, m in labelled_train.items()},
@@ -377,25 +399,11 @@ def prepare_labels(ts: TrainingSet, cfg: AttributeSettings, seed: int) -> LabelP
             )
             continue
         index = {c: i for i, c in enumerate(classes)}
-
-        def encode(values, mask, mapping=mapping, index=index):
-            out = np.full(values.size, MISSING, np.int64)
-            for i in np.flatnonzero(mask):
-                mapped = mapping.get(values[i])
-                if mapped is not None:
-                    out[i] = index[mapped]
-            return out
-
-        plan.train[attribute] = encode(labels[attribute], train_mask)
-        test_mask = ts.is_test & types_ok & np.array([v is not None for v in ts.labels[attribute]])
-        plan.test[attribute] = encode(ts.labels[attribute], test_mask)
-        info["test_unscorable"] = int(test_mask.sum() - (plan.test[attribute] >= 0).sum())
-        # Validation labels are complete (never hidden), like the test's.
-        val_mask = (
-            ts.is_validation & types_ok & np.array([v is not None for v in ts.labels[attribute]])
+        plan.train[attribute] = _encode(labels[attribute], train_mask, mapping, index)
+        plan.test[attribute], plan.validation[attribute], counts = _held_out_labels(
+            ts, attribute, types_ok, mapping, index
         )
-        plan.validation[attribute] = encode(ts.labels[attribute], val_mask)
-        info["validation_samples"] = int((plan.validation[attribute] >= 0).sum())
+        info.update(counts)
         info["train_samples"] = int((plan.train[attribute] >= 0).sum())
         info["test_samples"] = int((plan.test[attribute] >= 0).sum())
         plan.classes[attribute] = classes
@@ -405,3 +413,56 @@ def prepare_labels(ts: TrainingSet, cfg: AttributeSettings, seed: int) -> LabelP
     if not plan.classes:
         raise ValueError(f"no attribute has two classes to learn: {report['skipped']!r}")
     return plan
+
+
+def _labelled(values: np.ndarray) -> np.ndarray:
+    """True where a product has a label."""
+    return np.array([v is not None for v in values], bool)
+
+
+def _training_labels(
+    ts: TrainingSet, cfg: AttributeSettings, seed: int, train_rows: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, int], dict]:
+    """The labels to train on: a complete catalogue's (or, with `hide_labels="always"`, any)
+    training labels partly hidden. Returns (labels, hidden count per attribute, the report's
+    `labels_complete` and `hidden_fraction`)."""
+    complete = labels_complete(ts.labels)
+    hide = cfg.hide_labels == "always" or (cfg.hide_labels == "auto" and complete)
+    labels = dict(ts.labels)
+    hidden = dict.fromkeys(labels, 0)
+    if hide and cfg.hide_label_fraction > 0:
+        labels, hidden = hide_labels(labels, train_rows, cfg.hide_label_fraction, seed)
+    summary = {
+        "labels_complete": complete,
+        "hidden_fraction": cfg.hide_label_fraction if hide else 0.0,
+    }
+    return labels, hidden, summary
+
+
+def _encode(values: np.ndarray, mask: np.ndarray, mapping: dict, index: dict) -> np.ndarray:
+    """Class ids of `values` at `mask` after grouping (`mapping`); MISSING elsewhere and where
+    the grouping drops the value."""
+    out = np.full(values.size, MISSING, np.int64)
+    for i in np.flatnonzero(mask):
+        mapped = mapping.get(values[i])
+        if mapped is not None:
+            out[i] = index[mapped]
+    return out
+
+
+def _held_out_labels(
+    ts: TrainingSet, attribute: str, types_ok: np.ndarray, mapping: dict, index: dict
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(test, validation) class ids of one attribute and their counts for the report. Both
+    splits keep every label (never hidden) of the products whose type the attribute applies
+    to; a test value the grouping cannot map is counted as unscorable."""
+    values = ts.labels[attribute]
+    test_mask = ts.is_test & types_ok & _labelled(values)
+    test = _encode(values, test_mask, mapping, index)
+    val_mask = ts.is_validation & types_ok & _labelled(values)
+    validation = _encode(values, val_mask, mapping, index)
+    counts = {
+        "test_unscorable": int(test_mask.sum() - (test >= 0).sum()),
+        "validation_samples": int((validation >= 0).sum()),
+    }
+    return test, validation, counts

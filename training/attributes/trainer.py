@@ -160,61 +160,89 @@ def train_model(
     config = model_config(ts, plan, sizes, **switches)
     model = build_attribute_model(config)
     step = make_train_step(model, learning_rate, weight_decay)
-    attributes = list(plan.classes)
     samplers = {
         a: MiniBatchSampler(plan.train[a], batch_size, seed=seed + i)
-        for i, a in enumerate(attributes)
+        for i, a in enumerate(plan.classes)
     }
-    class_weights = (
-        {
-            a: loss_weights_from_frequencies(plan.train[a], len(plan.classes[a])).astype(np.float32)
-            for a in attributes
-        }
-        if loss_weights
-        else {}
-    )
-    schedule = round_robin({a: samplers[a].size for a in attributes}, steps, seed)
+    class_weights = _class_weights(plan) if loss_weights else None
+    visits = _Visits(ts, plan, step, samplers, class_weights)
+    schedule = round_robin({a: s.size for a, s in samplers.items()}, steps, seed)
     result = TrainResult(model=model, config=config, steps=steps, seconds=0.0)
     say = progress or log.info
     selection = _Selection(ts, plan, result, seed, patience, curves, say)
-    selecting = bool(eval_every) and selection.can_select
-    visits = dict.fromkeys(attributes, 0)
-    losses: dict[str, list[float]] = {a: [] for a in attributes}
     t0 = time.perf_counter()
+    done = _run_schedule(schedule, visits, selection, steps, eval_every, say, t0)
+    # Training speed excludes the time spent measuring curves.
+    result.seconds = time.perf_counter() - t0 - selection.seconds
+    result.steps = done
+    selection.restore_best()
+    result.visits = visits.counts
+    result.final_loss = {a: float(np.mean(v[-20:])) for a, v in visits.losses.items() if v}
+    return result
+
+
+def _class_weights(plan: LabelPlan) -> dict[str, np.ndarray]:
+    """Per attribute, the loss weight of each class from its training frequencies."""
+    return {
+        a: loss_weights_from_frequencies(plan.train[a], len(classes)).astype(np.float32)
+        for a, classes in plan.classes.items()
+    }
+
+
+class _Visits:
+    """The training steps of the round robin: each visit to an attribute draws its next
+    mini-batch and takes one step on it; the losses and visit counts are kept per attribute."""
+
+    def __init__(self, ts, plan, step, samplers: dict, class_weights: dict | None):
+        self.ts, self.plan, self.step = ts, plan, step
+        self.samplers, self.class_weights = samplers, class_weights
+        self.counts = dict.fromkeys(plan.classes, 0)
+        self.losses: dict[str, list[float]] = {a: [] for a in plan.classes}
+
+    def visit(self, attribute: str) -> None:
+        rows = self.samplers[attribute].next()
+        labels = self.plan.train[attribute][rows]
+        weights = None
+        if self.class_weights is not None:
+            weights = self.class_weights[attribute][labels]
+        self.losses[attribute].append(self.step(attribute, self.ts.rows(rows), labels, weights))
+        self.counts[attribute] += 1
+
+    def progress(self, i: int, steps: int, elapsed: float) -> str:
+        """The progress line at step i: share done, speed and each head's recent loss."""
+        recent = {a: np.mean(v[-20:]) for a, v in self.losses.items() if v}
+        return (
+            f"step {i}/{steps} ({100 * i / steps:.0f}%), {i / max(elapsed, 1e-9):.1f} steps/s, "
+            + "loss "
+            + ", ".join(f"{a} {v:.3f}" for a, v in recent.items())
+        )
+
+
+def _run_schedule(
+    schedule, visits: _Visits, selection: _Selection, steps: int, eval_every, say, t0: float
+) -> int:
+    """Visit the heads in `schedule` order (an early-stopped head's turn is skipped), measure
+    on the validation split every `eval_every` steps and once more at the end, report progress
+    about ten times. Returns the number of steps taken."""
+    selecting = bool(eval_every) and selection.can_select
     report_every = max(1, steps // 10)
     i = measured = 0
     for attribute in schedule:
         if attribute not in selection.active:
             continue  # an early-stopped head's turn is skipped, not counted as a step
         i += 1
-        rows = samplers[attribute].next()
-        labels = plan.train[attribute][rows]
-        weights = class_weights[attribute][labels] if loss_weights else None
-        losses[attribute].append(step(attribute, ts.rows(rows), labels, weights))
-        visits[attribute] += 1
+        visits.visit(attribute)
         if selecting and i % eval_every == 0:
             selection.measure(i)
             measured = i
         if i % report_every == 0:
-            elapsed = time.perf_counter() - t0 - selection.seconds
-            recent = {a: np.mean(v[-20:]) for a, v in losses.items() if v}
-            say(
-                f"step {i}/{steps} ({100 * i / steps:.0f}%), {i / max(elapsed, 1e-9):.1f} steps/s, "
-                + "loss "
-                + ", ".join(f"{a} {v:.3f}" for a, v in recent.items())
-            )
+            say(visits.progress(i, steps, time.perf_counter() - t0 - selection.seconds))
         if not selection.active:
             say(f"step {i}: every head has stopped")
             break
     if selecting and measured != i:
         selection.measure(i)
-    # Training speed excludes the time spent measuring curves.
-    result.seconds = time.perf_counter() - t0 - selection.seconds
-    result.steps = i
-    selection.restore_best()
-    result.visits = visits
-    result.final_loss = {a: float(np.mean(v[-20:])) for a, v in losses.items() if v}
-    return result
+    return i
 
 
 class _Selection:

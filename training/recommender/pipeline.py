@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -467,6 +468,83 @@ def _period(interactions, end, stop, start, features, catalogue) -> Period | Non
     return Period(end, stop, histories, relevant, features, catalogue, cold)
 
 
+@dataclass(frozen=True)
+class _Window:
+    """The times of one `train_end`: `end`, the training window's `start` (None: all
+    history), the validation `boundary`, the test period's end and whether there is none
+    (`deploy`)."""
+
+    end: pd.Timestamp
+    start: pd.Timestamp | None
+    boundary: pd.Timestamp
+    test_end: pd.Timestamp
+    deploy: bool
+
+
+def _window(cfg, interactions: pd.DataFrame, train_end) -> _Window:
+    """The `_Window` of `train_end` (None: `default_train_end`) on `interactions`."""
+    last = interactions["timestamp"].max()
+    end = (
+        default_train_end(interactions, cfg.test_days)
+        if train_end is None
+        else utc_timestamp(train_end, "train_end")
+    )
+    return _Window(
+        end=end,
+        start=None if cfg.train_days is None else end - pd.Timedelta(days=cfg.train_days),
+        boundary=end - pd.Timedelta(days=cfg.validation_days),
+        test_end=end + pd.Timedelta(days=cfg.test_days),
+        deploy=bool(last <= end),
+    )
+
+
+def _split_examples(cfg, interactions: pd.DataFrame, window: _Window, known) -> tuple:
+    """(every example up to train_end, the examples before the validation boundary, the
+    validation window's examples: every purchase in it, the rolling scheme whatever
+    `cfg.scheme`)."""
+    examples = partial(
+        training_examples,
+        interactions,
+        positive_days=cfg.positive_days,
+        n_recent=cfg.n_recent,
+        min_history=cfg.min_history,
+        train_start=window.start,
+        known=known,
+    )
+    end, start, boundary = window.end, window.start, window.boundary
+    every = examples(end, scheme=cfg.scheme)
+    if len(every) == 0:
+        raise ValueError(
+            f"no training examples up to {end}: no purchase with {cfg.min_history} earlier "
+            f"distinct product(s) of the same customer ({cfg.scheme} scheme)"
+        )
+    rolling = every if cfg.scheme == "rolling" else examples(end, scheme="rolling")
+    _, after = split_by_time(rolling, boundary)
+    validation_examples = rolling.subset(after)
+    fit = (
+        examples(boundary, scheme=cfg.scheme)
+        if start is None or boundary > start
+        else every.subset([])
+    )
+    return every, fit, validation_examples
+
+
+def _test_period(interactions, window: _Window, features, catalogue) -> Period:
+    """The test period `(train_end, test_end]`; an error when nobody with a history bought in
+    it."""
+    end, test_end = window.end, window.test_end
+    test = _period(interactions, end, test_end, window.start, features, catalogue)
+    if test is None:
+        times = interactions["timestamp"]
+        raise ValueError(
+            f"no customer with a history bought anything in the test period ({end}, "
+            f"{test_end}]: the lake's interactions run from {times.min()} to {times.max()}; "
+            "choose another train_end (or one at or after the last interaction to train "
+            "for deployment)"
+        )
+    return test
+
+
 def prepare_split(settings: Settings, train_end=None, interactions=None, features=None) -> Split:
     """The examples, periods and features of one `train_end` (see `Split`).
 
@@ -483,46 +561,17 @@ def prepare_split(settings: Settings, train_end=None, interactions=None, feature
     cfg = settings.recommender
     if interactions is None:
         interactions = read_interactions(settings)
-    last = interactions["timestamp"].max()
-    end = (
-        default_train_end(interactions, cfg.test_days)
-        if train_end is None
-        else utc_timestamp(train_end, "train_end")
-    )
-    deploy = bool(last <= end)
-    test_end = end + pd.Timedelta(days=cfg.test_days)
-    start = None if cfg.train_days is None else end - pd.Timedelta(days=cfg.train_days)
-    boundary = end - pd.Timedelta(days=cfg.validation_days)
+    window = _window(cfg, interactions, train_end)
+    end, start, boundary = window.end, window.start, window.boundary
     if features is None:
-        features = load_content_features(settings, end, content_as_of=end if deploy else test_end)
+        content_as_of = end if window.deploy else window.test_end
+        features = load_content_features(settings, end, content_as_of=content_as_of)
     catalogue = np.asarray(features.product_ids, dtype=object)
     past = events(interactions, end, start)  # the timeline never holds a sale after train_end
     timeline = SalesTimeline(
         past, features.product_ids, settings.product_features.popularity_windows_days
     )
-
-    def examples(up_to, scheme):
-        return training_examples(
-            interactions,
-            up_to,
-            scheme=scheme,
-            positive_days=cfg.positive_days,
-            n_recent=cfg.n_recent,
-            min_history=cfg.min_history,
-            train_start=start,
-            known=features.index,
-        )
-
-    every = examples(end, cfg.scheme)
-    if len(every) == 0:
-        raise ValueError(
-            f"no training examples up to {end}: no purchase with {cfg.min_history} earlier "
-            f"distinct product(s) of the same customer ({cfg.scheme} scheme)"
-        )
-    rolling = every if cfg.scheme == "rolling" else examples(end, "rolling")
-    _, after = split_by_time(rolling, boundary)
-    validation_examples = rolling.subset(after)
-    fit = examples(boundary, cfg.scheme) if start is None or boundary > start else every.subset([])
+    every, fit, validation_examples = _split_examples(cfg, interactions, window, features.index)
     validation = None
     if len(validation_examples) and len(fit):
         validation = _period(
@@ -534,22 +583,14 @@ def prepare_split(settings: Settings, train_end=None, interactions=None, feature
             catalogue,
         )
     test = None
-    if not deploy:
-        test = _period(interactions, end, test_end, start, features, catalogue)
-        if test is None:
-            times = interactions["timestamp"]
-            raise ValueError(
-                f"no customer with a history bought anything in the test period ({end}, "
-                f"{test_end}]: the lake's interactions run from {times.min()} to {times.max()}; "
-                "choose another train_end (or one at or after the last interaction to train "
-                "for deployment)"
-            )
+    if not window.deploy:
+        test = _test_period(interactions, window, features, catalogue)
     return Split(
         interactions,
         end,
         start,
         boundary,
-        deploy,
+        window.deploy,
         features,
         timeline,
         every,
@@ -668,8 +709,6 @@ def tune_recommender(
     (seed `settings.seed`) on the examples before the window, early-stopped on its loss, and
     is scored by validation precision@10, the mean of the two modes. Returns {"points": [...],
     "best": overrides of the highest score (ties: the lower validation loss)}."""
-    from training.recommender.trainer import train_recommender_model
-
     say = progress or log.info
     if not grid:
         raise ValueError("the tuning grid is empty")
@@ -678,56 +717,21 @@ def tune_recommender(
         tuned = settings.model_copy(
             update={"recommender": settings.recommender.model_copy(update=dict(overrides))}
         )
-        cfg = tuned.recommender
         here = split
         if any(k in overrides for k in EXAMPLE_SETTINGS):
             here = prepare_split(tuned, split.end, split.interactions, split.features)
         if here.validation is None:
             raise ValueError("no validation window to tune on (too little history before it)")
-        t0 = time.perf_counter()
-        model = train_recommender_model(
-            here.fit_examples,
-            here.features,
-            _config(tuned, here.features, variant, tuned.seed),
-            here.timeline,
-            validation=here.validation_examples,
-            epochs=cfg.epochs,
-            patience=cfg.patience,
-            batch_size=cfg.batch_size,
-            seed=tuned.seed,
-            n_recent=cfg.n_recent,
-            progress=lambda _line: None,
-        )
-        scores, _ = _validation_scores(model, here.validation)
-        point = {
-            "overrides": dict(overrides),
-            "validation_loss": model.best_validation_loss,
-            "best_epoch": model.best_epoch,
-            **{f"{m}.{METRIC}": v for m, v in scores.items()},
-            "score": float(np.mean(list(scores.values()))),
-            "examples": len(here.fit_examples),
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
+        point = _grid_point(tuned, here, variant, overrides)
         points.append(point)
         say(
             f"grid {i + 1}/{len(grid)} {dict(overrides)}: validation {METRIC} all "
-            f"{scores['all_products']:.5f}, new {scores['new_to_customer']:.5f}, best epoch "
-            f"{model.best_epoch}, {point['seconds']}s"
+            f"{point[f'all_products.{METRIC}']:.5f}, new "
+            f"{point[f'new_to_customer.{METRIC}']:.5f}, best epoch "
+            f"{point['best_epoch']}, {point['seconds']}s"
         )
     best = max(points, key=lambda p: (p["score"], -p["validation_loss"]))
-    # The level to beat on the same window: popularity of the month before it.
-    val = split.validation
-    ranking = popularity_recommender(
-        split.interactions, val.end, settings.recommender.popularity_days
-    )
-    reference = {
-        "all_products": precision_recall_at_k(
-            popularity_recommendations(ranking[:K], val.relevant, K), val.relevant, K
-        ).precision,
-        "new_to_customer": precision_recall_at_k(
-            without_seen(ranking, val.histories, K), val.relevant, K
-        ).precision,
-    }
+    reference = _popularity_reference(split, settings.recommender.popularity_days)
     say(
         f"validation popularity: {METRIC} all {reference['all_products']:.5f}, new "
         f"{reference['new_to_customer']:.5f}"
@@ -737,6 +741,53 @@ def tune_recommender(
         "best": best["overrides"],
         "variant": variant,
         "popularity": reference,
+    }
+
+
+def _grid_point(tuned: Settings, split: Split, variant: str, overrides: Mapping) -> dict:
+    """Train `variant` with the `tuned` settings on the examples before the validation
+    window (early-stopped on its loss) and score it there: one point of the tuning grid."""
+    from training.recommender.trainer import train_recommender_model
+
+    cfg = tuned.recommender
+    t0 = time.perf_counter()
+    model = train_recommender_model(
+        split.fit_examples,
+        split.features,
+        _config(tuned, split.features, variant, tuned.seed),
+        split.timeline,
+        validation=split.validation_examples,
+        epochs=cfg.epochs,
+        patience=cfg.patience,
+        batch_size=cfg.batch_size,
+        seed=tuned.seed,
+        n_recent=cfg.n_recent,
+        progress=lambda _line: None,
+    )
+    scores, _ = _validation_scores(model, split.validation)
+    return {
+        "overrides": dict(overrides),
+        "validation_loss": model.best_validation_loss,
+        "best_epoch": model.best_epoch,
+        **{f"{m}.{METRIC}": v for m, v in scores.items()},
+        "score": float(np.mean(list(scores.values()))),
+        "examples": len(split.fit_examples),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _popularity_reference(split: Split, popularity_days: int) -> dict[str, float]:
+    """The level to beat on the validation window: precision@10 in both modes of the
+    popularity of the `popularity_days` before it."""
+    val = split.validation
+    ranking = popularity_recommender(split.interactions, val.end, popularity_days)
+    return {
+        "all_products": precision_recall_at_k(
+            popularity_recommendations(ranking[:K], val.relevant, K), val.relevant, K
+        ).precision,
+        "new_to_customer": precision_recall_at_k(
+            without_seen(ranking, val.histories, K), val.relevant, K
+        ).precision,
     }
 
 
