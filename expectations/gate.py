@@ -87,7 +87,7 @@ def validate_table(
     `expectations.suites.ListCheck` (e.g. embedding length 512 and finite).
     """
     from atelier.contracts import contract
-    from expectations.suites import build_suite, with_list_checks, with_reference_checks
+    from expectations.suites import build_suite
 
     spec = contract(table)
     suite = build_suite(
@@ -97,62 +97,84 @@ def validate_table(
         now=now,
         list_checks=list_checks,
     )
+    df, spark = _with_check_columns(df, spec, reference_values, list_checks)
+    with _quiet():
+        context = _context(settings)
+        checkpoint, suite = _checkpoint(context, settings, table, suite, spark=spark)
+        result = _run_checkpoint(checkpoint, df, spark=spark)
+    (run,) = result.run_results.values()
+    docs = _index_html(context) if settings.gate.build_data_docs else None
+    return _gate_result(table, suite, run, docs)
+
+
+def _with_check_columns(df: Any, spec, reference_values, list_checks) -> tuple[Any, bool]:
+    """(`df` with the list and reference check columns added, whether it is a Spark frame)."""
+    from expectations.suites import with_list_checks, with_reference_checks
+
     spark = _is_spark(df)
     if spark and list_checks:
         df = df.toPandas()  # list statistics are computed row-wise in pandas
         spark = False
     if not spark:
         df = with_list_checks(_as_pandas(df), list_checks)
-    df = with_reference_checks(df, spec, reference_values)
+    return with_reference_checks(df, spec, reference_values), spark
 
-    with _quiet():
-        import great_expectations as gx
-        from great_expectations.checkpoint import UpdateDataDocsAction
 
-        context = _context(settings)
-        batch_definition = _batch_definition(context, table, spark=spark)
-        suite = context.suites.add_or_update(suite)
-        name = f"{table}_spark" if spark else table
-        validation = context.validation_definitions.add_or_update(
-            gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+def _checkpoint(context, settings: Settings, table: str, suite, *, spark: bool):
+    """(checkpoint `<table>` (`<table>_spark` for Spark) validating `suite`, the stored suite).
+
+    The suite, validation definition and checkpoint are added or updated in the context.
+    """
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    batch_definition = _batch_definition(context, table, spark=spark)
+    suite = context.suites.add_or_update(suite)
+    name = f"{table}_spark" if spark else table
+    validation = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=name, data=batch_definition, suite=suite)
+    )
+    actions = []
+    if settings.gate.build_data_docs:
+        actions.append(UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE]))
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=name,
+            validation_definitions=[validation],
+            actions=actions,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
         )
-        actions = []
-        if settings.gate.build_data_docs:
-            actions.append(
-                UpdateDataDocsAction(name="update_data_docs", site_names=[DATA_DOCS_SITE])
-            )
-        checkpoint = context.checkpoints.add_or_update(
-            gx.Checkpoint(
-                name=name,
-                validation_definitions=[validation],
-                actions=actions,
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
-            )
-        )
+    )
+    return checkpoint, suite
+
+
+def _run_checkpoint(checkpoint, df: Any, *, spark: bool):
+    """The checkpoint's result over `df`."""
+    if spark:
+        # Every metric is a Spark job over the whole lineage (the reference joins
+        # included): compute it once, and release it afterwards.
+        df = df.persist()
+    try:
+        return checkpoint.run(batch_parameters={"dataframe": df})
+    finally:
         if spark:
-            # Every metric is a Spark job over the whole lineage (the reference joins
-            # included): compute it once, and release it afterwards.
-            df = df.persist()
-        try:
-            result = checkpoint.run(batch_parameters={"dataframe": df})
-        finally:
-            if spark:
-                df.unpersist()
+            df.unpersist()
 
-    (run,) = result.run_results.values()
+
+def _gate_result(table: str, suite, run, data_docs: Path | None) -> GateResult:
+    """The `GateResult` of one validation run of `suite`."""
     # GX reports results in its own order (errored metrics first); keep the suite's order.
     order = {e.id: i for i, e in enumerate(suite.expectations)}
     results = sorted(run.results, key=lambda r: order.get(r.expectation_config.id, len(order)))
     failures = [_describe(table, r) for r in results if not r.success]
     statistics = dict(run.statistics)
     statistics["row_count"] = _row_count(run.results)
-    docs = _index_html(context) if settings.gate.build_data_docs else None
     return GateResult(
         table=table,
         success=bool(run.success),
         failures=failures,
         statistics=statistics,
-        data_docs=docs,
+        data_docs=data_docs,
     )
 
 
