@@ -243,34 +243,8 @@ def build_state(
     sources = {t: lake.version(t) for t in SOURCES}
 
     catalogue = frozenset(map(str, lake.read_arrow("products", ["product_id"])[0].to_pylist()))
-    vectors = lake.read_pandas("item_vectors", ["product_id", "vector", "model_version"])
-    mine = vectors[vectors["model_version"] == model_version]
-    mine = mine[mine["product_id"].isin(catalogue)].sort_values("product_id")
-    if mine.empty:
-        held = vectors["model_version"].value_counts().to_dict()
-        raise StateError(
-            f"the lake's item_vectors table holds no vectors of {model_version} "
-            f"(it holds {held or 'none'}): run `atelier predict item-vectors` and "
-            "`atelier materialize`"
-        )
-    try:
-        candidates = Candidates.build(
-            mine["product_id"].tolist(),
-            np.stack([np.asarray(v, np.float32) for v in mine["vector"]]),
-            layout,
-        )
-    except ValueError as e:  # vectors that do not fit the layout the run declares
-        raise StateError(f"the item vectors of {model_version} cannot be served: {e}") from None
-
-    rows = _attribute_rows(lake)
-    attributes = AttributeTable.from_rows(
-        candidates.product_ids,
-        rows["product_id"].tolist(),
-        rows["attribute"].tolist(),
-        rows["value"].tolist(),
-        rows["confidence"].to_numpy(np.float32),
-        (rows["source"] == "predicted").to_numpy(bool),
-    )
+    candidates = _candidates(lake, catalogue, model_version, layout)
+    attributes = _attribute_table(lake, candidates)
     popularity = popularity_scores(
         candidates, _recent_purchases(lake, settings.recommender.popularity_days)
     )
@@ -291,19 +265,59 @@ def build_state(
         online=online,
         built_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
     )
+    _log_state(state)
+    return state
+
+
+def _candidates(lake, catalogue: frozenset[str], model_version: str, layout: str) -> Candidates:
+    """The `item_vectors` of `model_version` for the products of `catalogue`, in product id
+    order. StateError when there are none or they do not fit `layout`."""
+    vectors = lake.read_pandas("item_vectors", ["product_id", "vector", "model_version"])
+    mine = vectors[vectors["model_version"] == model_version]
+    mine = mine[mine["product_id"].isin(catalogue)].sort_values("product_id")
+    if mine.empty:
+        held = vectors["model_version"].value_counts().to_dict()
+        raise StateError(
+            f"the lake's item_vectors table holds no vectors of {model_version} "
+            f"(it holds {held or 'none'}): run `atelier predict item-vectors` and "
+            "`atelier materialize`"
+        )
+    try:
+        return Candidates.build(
+            mine["product_id"].tolist(),
+            np.stack([np.asarray(v, np.float32) for v in mine["vector"]]),
+            layout,
+        )
+    except ValueError as e:  # vectors that do not fit the layout the run declares
+        raise StateError(f"the item vectors of {model_version} cannot be served: {e}") from None
+
+
+def _attribute_table(lake, candidates: Candidates) -> AttributeTable:
+    """The candidates' attribute values (see `_attribute_rows`)."""
+    rows = _attribute_rows(lake)
+    return AttributeTable.from_rows(
+        candidates.product_ids,
+        rows["product_id"].tolist(),
+        rows["attribute"].tolist(),
+        rows["value"].tolist(),
+        rows["confidence"].to_numpy(np.float32),
+        (rows["source"] == "predicted").to_numpy(bool),
+    )
+
+
+def _log_state(state: ServingState) -> None:
     log.info(
         "serving state: %s (%s, n_recent %d, %s), %d candidates (d=%d), %d attributes, "
         "lake versions %s",
-        model_version,
-        layout,
-        n_recent,
-        "blend rule" if blend_rule is not None else "no blend rule",
-        len(candidates),
-        candidates.k,
-        len(attributes.names),
-        sources,
+        state.model_version,
+        state.layout,
+        state.n_recent,
+        "blend rule" if state.blend_rule is not None else "no blend rule",
+        len(state.candidates),
+        state.candidates.k,
+        len(state.attributes.names),
+        state.sources,
     )
-    return state
 
 
 def _attribute_rows(lake):
