@@ -235,6 +235,9 @@ class Settings(BaseSettings):
     layouts_dir: Path | None = None
     # Image checks decode every file; bound the parallelism of that step.
     image_check_partitions: int = Field(8, ge=1)
+    # Larger images are quarantined at ingest: VGG16 on a native-size 144-megapixel image needs
+    # ~37 GB for its first conv layer. 40 MP is well above any product photo.
+    max_image_pixels: int = Field(40_000_000, ge=1)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     text: TextSettings = Field(default_factory=TextSettings)
     product_features: ProductFeatureSettings = Field(default_factory=ProductFeatureSettings)

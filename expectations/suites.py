@@ -32,6 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only; keeps the import cheap
 
 # Upper bound of non-negative columns: large, but finite, so that +inf fails.
 MAX_VALUE = 1e15
+# Earliest plausible event: placeholder dates (1900-01-01, the epoch) are data errors.
+EARLIEST_TIMESTAMP = datetime(1990, 1, 1, tzinfo=UTC)
 # Clock skew allowed for "not in the future" timestamps.
 FUTURE_TOLERANCE = timedelta(minutes=5)
 
@@ -116,7 +118,11 @@ def build_suite(
 
     latest = now.astimezone(UTC) + FUTURE_TOLERANCE
     for col in contract.past_timestamps:
-        add(gxe.ExpectColumnValuesToBeBetween(column=col, max_value=latest))
+        add(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=col, min_value=EARLIEST_TIMESTAMP, max_value=latest
+            )
+        )
 
     # References: not `expect_column_values_to_be_in_set` with the key set inline. GX copies
     # an expectation's kwargs (pydantic v1 `.dict()`) hundreds of times per run and stores

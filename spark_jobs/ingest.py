@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,20 +35,26 @@ log = logging.getLogger("atelier.ingest")
 # Order matters: the first failing check is the row's reason.
 PRODUCT_REASONS = (
     "missing_id",
+    "unsafe_id",
     "missing_type",
     "duplicate_key",
+    "missing_price",
     "unparseable_price",
     "non_finite_price",
     "negative_price",
+    "implausible_price",
 )
 INTERACTION_REASONS = (
     "missing_customer",
     "missing_product",
     "unparseable_timestamp",
     "future_timestamp",
+    "implausible_timestamp",
+    "missing_price",
     "unparseable_price",
     "non_finite_price",
     "negative_price",
+    "implausible_price",
     "unknown_product",
     "unknown_customer",
 )
@@ -57,6 +62,15 @@ INTERACTION_REASONS = (
 
 # The columns `parse_csv` gives every line, before the source's own.
 PARSED = ("_source", "_line", "_raw", "_error", "_detail")
+# C0 controls but tab, newline and carriage return, and DEL: never part of a catalogue's text,
+# often terminal escapes (ANSI) or binary garbage that would reach the gallery and the models.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A multi-line quoted field may span at most this many physical lines; a stray quote further
+# apart is a malformed row, not the start of a record swallowing the lines after it.
+MAX_RECORD_LINES = 50
+# A product id becomes part of image file paths: path separators or a leading dot could reach
+# files outside the source folder.
+UNSAFE_ID = r"[/\\]|^\.|[\x00-\x1f\x7f]"
 
 
 class IngestError(RuntimeError):
@@ -101,7 +115,8 @@ def parse_csv(lines: DataFrame, header: list[str]) -> DataFrame:
     """Split raw lines (`_source`, `_line`, `_raw`) into string columns named by `header`.
 
     A line that is not valid UTF-8 or does not have exactly len(header) fields gets `_error`
-    (`invalid_utf8` / `malformed_row`) and null fields; blank lines are skipped.
+    (`invalid_utf8` / `malformed_row`) and null fields, one with a control character
+    `control_characters`; blank lines are skipped.
     """
     names = list(header)
     schema = "_source STRING, _line LONG, _raw STRING, _error STRING, _detail STRING, " + ", ".join(
@@ -130,15 +145,25 @@ def parse_csv(lines: DataFrame, header: list[str]) -> DataFrame:
                         parsed = None
                         err, detail = "malformed_row", f"CSV error: {e}"
                     if parsed is not None:
-                        if len(parsed) == n:
-                            fields = parsed
-                        else:
+                        if len(parsed) != n:
                             err = "malformed_row"
                             detail = f"expected {n} fields, got {len(parsed)}"
+                        elif bad := _control_character(names, parsed):
+                            err, detail = "control_characters", bad
+                        else:
+                            fields = parsed
                 out.append([src, int(line), raw, err, detail, *fields])
             yield pd.DataFrame(out, columns=[*PARSED, *names])
 
     return lines.mapInPandas(parse, schema)
+
+
+def _control_character(names: list[str], fields: list[str]) -> str | None:
+    """Where the first control character of a parsed row is, or None."""
+    for name, value in zip(names, fields):
+        if m := CONTROL_CHARACTERS.search(value):
+            return f"{name} has control character U+{ord(m.group()):04X}"
+    return None
 
 
 def source_column(df: DataFrame, src: Source) -> Column:
@@ -170,13 +195,19 @@ def _first_reason(checks: list[tuple[str, Column]]) -> Column:
     return expr
 
 
-def _price_checks(price_raw: Column, price: Column) -> list[tuple[str, Column]]:
+def _price_checks(price_raw: Column, price: Column, required: bool) -> list[tuple[str, Column]]:
+    """Row checks of a price; `required` when the layout maps a price column (an empty value
+    is then missing, not unknown). The upper bound is the table gate's own."""
     from pyspark.sql import functions as F
 
+    from expectations.suites import MAX_VALUE
+
     return [
+        ("missing_price", F.lit(required) & price_raw.isNull()),
         ("unparseable_price", price_raw.isNotNull() & price.isNull()),
         ("non_finite_price", F.isnan(price) | (F.abs(price) == float("inf"))),
         ("negative_price", price < 0),
+        ("implausible_price", price > MAX_VALUE),
     ]
 
 
@@ -210,9 +241,10 @@ def products_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     df = _flag_duplicates(df, "product_id")
     checks = [
         ("missing_id", F.col("product_id").isNull()),
+        ("unsafe_id", F.col("product_id").rlike(UNSAFE_ID)),
         ("missing_type", F.col("type").isNull()),
         ("duplicate_key", F.col("_dup")),
-        *_price_checks(F.col("_price_raw"), F.col("price")),
+        *_price_checks(F.col("_price_raw"), F.col("price"), m.price is not None),
     ]
     reason = F.coalesce(F.col("_error"), _first_reason(checks))
     detail = F.coalesce(
@@ -241,16 +273,14 @@ def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
         source_column(parsed, m.club_member_status).alias("club_member_status"),
         source_column(parsed, m.fashion_news_frequency).alias("fashion_news_frequency"),
         source_column(parsed, m.postal_code).alias("postal_code"),
-    ).withColumn("age", F.expr("try_cast(try_cast(_age_raw AS DOUBLE) AS INT)"))
+    ).withColumn("_age", F.expr("try_cast(_age_raw AS DOUBLE)"))
     df = _flag_duplicates(df, "customer_id")
+    # A fractional age (33.7) is an error upstream, not a value to truncate.
+    age_ok = F.col("_age").between(0, 130) & (F.col("_age") == F.floor("_age"))
     checks = [
         ("missing_id", F.col("customer_id").isNull()),
         ("duplicate_key", F.col("_dup")),
-        (
-            "invalid_age",
-            F.col("_age_raw").isNotNull()
-            & (F.col("age").isNull() | (F.col("age") < 0) | (F.col("age") > 130)),
-        ),
+        ("invalid_age", F.col("_age_raw").isNotNull() & ~F.coalesce(age_ok, F.lit(False))),
     ]
     detail = F.coalesce(
         F.col("_detail"),
@@ -260,7 +290,8 @@ def customers_candidates(parsed: DataFrame, layout: Layout) -> DataFrame:
     return (
         df.withColumn("_reason", F.coalesce(F.col("_error"), _first_reason(checks)))
         .withColumn("_detail", detail)
-        .drop("_dup")
+        .withColumn("age", F.when(F.col("_reason").isNull(), F.col("_age").cast("int")))
+        .drop("_dup", "_age")
     )
 
 
@@ -302,13 +333,18 @@ def interactions_candidates(
     if has_customers:
         kc = known_customers.select(F.col("customer_id").alias("_kc")).distinct()
         df = df.join(kc, df.customer_id == kc._kc, "left")
+    from expectations.suites import EARLIEST_TIMESTAMP
+
     now_lit = F.lit(now.astimezone(UTC).replace(tzinfo=None)).cast("timestamp")
+    earliest = F.lit(EARLIEST_TIMESTAMP.replace(tzinfo=None)).cast("timestamp")
     checks = [
         ("missing_customer", F.col("customer_id").isNull()),
         ("missing_product", F.col("product_id").isNull()),
         ("unparseable_timestamp", F.col("timestamp").isNull()),
         ("future_timestamp", F.col("timestamp") > now_lit),
-        *_price_checks(F.col("_price_raw"), F.col("price")),
+        # Placeholder dates (1900-01-01) would otherwise rewrite a product's first_seen.
+        ("implausible_timestamp", F.col("timestamp") < earliest),
+        *_price_checks(F.col("_price_raw"), F.col("price"), m.price is not None),
         ("unknown_product", F.col("_kp").isNull()),
     ]
     if has_customers:
@@ -380,12 +416,17 @@ def image_path(template: str, source_dir: Path) -> Column:
     return F.concat(F.lit(str(source_dir.resolve()) + "/"), *parts)
 
 
-def check_images(images: DataFrame, partitions: int) -> DataFrame:
+def check_images(images: DataFrame, partitions: int, root: Path, max_pixels: int) -> DataFrame:
     """(product_id, shot, path, _source, _line, _raw) -> + content_hash, width, height, _reason.
 
-    Opens every file: a missing file is `image_missing`, one that does not decode fully is
+    Opens every file: a path outside `root` (the source folder) is `image_outside_source` and
+    never opened, a missing file is `image_missing`, one with more than `max_pixels` pixels
+    `image_too_large` (read from the header, before decoding), one that does not decode fully
     `image_corrupt`.
     """
+    import os
+
+    prefix = os.path.normpath(str(root)) + os.sep
     schema = (
         "product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING, "
         "content_hash STRING, width INT, height INT, _reason STRING, _detail STRING"
@@ -404,6 +445,11 @@ def check_images(images: DataFrame, partitions: int) -> DataFrame:
             for pid, shot, path, src, line, raw in zip(*(b[c] for c in cols)):
                 h = w = ht = reason = None
                 detail = path
+                # Lexical, not realpath: a symlinked image folder inside the source is fine.
+                if not os.path.normpath(path).startswith(prefix):
+                    reason = "image_outside_source"
+                    out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
+                    continue
                 try:
                     with open(path, "rb") as f:
                         data = f.read()
@@ -414,9 +460,16 @@ def check_images(images: DataFrame, partitions: int) -> DataFrame:
                 else:
                     try:
                         with Image.open(io.BytesIO(data)) as im:
-                            im.load()  # full decode: truncated files fail here
-                            w, ht = im.size
-                        h = hashlib.sha256(data).hexdigest()
+                            if im.width * im.height > max_pixels:
+                                reason = "image_too_large"
+                                detail = f"{path}: {im.width}x{im.height} > {max_pixels} pixels"
+                            else:
+                                im.load()  # full decode: truncated files fail here
+                                w, ht = im.size
+                        if reason is None:
+                            h = hashlib.sha256(data).hexdigest()
+                    except Image.DecompressionBombError as e:
+                        reason, detail = "image_too_large", f"{path}: {e}"
                     except Exception as e:  # PIL raises many types for bad data
                         reason, detail = "image_corrupt", f"{path}: {e}"
                 out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
@@ -476,17 +529,84 @@ def quarantine_rows(bad: DataFrame, table: str, run_id: str, now: datetime) -> D
 # The job
 # ---------------------------------------------------------------------------------------------
 def read_source(spark: SparkSession, path: Path) -> tuple[list[str], DataFrame]:
-    """(header, parsed rows) of a CSV file, each row with its 1-based line number."""
+    """(header, parsed rows) of a CSV file, each row with the 1-based line it starts on.
+
+    A byte-order mark (Excel's UTF-8 export) is dropped from the header; a quoted field that
+    spans lines is one record (see `join_multiline_records`).
+    """
     import csv
 
     if not path.is_file():
         raise IngestError(f"source file not found: {path}")
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        header = next(csv.reader([f.readline()]))
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+        header = next(csv.reader([f.readline()]), [])
+    if not [h for h in header if h.strip()]:
+        raise IngestError(f"{path.name}: empty file or header line (expected CSV column names)")
     src = str(path.resolve())
     rdd = spark.read.text(str(path)).rdd.zipWithIndex().map(lambda p: (src, p[1] + 1, p[0][0]))
     lines = spark.createDataFrame(rdd, "_source STRING, _line LONG, _raw STRING").where("_line > 1")
-    return header, parse_csv(lines, header)
+    return header, parse_csv(join_multiline_records(lines, len(header)), header)
+
+
+def join_multiline_records(lines: DataFrame, n_fields: int) -> DataFrame:
+    """Lines -> records: a quoted field with line breaks rejoins the lines it spans.
+
+    Such a record starts and ends on a line with an odd number of quotes; those lines are rare,
+    so only they (and the few between each pair) go to the driver. A pair further apart than
+    MAX_RECORD_LINES, or whose joined text is not one CSV row of `n_fields` fields, is left
+    alone (its lines are then quarantined as malformed, and the lines between stay good).
+    """
+    from pyspark.sql import functions as F
+
+    odd_quote = (F.length("_raw") - F.length(F.regexp_replace("_raw", '"', ""))) % 2 == 1
+    odd = [r["_line"] for r in lines.where(odd_quote).select("_line").orderBy("_line").collect()]
+    pairs = [(a, b) for a, b in zip(odd, odd[1:]) if b - a < MAX_RECORD_LINES]
+    if not pairs:
+        return lines
+    wanted = sorted({n for a, b in pairs for n in range(a, b + 1)})
+    text = {
+        r["_line"]: r["_raw"]
+        for r in lines.where(F.col("_line").isin(wanted)).select("_line", "_raw").collect()
+    }
+    joined, dropped = _pair_records(odd, pairs, text, n_fields)
+    if not joined:
+        return lines
+    spark = lines.sparkSession
+    repl = spark.createDataFrame(sorted(joined.items()), "_line LONG, _joined STRING")
+    return (
+        lines.where(~F.col("_line").isin(sorted(dropped)))
+        .join(F.broadcast(repl), "_line", "left")
+        .select("_source", "_line", F.coalesce("_joined", "_raw").alias("_raw"))
+    )
+
+
+def _pair_records(
+    odd: list[int], pairs: list[tuple[int, int]], text: dict[int, str], n_fields: int
+) -> tuple[dict[int, str], set[int]]:
+    """({first line: joined record}, lines folded into one) for the odd-quote lines that pair
+    into valid records, scanning in order so each odd line belongs to one record at most."""
+    import csv
+
+    spans = dict(pairs)
+    joined: dict[int, str] = {}
+    dropped: set[int] = set()
+    i = 0
+    while i < len(odd) - 1:
+        a = odd[i]
+        b = spans.get(a)
+        if b is not None and b == odd[i + 1]:
+            record = "\n".join(text.get(n, "") for n in range(a, b + 1))
+            try:
+                rows = list(csv.reader([record], strict=True))
+            except csv.Error:
+                rows = []
+            if len(rows) == 1 and len(rows[0]) == n_fields:
+                joined[a] = record
+                dropped.update(range(a + 1, b + 1))
+                i += 2
+                continue
+        i += 1
+    return joined, dropped
 
 
 def _optional_file(layout: Layout, table: str, source_dir: Path, report: IngestReport) -> bool:
@@ -609,7 +729,9 @@ def run_ingest(
         images = shots[0]
         for s in shots[1:]:
             images = images.unionByName(s)
-        images = check_images(images, settings.image_check_partitions).cache()
+        images = check_images(
+            images, settings.image_check_partitions, source_dir, settings.max_image_pixels
+        ).cache()
         step("images checked")
 
     # -- split good / bad ------------------------------------------------------------------
@@ -764,4 +886,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from atelier.process import exit_now
+
+    exit_now(main())

@@ -18,6 +18,7 @@ from atelier.contracts import CUSTOMERS, INTERACTIONS, PRODUCT_IMAGES, PRODUCTS
 from atelier.settings import GateSettings, Settings
 from expectations.gate import GateResult, build_data_docs, validate_table
 from expectations.suites import (
+    EARLIEST_TIMESTAMP,
     FUTURE_TOLERANCE,
     MAX_VALUE,
     build_suite,
@@ -124,7 +125,11 @@ def test_suite_is_derived_from_the_contract_without_a_context():
         ),
         (
             "expect_column_values_to_be_between",
-            {"column": "first_seen", "max_value": NOW + FUTURE_TOLERANCE},
+            {
+                "column": "first_seen",
+                "min_value": EARLIEST_TIMESTAMP,
+                "max_value": NOW + FUTURE_TOLERANCE,
+            },
         ),
     ]
     assert [(t, {k: v for k, v in kw.items() if v is not None}) for t, kw in got] == expected
@@ -301,10 +306,21 @@ def test_future_timestamp_fails(gx_settings):
     assert result.failures == [
         "products: expect_column_values_to_be_between(first_seen) failed: "
         "1 unexpected values, e.g. [2026-01-15T12:05:01+00:00] "
-        "(expected <= 2026-01-15T12:05:00+00:00)"
+        "(expected >= 1990-01-01T00:00:00+00:00 and <= 2026-01-15T12:05:00+00:00)"
     ]
     # Within the clock-skew tolerance is fine.
     df.loc[2, "first_seen"] = NOW + FUTURE_TOLERANCE
+    assert gate(gx_settings, "products", df).success
+
+
+def test_placeholder_dates_fail(gx_settings):
+    """The table-level twin of ingest's `implausible_timestamp` row check: same bound."""
+    df = products_frame()
+    df.loc[1, "first_seen"] = datetime(1900, 1, 1, tzinfo=UTC)
+    result = gate(gx_settings, "products", df)
+    assert len(result.failures) == 1
+    assert "first_seen" in result.failures[0] and "1900-01-01" in result.failures[0]
+    df.loc[1, "first_seen"] = EARLIEST_TIMESTAMP
     assert gate(gx_settings, "products", df).success
 
 
