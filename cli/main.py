@@ -6,7 +6,6 @@ so `atelier --help` answers at once.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -626,9 +625,16 @@ def _fmt_scores(scores: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "-"
 
 
-def run() -> None:  # console-script entry point
-    app(prog_name="atelier")
+def run() -> None:
+    """Console-script entry point: the command's own exit status, every time (`exit_now`)."""
+    from atelier.process import exit_now
+
+    try:
+        app(prog_name="atelier")
+    except SystemExit as e:
+        exit_now(e.code)
+    exit_now(0)
 
 
 if __name__ == "__main__":
-    sys.exit(run())
+    run()

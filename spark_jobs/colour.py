@@ -15,7 +15,6 @@ once the batch passes its quality gate.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -371,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
     # functions by value, and the workers should import the same module the driver did.
+    from atelier.process import exit_now
     from spark_jobs.colour import main as _main
 
-    sys.exit(_main())
+    exit_now(_main())

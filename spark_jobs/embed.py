@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -719,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
     # functions by value, which would hand every task a fresh, empty model cache.
+    from atelier.process import exit_now
     from spark_jobs.embed import main as _main
 
-    sys.exit(_main())
+    exit_now(_main())

@@ -37,7 +37,6 @@ merged; `atelier materialize` then serves it (feature view `item_vectors`, servi
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -563,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
     # functions by value, and the workers should import the same module the driver did.
+    from atelier.process import exit_now
     from spark_jobs.item_vectors import main as _main
 
-    sys.exit(_main())
+    exit_now(_main())

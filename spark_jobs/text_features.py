@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -274,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from atelier.process import exit_now
+
+    exit_now(main())
