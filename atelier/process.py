@@ -14,6 +14,9 @@ import atexit
 import os
 import sys
 
+# Exit status of a run refused because the same stage is running (EX_TEMPFAIL: try later).
+BUSY = 75
+
 
 def exit_code(status: object) -> int:
     """The exit status `sys.exit(status)` would give: None -> 0, an int as is, else 1."""
@@ -38,3 +41,22 @@ def exit_now(status: object = 0) -> None:
             except (OSError, ValueError):  # closed or broken pipe: nothing left to say
                 pass
         os._exit(code)
+
+
+def known_failure(error: BaseException) -> tuple[int, str] | None:
+    """(exit status, one-line message) for a failure a user can act on without a traceback:
+    a stage's lock held by another run, or a Delta commit lost to a concurrent writer."""
+    from atelier.locks import LockHeld
+
+    if isinstance(error, LockHeld):
+        return BUSY, str(error)
+    try:
+        from deltalake.exceptions import CommitFailedError
+    except ImportError:  # pragma: no cover - deltalake is a core dependency
+        return None
+    if isinstance(error, CommitFailedError):
+        return 1, (
+            f"another writer committed to the same Delta table first ({error}); "
+            "nothing of this commit was written: rerun"
+        )
+    return None

@@ -6,6 +6,7 @@ so `atelier --help` answers at once.
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Optional
@@ -627,12 +628,19 @@ def _fmt_scores(scores: dict) -> str:
 
 def run() -> None:
     """Console-script entry point: the command's own exit status, every time (`exit_now`)."""
-    from atelier.process import exit_now
+    from atelier.process import exit_now, known_failure
 
     try:
         app(prog_name="atelier")
     except SystemExit as e:
         exit_now(e.code)
+    except Exception as e:
+        # A known failure (lock held, commit conflict) is one line, never a traceback.
+        failure = known_failure(e)
+        if failure is None:
+            raise
+        print(f"error: {failure[1]}", file=sys.stderr)
+        exit_now(failure[0])
     exit_now(0)
 
 

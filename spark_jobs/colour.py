@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     finish_shot_run,
@@ -178,6 +179,7 @@ def colour_rows(described: DataFrame, descriptor_version: str, now: datetime) ->
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+@locked("colour")
 def run_colour(
     settings: Settings,
     spark: SparkSession | None = None,

@@ -206,10 +206,11 @@ def run_job(
 ) -> int:
     """A job's `main` after parsing: logging, settings of `workdir`, `run`; prints the report.
 
-    Exit codes: 0 done; 2 the gate failed (its report printed); 1 one of `errors` (the message
-    on stderr).
+    Exit codes: 0 done; 2 the gate failed (its report printed); 1 one of `errors` or a lost
+    commit (the message on stderr); 75 the stage is running elsewhere on this workdir.
     """
     from atelier.logs import setup_logging
+    from atelier.process import known_failure
     from atelier.settings import load_settings
 
     setup_logging()
@@ -222,5 +223,11 @@ def run_job(
     except errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        failure = known_failure(e)
+        if failure is None:
+            raise
+        print(f"error: {failure[1]}", file=sys.stderr)
+        return failure[0]
     print(format_report(report))
     return 0

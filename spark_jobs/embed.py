@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     finish_shot_run,
@@ -532,6 +533,7 @@ def embedding_rows(embedded: DataFrame, weights_id: str, now: datetime) -> DataF
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+@locked("embed")
 def run_embed(
     settings: Settings, spark: SparkSession | None = None, now: datetime | None = None
 ) -> dict:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import job_parser, new_run_id, run_job, save_report
 
@@ -634,6 +635,7 @@ def _require_columns(layout: Layout, table: str, header: list[str], path: Path) 
         )
 
 
+@locked("ingest")
 def run_ingest(
     settings: Settings,
     layout_name: str,

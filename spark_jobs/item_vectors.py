@@ -42,6 +42,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from atelier.locks import locked
 from expectations.gate import GateFailure  # noqa: F401  (callers catch it from the job)
 from spark_jobs.common import job_parser, run_job
 from spark_jobs.scoring import (
@@ -290,6 +291,7 @@ def default_as_of(now: datetime) -> datetime:
     return _utc(now).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+@locked("item-vectors")
 def run_item_vectors(
     settings: Settings,
     spark: SparkSession | None = None,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from atelier.feast_store import STATE_FILE, VIEWS, feature_store, registered_view, utc
 from atelier.lake import Lake
+from atelier.locks import locked
 from atelier.settings import Settings
 from expectations.gate import validate_table
 from expectations.suites import gate_checks
@@ -28,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+@locked("materialize")
 def materialize(
     settings: Settings,
     end: datetime | None = None,

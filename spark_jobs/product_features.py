@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
+from atelier.locks import locked
 from spark_jobs.common import (
     EPOCH,
     changed_rows,
@@ -301,6 +302,7 @@ def _write(lake, table: str, rows: DataFrame, **merge_args) -> dict:
     return out
 
 
+@locked("product-features")
 def run_product_features(
     settings: Settings, spark: SparkSession | None = None, now: datetime | None = None
 ) -> dict:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from atelier.locks import locked
 from atelier.text import FIRST_ID, TOKENIZER, normalise, token_ids
 from spark_jobs.common import EPOCH, changed_rows, job_parser, run_job, save_report, timestamp_lit
 
@@ -187,6 +188,7 @@ def vocabulary_arrow(entries: list[tuple[str, int, int, int]], version: str) -> 
     )
 
 
+@locked("text-features")
 def run_text_features(
     settings: Settings, spark: SparkSession | None = None, now: datetime | None = None
 ) -> dict:

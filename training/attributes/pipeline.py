@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from atelier.locks import locked
 from training.attributes.data import LabelPlan, TrainingSet, load_training_set, prepare_labels
 from training.attributes.evaluation import (
     attribute_metrics,
@@ -204,6 +205,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
     return out
 
 
+@locked("train-attributes")
 def train_attributes(
     settings: Settings,
     report_dir: Path | None = None,

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from atelier.figures import png_figure
+from atelier.locks import locked
 from models.recommender.items import utc_timestamp
 from training.recommender.baselines import (
     buy_again_recommendations,
@@ -817,6 +818,7 @@ class _Tally:
         return _report(split, self.runs, self.cold, self.diag, self.validation, self.training)
 
 
+@locked("train-recommender")
 def train_recommender(
     settings: Settings,
     train_end: date | datetime | str | None = None,
