@@ -56,6 +56,7 @@ from spark_jobs.scoring import (
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
     from atelier.lake import Lake
@@ -444,14 +445,39 @@ def run_predict_attributes(
 def _predict_and_publish(
     settings: Settings, lake: Lake, run: ScoringRun, now: datetime, report: dict
 ) -> None:
-    from pyspark.sql import functions as F
-
-    from spark_jobs.common import changed_rows
-
     bundle: AttributeBundle = run.bundle
-    model_version = run.model_version
     spark = lake.spark
     assert spark is not None
+    inputs = _read_inputs(lake, bundle).cache()
+    report["products"] = n_products = inputs.count()
+    log.info(
+        "%d products, %d attributes (%d floats per vector), %d partitions",
+        n_products,
+        len(bundle.attributes),
+        bundle.vector_size,
+        settings.embed.partitions,
+    )
+    scored = _score(settings, run, inputs, report)
+    rows, vectors = _rows_and_vectors(
+        spark, lake, bundle, scored, inputs, run.model_version, report["min_confidence"]
+    )
+    try:
+        report.update(_source_counts(rows))
+        arrows = _changed_batches(lake, rows, vectors, now)
+        failures = [
+            f
+            for t, arrow in arrows.items()
+            for f in gate_batch(settings, lake, t, arrow, now, bundle.vector_size)
+        ]
+        publish(settings, lake, run, report, arrows, failures, "predicted attributes gate")
+    finally:
+        rows.unpersist()
+        scored.unpersist()
+        inputs.unpersist()
+
+
+def _read_inputs(lake: Lake, bundle: AttributeBundle) -> DataFrame:
+    """`product_inputs` of the lake's catalogue; colours only for a model that reads them."""
     products = lake.read_spark(
         "products",
         ["product_id", "title", "description", "type", "brand", "division", "first_seen"],
@@ -461,17 +487,13 @@ def _predict_and_publish(
         if bundle.config.colour_dim > 0 and lake.exists("colour_features")
         else None
     )
-    inputs = product_inputs(
+    return product_inputs(
         products, lake.read_spark("image_embeddings", ["product_id", "shot", "embedding"]), colours
-    ).cache()
-    report["products"] = n_products = inputs.count()
-    log.info(
-        "%d products, %d attributes (%d floats per vector), %d partitions",
-        n_products,
-        len(bundle.attributes),
-        bundle.vector_size,
-        settings.embed.partitions,
     )
+
+
+def _score(settings: Settings, run: ScoringRun, inputs: DataFrame, report: dict) -> DataFrame:
+    """`score_products` of `inputs`, cached and counted; its count and time go in `report`."""
     t1 = time.time()
     scored = score_products(
         inputs, str(run.bundle_dir), settings.embed.partitions, settings.embed.tf_threads
@@ -483,6 +505,20 @@ def _predict_and_publish(
         report["scored"],
         report["score_seconds"],
     )
+    return scored
+
+
+def _rows_and_vectors(
+    spark: SparkSession,
+    lake: Lake,
+    bundle: AttributeBundle,
+    scored: DataFrame,
+    inputs: DataFrame,
+    model_version: str,
+    min_confidence: Mapping[str, float],
+) -> tuple[DataFrame, DataFrame]:
+    """(predicted_attributes rows, cached; attribute_vectors rows), both without
+    created_timestamp: known labels kept, gaps filled from `scored`, unsure ones withheld."""
     events = inputs.select("product_id", "event_timestamp")
     encoding = spark.createDataFrame(
         label_encoding(bundle.attributes),
@@ -493,39 +529,44 @@ def _predict_and_publish(
     )
     rows = withhold_below(
         attribute_rows(scored, lake.read_spark("product_labels"), encoding, events, model_version),
-        report["min_confidence"],
+        min_confidence,
     ).cache()
-    vectors = attribute_vectors(rows, layout, events, model_version)
-    try:
-        counts = {
-            (r["attribute"], r["source"]): r["n"]
-            for r in rows.groupBy("attribute", "source").agg(F.count("*").alias("n")).collect()
-        }
-        report["by_attribute"] = {
+    return rows, attribute_vectors(rows, layout, events, model_version)
+
+
+def _source_counts(rows: DataFrame) -> dict[str, Any]:
+    """The report's row counts: per attribute and source, and per source overall."""
+    from pyspark.sql import functions as F
+
+    counts = {
+        (r["attribute"], r["source"]): r["n"]
+        for r in rows.groupBy("attribute", "source").agg(F.count("*").alias("n")).collect()
+    }
+    return {
+        "by_attribute": {
             a: {s: counts.get((a, s), 0) for s in SOURCES} for a in sorted({a for a, _ in counts})
-        }
-        report["labels_kept"] = sum(n for (_, s), n in counts.items() if s == LABEL)
-        report["predicted"] = sum(n for (_, s), n in counts.items() if s == PREDICTED)
-        report[BELOW_CONFIDENCE] = sum(n for (_, s), n in counts.items() if s == BELOW_CONFIDENCE)
-        batches = {
-            "predicted_attributes": changed_rows(
-                rows, lake.read_spark("predicted_attributes"), ["product_id", "attribute"], now
-            ),
-            "attribute_vectors": changed_rows(
-                vectors, lake.read_spark("attribute_vectors"), ["product_id"], now
-            ),
-        }
-        arrows = {t: contract_arrow(t, df) for t, df in batches.items()}
-        failures = [
-            f
-            for t, arrow in arrows.items()
-            for f in gate_batch(settings, lake, t, arrow, now, bundle.vector_size)
-        ]
-        publish(settings, lake, run, report, arrows, failures, "predicted attributes gate")
-    finally:
-        rows.unpersist()
-        scored.unpersist()
-        inputs.unpersist()
+        },
+        "labels_kept": sum(n for (_, s), n in counts.items() if s == LABEL),
+        "predicted": sum(n for (_, s), n in counts.items() if s == PREDICTED),
+        BELOW_CONFIDENCE: sum(n for (_, s), n in counts.items() if s == BELOW_CONFIDENCE),
+    }
+
+
+def _changed_batches(
+    lake: Lake, rows: DataFrame, vectors: DataFrame, now: datetime
+) -> dict[str, pa.Table]:
+    """Table -> the contract-shaped Arrow batch of the rows that differ from the lake's."""
+    from spark_jobs.common import changed_rows
+
+    batches = {
+        "predicted_attributes": changed_rows(
+            rows, lake.read_spark("predicted_attributes"), ["product_id", "attribute"], now
+        ),
+        "attribute_vectors": changed_rows(
+            vectors, lake.read_spark("attribute_vectors"), ["product_id"], now
+        ),
+    }
+    return {t: contract_arrow(t, df) for t, df in batches.items()}
 
 
 def _check_embedding_weights(lake: Lake, bundle: AttributeBundle) -> None:
