@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
@@ -210,6 +210,16 @@ class PredictSettings(BaseModel):
     min_confidence: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(default_factory=dict)
 
 
+class ServingSettings(BaseModel):
+    """The HTTP API's operations side."""
+
+    # Bearer token for /admin/* (ATELIER_SERVING__ADMIN_TOKEN). Without one, admin endpoints
+    # answer loopback clients only (behind a proxy on the same host, set a token).
+    admin_token: SecretStr | None = None
+    # Admin reloads rebuild the whole state: at most one per this many seconds (429 else).
+    reload_min_interval_s: float = Field(5.0, ge=0.0)
+
+
 class MlflowSettings(BaseModel):
     """Tracking and registry; empty URIs mean the embedded sqlite store under the workdir."""
 
@@ -246,6 +256,7 @@ class Settings(BaseSettings):
     recommender: RecommenderSettings = Field(default_factory=RecommenderSettings)
     predict: PredictSettings = Field(default_factory=PredictSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @field_validator("workdir")
     @classmethod

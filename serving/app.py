@@ -5,7 +5,9 @@
     POST /recommendations               top-k for a customer (filters, modes, explanations)
     GET  /products/{id}/similar?k=10    nearest products by cosine of item vectors
     GET  /products/{id}/attributes      known and predicted attributes with confidence
-    POST /admin/reload                  rebuild the state (new champion, new vectors) and swap it
+    POST /admin/reload                  rebuild the state (new champion, new vectors) and swap it:
+                                        bearer `serving.admin_token` (none: loopback only),
+                                        at most one per `serving.reload_min_interval_s` (429)
     GET  /metrics                       Prometheus text (see `serving.metrics`)
 
 Every handler reads the current state once (`holder.state`) and answers from that object, so a
@@ -24,8 +26,10 @@ latency_ms, model_version, fallback); `configure_access_log` makes it print bare
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import math
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -177,6 +181,8 @@ def create_app(
     metrics = ServingMetrics(fallback_reasons=predictor.FALLBACKS)
     holder.on_swap.append(lambda new, _prev, trigger: _swapped(metrics, new, trigger))
     holder.on_failure.append(lambda _e, trigger: metrics.reload(trigger, "failed"))
+    if predictor.warm_up not in holder.warmers:
+        holder.warmers.append(predictor.warm_up)
     if holder.state is not None:
         metrics.serving(holder.state.model_version, len(holder.state.candidates))
 
@@ -326,15 +332,30 @@ def create_app(
             raise HTTPException(404, detail=str(e)) from None
         return AttributesResponse(product_id=product_id, attributes=found)
 
+    cooldown = _Cooldown(settings.serving.reload_min_interval_s)
+
     @app.post(
         "/admin/reload",
         tags=["ops"],
         response_model=ReloadResponse,
-        responses={503: {"model": ErrorResponse, "description": "The rebuild failed."}},
+        responses={
+            401: {"model": ErrorResponse, "description": "Missing or wrong admin token."},
+            403: {"model": ErrorResponse, "description": "No token set: loopback clients only."},
+            429: {"model": ErrorResponse, "description": "Reloaded too recently (Retry-After)."},
+            503: {"model": ErrorResponse, "description": "The rebuild failed."},
+        },
     )
     def reload(request: Request):
         """Rebuild the state from the registry and the lake, then swap it in atomically (a
         failed rebuild keeps the current state serving)."""
+        _check_admin(request, settings.serving.admin_token)
+        wait = cooldown.take()
+        if wait:
+            raise HTTPException(
+                429,
+                detail=f"reloaded less than {cooldown.seconds:g} s ago: retry in {wait:.1f} s",
+                headers={"Retry-After": str(math.ceil(wait))},
+            )
         try:
             new, previous = holder.reload("admin")
         except Exception as e:
@@ -365,6 +386,46 @@ class _AsciiJSONResponse(JSONResponse):
 
     def render(self, content) -> bytes:
         return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def _check_admin(request: Request, token) -> None:
+    """Admin calls need the bearer token when one is set, else a loopback client."""
+    if token is not None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {token.get_secret_value()}".encode()):
+            raise HTTPException(
+                401,
+                detail="admin endpoints need 'Authorization: Bearer <serving.admin_token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+    elif request.client is None or request.client.host not in LOOPBACK:
+        raise HTTPException(
+            403,
+            detail="admin endpoints answer loopback clients only unless serving.admin_token "
+            "(ATELIER_SERVING__ADMIN_TOKEN) is set",
+        )
+
+
+class _Cooldown:
+    """At most one event per `seconds`: `take()` is 0 when it may happen (and records it),
+    else the seconds left to wait."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self._last = -math.inf
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            wait = self._last + self.seconds - now
+            if wait > 0:
+                return wait
+            self._last = now
+            return 0.0
 
 
 def _swapped(metrics: ServingMetrics, state: ServingState, trigger: str) -> None:

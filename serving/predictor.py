@@ -180,6 +180,30 @@ def _blend_rows(
     return np.asarray([candidates.index[p] for p in chosen], np.int64)
 
 
+def warm_up(state: ServingState, rounds: int = 20) -> None:
+    """Run every request path on a new state before it serves.
+
+    The first calls pay for lazy imports, the online store's connection and its caches, and
+    numpy's first kernels: right after `/ready` answered, the first 30 s at 200 req/s had a
+    p99 of 120 ms against 17.8 ms once warm. Unknown customers take the online-store read and
+    the fallback; a few candidates' histories take the scoring, filter and explanation paths.
+    """
+    ids = state.candidates.product_ids
+    for i in range(rounds):
+        recommend(state, f"__warm_up_{i}__", k=10)
+        if not ids:
+            continue
+        history = [ids[(i + j) % len(ids)] for j in range(state.n_recent)]
+        customer, _ = _customer_vector(state, history)
+        if customer is not None:
+            ranking = scoring.scores(state.candidates, customer)
+            everything = scoring.filter_mask(state.attributes, len(ids), {})
+            rows = model_ranking.top_k(ranking, 10, everything)
+            scoring.explain(state.attributes, rows, history)
+        similar(state, ids[i % len(ids)], k=10)
+        attributes(state, ids[i % len(ids)])
+
+
 def similar(state: ServingState, product_id: str, k: int = 10) -> list[dict]:
     """[{product_id, score (cosine), rank}] of the k nearest candidates; UnknownProductError
     when the product is not in the catalogue or has no vector of the model."""

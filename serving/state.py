@@ -425,7 +425,9 @@ class StateHolder:
     """The current `ServingState`, swapped atomically; None until the first build succeeds.
 
     `reload` builds outside the swap lock (requests keep the old state meanwhile) and one at a
-    time. Listeners hear of every swap (new, previous, trigger) and every failed build.
+    time, then runs the `warmers` on the new state before it is swapped in (so neither `/ready`
+    nor a reload hands requests a cold state). Listeners hear of every swap (new, previous,
+    trigger) and every failed build.
     """
 
     def __init__(
@@ -441,6 +443,7 @@ class StateHolder:
         self.error: str | None = None
         self.on_swap: list[SwapListener] = []
         self.on_failure: list[FailureListener] = []
+        self.warmers: list[Callable[[ServingState], None]] = []
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
 
@@ -459,6 +462,11 @@ class StateHolder:
                 for listener in self.on_failure:
                     listener(e, trigger)
                 raise
+            for warm in self.warmers:
+                try:
+                    warm(new)
+                except Exception as e:  # the state built; a cold start beats no state
+                    log.warning("warm-up failed, serving the new state cold: %s", e)
             with self._swap_lock:
                 previous, self._state = self._state, new
             self.error = None

@@ -28,6 +28,7 @@ import pytest
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MODEL = "atelier-recommender/1"
+LOCAL = ("127.0.0.1", 50000)  # the test client's address: loopback, as `atelier serve`'s default
 N_RECENT = 5  # recommender.n_recent of the demo's training run (the default)
 LAYOUT = "dot+bias"  # vector_layout of the demo's training run
 
@@ -36,7 +37,11 @@ LAYOUT = "dot+bias"  # vector_layout of the demo's training run
 def settings(demo_workdir):
     from atelier.settings import load_settings
 
-    return load_settings(workdir=demo_workdir)
+    # Reload tests call /admin/reload back to back: no cooldown here (tested on its own).
+    settings = load_settings(workdir=demo_workdir)
+    return settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"reload_min_interval_s": 0.0})}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def client(settings):
 
     holder = StateHolder(settings)
     holder.reload("start")
-    with TestClient(create_app(settings, holder)) as c:
+    with TestClient(create_app(settings, holder), client=LOCAL) as c:
         yield c
 
 
@@ -606,3 +611,43 @@ def test_atelier_serve_prints_working_examples_and_answers(demo_workdir, histori
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def _admin_app(client, settings, **serving):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    changed = settings.model_copy(update={"serving": settings.serving.model_copy(update=serving)})
+    return lambda address=LOCAL: TestClient(
+        create_app(changed, client.app.state.holder), client=address
+    )
+
+
+def test_admin_reload_needs_loopback_or_the_token(client, settings):
+    from pydantic import SecretStr
+
+    open_app = _admin_app(client, settings)
+    remote = open_app(("203.0.113.7", 40000)).post("/admin/reload")
+    assert remote.status_code == 403 and "admin_token" in remote.json()["detail"]
+    assert open_app().post("/admin/reload").status_code == 200
+
+    guarded = _admin_app(client, settings, admin_token=SecretStr("s3cret"))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"}):
+        r = guarded().post("/admin/reload", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    # With a token, the address no longer matters: the token does.
+    ok = guarded(("203.0.113.7", 40000)).post(
+        "/admin/reload", headers={"authorization": "Bearer s3cret"}
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["model_version"] == client.app.state.holder.state.model_version
+
+
+def test_admin_reloads_are_rate_limited(client, settings):
+    app = _admin_app(client, settings, reload_min_interval_s=60.0)()
+    assert app.post("/admin/reload").status_code == 200
+    again = app.post("/admin/reload")
+    assert again.status_code == 429
+    assert 59 <= int(again.headers["retry-after"]) <= 60
+    assert recommend(client, "stranger", k=3).status_code == 200  # serving goes on

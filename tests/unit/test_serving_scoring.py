@@ -340,6 +340,24 @@ def test_state_holder_swaps_whole_states_and_keeps_the_old_one_on_failure():
         holder.start_polling(0)
 
 
+def test_state_holder_warms_a_new_state_before_anyone_sees_it():
+    from serving.state import StateHolder
+
+    seen = []
+    holder = StateHolder(None, builder=lambda _s: f"s{len(seen) + 1}")
+    holder.warmers.append(lambda new: seen.append((new, holder.state)))
+    assert holder.reload("start") == ("s1", None)
+    assert holder.reload() == ("s2", "s1")
+    # Warmed while the previous state (None, then s1) was still the one served.
+    assert seen == [("s1", None), ("s2", "s1")]
+
+    def broken(_new):
+        raise RuntimeError("online store down")
+
+    holder.warmers.append(broken)  # a failed warm-up serves the new state cold, not nothing
+    assert holder.reload() == ("s3", "s2") and holder.state == "s3"
+
+
 # -- predictor on a fake state (no Feast: a fake online store) -------------------------------
 class _Online:
     """Histories and online vectors; records every vector read."""
@@ -488,3 +506,12 @@ def test_model_params_unreadable_values_fall_back_with_warnings(caplog):
     assert "ignoring the training run's recommender.blend_rule" in text
     with pytest.raises(StateError, match=r"vector_layout is 'cosine'"):
         model_params({"vector_layout": "cosine"}, 5)
+
+
+def test_warm_up_runs_every_request_path_of_the_state(biased):
+    from serving.predictor import warm_up
+
+    state = _state(biased)
+    warm_up(state, rounds=3)
+    # The online store was asked for vectors of candidate histories (the scoring path).
+    assert state.online.reads and all(set(r) <= set(BIAS_IDS) for r in state.online.reads)
