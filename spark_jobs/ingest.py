@@ -309,7 +309,6 @@ def interactions_candidates(
     those already in the lake. Repeat purchases (identical rows) are kept as separate
     interactions: the key includes the occurrence number of (customer, product, timestamp).
     """
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     m = layout.interactions
@@ -361,8 +360,21 @@ def interactions_candidates(
             F.concat(F.lit("price="), F.col("_price_raw")),
         ),
     )
+    return (
+        df.withColumn("_reason", reason)
+        .withColumn("_detail", detail)
+        .withColumn("interaction_id", F.when(F.col("_reason").isNull(), _interaction_key()))
+        .drop("_kp", *(["_kc"] if has_customers else []))
+    )
+
+
+def _interaction_key() -> Column:
+    """sha256 of (customer, product, timestamp, occurrence): repeat purchases stay apart."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
     occ = Window.partitionBy("customer_id", "product_id", "timestamp").orderBy("_line")
-    key = F.sha2(
+    return F.sha2(
         F.concat_ws(
             "|",
             "customer_id",
@@ -371,12 +383,6 @@ def interactions_candidates(
             F.row_number().over(occ).cast("string"),
         ),
         256,
-    )
-    return (
-        df.withColumn("_reason", reason)
-        .withColumn("_detail", detail)
-        .withColumn("interaction_id", F.when(F.col("_reason").isNull(), key))
-        .drop("_kp", *(["_kc"] if has_customers else []))
     )
 
 
@@ -648,9 +654,6 @@ def run_ingest(
     Raises IngestError when the source cannot be read and GateFailure when a table-level check
     fails (nothing published then).
     """
-    from pyspark.sql import functions as F
-
-    from atelier.contracts import contract
     from atelier.lake import Lake
     from atelier.layout import load_layout
     from atelier.spark import get_spark
@@ -667,7 +670,112 @@ def run_ingest(
     report = IngestReport(run_id, layout.name, str(source_dir), now.isoformat())
     step = _Progress(t0)
 
-    # -- products ------------------------------------------------------------------------
+    batch = _parse(spark, lake, layout, source_dir, now, report, step)
+    batch.derive(settings, lake, layout, source_dir, step)
+    staged, bad, read = batch.split()
+    quarantine, by_reason = _quarantine(bad, run_id, now)
+    frames = _gate(settings, lake, staged, read, by_reason, now, report)
+    step("quality gates run")
+
+    # Quarantine is recorded even when a gate fails: it is the evidence of what went wrong.
+    qres = lake.merge("quarantine", quarantine, update=False)
+    if report.failures:
+        report.seconds = round(time.time() - t0, 1)
+        save_report(settings, "ingest", asdict(report))
+        raise GateFailure("table-level checks", report.failures, report)
+
+    _publish(lake, staged, frames, report)
+    report.published = True
+    report.seconds = round(time.time() - t0, 1)
+    log.info("quarantine: %d new rows (table version %s)", qres.inserted, qres.version)
+    save_report(settings, "ingest", asdict(report))
+    step("published")
+    for df in (*batch.cached(), quarantine):
+        df.unpersist()
+    return report
+
+
+@dataclass
+class _Batch:
+    """One run's parsed candidates (cached), and what `derive` adds to the good products."""
+
+    products: DataFrame
+    customers: DataFrame | None
+    interactions: DataFrame | None
+    good_products: DataFrame | None = None
+    labels: DataFrame | None = None
+    images: DataFrame | None = None
+
+    def derive(
+        self, settings: Settings, lake, layout: Layout, source_dir: Path, step: _Progress
+    ) -> None:
+        """Price and first_seen from every good interaction (lake and batch), the source,
+        labels, and each image shot opened and checked."""
+        from pyspark.sql import functions as F
+
+        cols = ["product_id", "timestamp", "price"]
+        all_inter = lake.read_spark("interactions", cols)
+        if self.interactions is not None:
+            good = self.interactions.where("_reason IS NULL").select(*cols)
+            all_inter = all_inter.unionByName(good)
+        has_price = layout.products.price is not None
+        good_p = self.products.where("_reason IS NULL")
+        good_p = derive_price_and_first_seen(good_p, all_inter, has_price)
+        self.good_products = good_p.withColumn("source", F.lit(layout.name)).cache()
+        self.labels = labels_from_products(self.good_products, layout)
+        shots = [
+            self.good_products.select(
+                "product_id",
+                F.lit(i).cast("int").alias("shot"),
+                image_path(t, source_dir).alias("path"),
+                "_source",
+                "_line",
+                "_raw",
+            )
+            for i, t in enumerate(layout.images)
+        ]
+        if shots:
+            images = shots[0]
+            for shot in shots[1:]:
+                images = images.unionByName(shot)
+            self.images = check_images(
+                images, settings.image_check_partitions, source_dir, settings.max_image_pixels
+            ).cache()
+            step("images checked")
+
+    def split(self) -> tuple[dict[str, DataFrame], dict[str, DataFrame], dict[str, int]]:
+        """(good rows to publish, bad rows to quarantine, rows read) by table."""
+        assert self.good_products is not None and self.labels is not None, "derive first"
+        staged: dict[str, DataFrame] = {"products": self.good_products}
+        bad: dict[str, DataFrame] = {"products": self.products.where("_reason IS NOT NULL")}
+        read: dict[str, int] = {"products": self.products.count()}
+        for table, df in (("customers", self.customers), ("interactions", self.interactions)):
+            if df is not None:
+                staged[table] = df.where("_reason IS NULL")
+                bad[table] = df.where("_reason IS NOT NULL")
+                read[table] = df.count()
+        staged["product_labels"] = self.labels
+        if self.images is not None:
+            staged["product_images"] = self.images.where("_reason IS NULL")
+            bad["product_images"] = self.images.where("_reason IS NOT NULL")
+        return staged, bad, read
+
+    def cached(self) -> list[DataFrame]:
+        frames = (self.products, self.customers, self.interactions)
+        return [df for df in (*frames, self.good_products, self.images) if df is not None]
+
+
+def _parse(
+    spark: SparkSession,
+    lake,
+    layout: Layout,
+    source_dir: Path,
+    now: datetime,
+    report: IngestReport,
+    step: _Progress,
+) -> _Batch:
+    """Read and row-check the products, then the optional customers and interactions (an
+    interaction's product and customer must be good in this batch or already in the lake)."""
     ppath = source_dir / layout.files.products
     header, parsed = read_source(spark, ppath)
     _require_columns(layout, "products", header, ppath)
@@ -675,7 +783,6 @@ def run_ingest(
     good_p = prods.where("_reason IS NULL")
     step(f"products parsed from {ppath.name}")
 
-    # -- customers -----------------------------------------------------------------------
     custs = None
     if _optional_file(layout, "customers", source_dir, report):
         cpath = source_dir / layout.files.customers
@@ -684,7 +791,6 @@ def run_ingest(
         custs = customers_candidates(parsed, layout).cache()
         step(f"customers parsed from {cpath.name}")
 
-    # -- interactions --------------------------------------------------------------------
     inter = None
     if _optional_file(layout, "interactions", source_dir, report):
         ipath = source_dir / layout.files.interactions
@@ -705,53 +811,14 @@ def run_ingest(
             known_c = lake.read_spark("customers", ["customer_id"])
         inter = interactions_candidates(parsed, layout, known_p, known_c, now).cache()
         step(f"interactions parsed from {ipath.name}")
+    return _Batch(prods, custs, inter)
 
-    # -- derived product columns, labels, images -------------------------------------------
-    cols = ["product_id", "timestamp", "price"]
-    all_inter = lake.read_spark("interactions", cols)
-    if inter is not None:
-        all_inter = all_inter.unionByName(inter.where("_reason IS NULL").select(*cols))
-    has_price = layout.products.price is not None
-    good_p = derive_price_and_first_seen(good_p, all_inter, has_price)
-    good_p = good_p.withColumn("source", F.lit(layout.name)).cache()
-    labels = labels_from_products(good_p, layout)
-    shots = [
-        good_p.select(
-            "product_id",
-            F.lit(i).cast("int").alias("shot"),
-            image_path(t, source_dir).alias("path"),
-            "_source",
-            "_line",
-            "_raw",
-        )
-        for i, t in enumerate(layout.images)
-    ]
-    images = None
-    if shots:
-        images = shots[0]
-        for s in shots[1:]:
-            images = images.unionByName(s)
-        images = check_images(
-            images, settings.image_check_partitions, source_dir, settings.max_image_pixels
-        ).cache()
-        step("images checked")
 
-    # -- split good / bad ------------------------------------------------------------------
-    staged: dict[str, DataFrame] = {"products": good_p}
-    bad: dict[str, DataFrame] = {"products": prods.where("_reason IS NOT NULL")}
-    read: dict[str, int] = {"products": prods.count()}
-    if custs is not None:
-        staged["customers"] = custs.where("_reason IS NULL")
-        bad["customers"] = custs.where("_reason IS NOT NULL")
-        read["customers"] = custs.count()
-    if inter is not None:
-        staged["interactions"] = inter.where("_reason IS NULL")
-        bad["interactions"] = inter.where("_reason IS NOT NULL")
-        read["interactions"] = inter.count()
-    staged["product_labels"] = labels
-    if images is not None:
-        staged["product_images"] = images.where("_reason IS NULL")
-        bad["product_images"] = images.where("_reason IS NOT NULL")
+def _quarantine(
+    bad: dict[str, DataFrame], run_id: str, now: datetime
+) -> tuple[DataFrame, dict[tuple[str, str], int]]:
+    """The quarantine rows of every table (cached) and their counts by (table, reason)."""
+    from pyspark.sql import functions as F
 
     quarantine = None
     for table, df in bad.items():
@@ -763,8 +830,21 @@ def run_ingest(
         (r["table"], r["reason"]): r["n"]
         for r in quarantine.groupBy("table", "reason").agg(F.count("*").alias("n")).collect()
     }
+    return quarantine, by_reason
 
-    # -- table-level gates -----------------------------------------------------------------
+
+def _gate(
+    settings: Settings,
+    lake,
+    staged: dict[str, DataFrame],
+    read: dict[str, int],
+    by_reason: dict[tuple[str, str], int],
+    now: datetime,
+    report: IngestReport,
+) -> dict:
+    """Each staged table as checked Arrow, its counts and gate failures in `report`: the
+    quarantine share, then the GX suite (row band, contract, references to parents)."""
+    from atelier.contracts import contract
     from expectations.gate import validate_table
 
     frames = {}
@@ -795,16 +875,11 @@ def run_ingest(
             now=now,
         )
         report.failures.extend(result.failures)
-    step("quality gates run")
+    return frames
 
-    # Quarantine is recorded even when a gate fails: it is the evidence of what went wrong.
-    qres = lake.merge("quarantine", quarantine, update=False)
-    if report.failures:
-        report.seconds = round(time.time() - t0, 1)
-        save_report(settings, "ingest", asdict(report))
-        raise GateFailure("table-level checks", report.failures, report)
 
-    # -- publish (parents before children) -------------------------------------------------
+def _publish(lake, staged: dict[str, DataFrame], frames: dict, report: IngestReport) -> None:
+    """Merge every gated table, parents before children."""
     for table in ("products", "customers", "product_labels", "product_images", "interactions"):
         if table not in frames:
             continue
@@ -813,15 +888,6 @@ def run_ingest(
         res = lake.merge(table, data)
         counts = report.tables[table]
         counts.inserted, counts.updated, counts.version = res.inserted, res.updated, res.version
-    report.published = True
-    report.seconds = round(time.time() - t0, 1)
-    log.info("quarantine: %d new rows (table version %s)", qres.inserted, qres.version)
-    save_report(settings, "ingest", asdict(report))
-    step("published")
-    for df in (prods, custs, inter, good_p, images, quarantine):
-        if df is not None:
-            df.unpersist()
-    return report
 
 
 def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
