@@ -77,18 +77,10 @@ def ingest_cmd(
     source: Path = typer.Argument(..., help="Folder holding the source files."),
 ) -> None:
     """Land a source into the lake, gated (same job as `spark-submit spark_jobs/ingest.py`)."""
-    from spark_jobs.ingest import GateFailure, IngestError, format_report, run_ingest
+    from spark_jobs.ingest import IngestError, format_report, run_ingest
 
     settings = _settings(ctx)
-    try:
-        report = run_ingest(settings, layout, source)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    except (IngestError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(format_report(report))
+    _job(lambda: run_ingest(settings, layout, source), format_report, (IngestError, ValueError))
 
 
 @app.command("embed")
@@ -109,22 +101,15 @@ def embed_cmd(
     ),
 ) -> None:
     """Embed product images not embedded yet (the job of `spark-submit spark_jobs/embed.py`)."""
-    from spark_jobs.embed import GateFailure, format_report, run_embed
+    from spark_jobs.embed import format_report, run_embed
 
     settings = _settings(ctx)
     if allow_random_weights:
         settings.embed.allow_random_weights = True
     if max_images is not None:
         settings.embed.max_images = max_images
-    try:
-        report = run_embed(settings)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    except (ValueError, RuntimeError) as e:  # e.g. no weights and random ones not allowed
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(format_report(report))
+    # RuntimeError: e.g. no weights and random ones not allowed
+    _job(lambda: run_embed(settings), format_report, (ValueError, RuntimeError))
 
 
 @app.command("colour")
@@ -140,18 +125,15 @@ def colour_cmd(
 ) -> None:
     """Describe the garment's colour in product images not described yet (the job of
     `spark-submit spark_jobs/colour.py`): palette shares and summary numbers per shot."""
-    from spark_jobs.colour import GateFailure, format_report, run_colour
+    from spark_jobs.colour import format_report, run_colour
 
     settings = _settings(ctx)
-    try:
-        report = run_colour(settings, max_images=max_images)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    except (ValueError, RuntimeError) as e:  # e.g. no product_images table yet
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(format_report(report))
+    # RuntimeError: e.g. no product_images table yet
+    _job(
+        lambda: run_colour(settings, max_images=max_images),
+        format_report,
+        (ValueError, RuntimeError),
+    )
 
 
 @app.command("features")
@@ -259,7 +241,6 @@ def predict_attributes_cmd(
     and attribute_vectors (materialise the latter for Feast with `atelier materialize`).
     """
     from spark_jobs.predict_attributes import (
-        GateFailure,
         PredictError,
         format_report,
         parse_min_confidence,
@@ -271,15 +252,11 @@ def predict_attributes_cmd(
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
     settings = _settings(ctx)
-    try:
-        report = run_predict_attributes(settings, model_uri=model_uri, min_confidence=minimums)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    except (PredictError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(format_report(report))
+    _job(
+        lambda: run_predict_attributes(settings, model_uri=model_uri, min_confidence=minimums),
+        format_report,
+        (PredictError, ValueError),
+    )
 
 
 @predict_app.command("item-vectors")
@@ -306,7 +283,6 @@ def predict_item_vectors_cmd(
     from datetime import UTC
 
     from spark_jobs.item_vectors import (
-        GateFailure,
         ItemVectorError,
         format_report,
         run_item_vectors,
@@ -314,15 +290,11 @@ def predict_item_vectors_cmd(
 
     settings = _settings(ctx)
     when = None if as_of is None else as_of.replace(tzinfo=UTC)
-    try:
-        report = run_item_vectors(settings, model_uri=model_uri, as_of=when)
-    except GateFailure as e:
-        typer.echo(format_report(e.report))
-        raise typer.Exit(2) from None
-    except (ItemVectorError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(format_report(report))
+    _job(
+        lambda: run_item_vectors(settings, model_uri=model_uri, as_of=when),
+        format_report,
+        (ItemVectorError, ValueError),
+    )
 
 
 @app.command("promote")
@@ -351,6 +323,22 @@ def promote_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     typer.echo(format_decision(decision))
+
+
+def _job(run, format_report, errors: tuple[type[Exception], ...]) -> None:
+    """Run a stage job and print its report: a failed gate prints the report and exits 2, one
+    of `errors` is one line and exit 1 (a held lock or a lost commit: `run` at the bottom)."""
+    from expectations.gate import GateFailure
+
+    try:
+        report = run()
+    except GateFailure as e:
+        typer.echo(format_report(e.report))
+        raise typer.Exit(2) from None
+    except errors as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(format_report(report))
 
 
 def _run(fn):
@@ -586,6 +574,11 @@ def serve_cmd(
     settings = _settings(ctx)
     base = f"http://{host}:{port}"
     customer, product = _examples(settings)
+    admin_header = (
+        ' -H "authorization: Bearer $ATELIER_SERVING__ADMIN_TOKEN"'
+        if settings.serving.admin_token is not None
+        else ""
+    )
     typer.echo(
         f"atelier serving {settings.workdir} on {base} (docs {base}/docs, metrics {base}/metrics)\n"
         f"  gallery {base}/ui/  (e.g. {base}/ui/customers/{customer})\n"
@@ -594,8 +587,13 @@ def serve_cmd(
         f"""-d '{{"customer_id": "{customer}", "k": 5, "explain": true}}'\n"""
         f"  curl '{base}/products/{product}/similar?k=5'\n"
         f"  curl {base}/products/{product}/attributes\n"
-        f"  curl -X POST {base}/admin/reload"
+        f"  curl -X POST {base}/admin/reload{admin_header}"
     )
+    if settings.serving.admin_token is None and host not in ("127.0.0.1", "::1", "localhost"):
+        typer.echo(
+            "  note: no serving.admin_token set: /admin/* answers loopback clients only "
+            "(set ATELIER_SERVING__ADMIN_TOKEN to reload from elsewhere)"
+        )
     configure_access_log()
     # Requests run in a thread pool and each scores one customer (a 1 x k by k x n product):
     # BLAS threads gain nothing there, and their spin-waiting took the cores the other
