@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from atelier.locks import locked
 from expectations.gate import GateFailure  # noqa: F401  (callers catch it from the job)
 from spark_jobs.common import job_parser, run_job
 from spark_jobs.scoring import (
@@ -382,6 +382,7 @@ def attribute_vectors(
 # ---------------------------------------------------------------------------------------------
 # The job
 # ---------------------------------------------------------------------------------------------
+@locked("predict-attributes")
 def run_predict_attributes(
     settings: Settings,
     spark: SparkSession | None = None,
@@ -657,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the installed module rather than this file as __main__: Spark pickles __main__'s
     # functions by value, and the workers should import the same module the driver did.
+    from atelier.process import exit_now
     from spark_jobs.predict_attributes import main as _main
 
-    sys.exit(_main())
+    exit_now(_main())
