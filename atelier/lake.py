@@ -9,12 +9,28 @@ Two writers, one protocol on disk:
 
 Merges upsert by the contract's key and only rewrite rows whose values changed, so a rerun on the
 same input commits nothing (the Delta version stays put).
+
+**Consistent across tables.** Delta commits one table at a time, so a job that publishes several
+tables (ingest: products, customers, labels, images, interactions) could leave them out of step
+if it died between two commits. Readers therefore do not read a table's latest commit but the
+version the last *complete* publication named: `<lake>/_runs/published.json`, written last
+(atomically, under a short lock) by `Lake.publishing(job, run_id)` once every table of the run
+is committed, beside the run's own record `<lake>/_runs/<job>-<run_id>.json`. A crash between
+commits is invisible to readers (they keep the previous versions); a rerun merges nothing new
+and publishes the versions, completing it. A merge outside `publishing` is its own one-table
+run. Tables never published (older workdirs) are read at their latest version.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
+
+# Fault injection for the crash tests: ATELIER_FAILPOINT=after_commit:<table> kills the process
+# (SIGKILL, as `kill -9` would) right after that table's commit, before anything else.
+FAILPOINT = "ATELIER_FAILPOINT"
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Lake:
         self.root = settings.lake_dir
         self.spark = spark
         self._delta_spark: bool | None = None
+        self._pending: dict[str, int] | None = None  # tables committed inside `publishing`
 
     # -- locations -------------------------------------------------------------------------
     def path(self, table: str) -> Path:
@@ -60,12 +81,58 @@ class Lake:
         return (self.path(table) / "_delta_log").is_dir()
 
     def version(self, table: str) -> int | None:
-        """Current Delta version of `table`, or None when it does not exist yet."""
+        """The Delta version readers see: the last complete publication's (see the module
+        docstring), the latest commit for a table never published; None when absent."""
+        if self._pending and table in self._pending:
+            return self._pending[table]  # a publishing run reads its own writes
+        latest = self.latest_version(table)
+        if latest is None:
+            return None
+        entry = self.published().get(table)
+        if entry is None:
+            return latest
+        if entry["version"] > latest:  # the table was recreated under the manifest
+            log.warning("%s: published version %s > latest %s", table, entry["version"], latest)
+            return latest
+        return entry["version"]
+
+    def latest_version(self, table: str) -> int | None:
+        """The table's latest commit, published or not (what writers merge into)."""
         if not self.exists(table):
             return None
         from deltalake import DeltaTable
 
         return DeltaTable(str(self.path(table))).version()
+
+    def published(self) -> dict[str, dict]:
+        """{table: {version, job, run_id, published_at}} of the last complete publications."""
+        try:
+            return json.loads(self._published_path().read_text())["tables"]
+        except FileNotFoundError:
+            return {}
+
+    def unpublished(self) -> dict[str, tuple[int, int]]:
+        """{table: (published, latest)} for tables with commits readers do not see yet: a
+        run still publishing, or one that died between its commits (rerun it)."""
+        out = {}
+        for table, entry in self.published().items():
+            latest = self.latest_version(table)
+            if latest is not None and latest > entry["version"]:
+                out[table] = (entry["version"], latest)
+        return out
+
+    @contextmanager
+    def publishing(self, job: str, run_id: str) -> Iterator[dict[str, int]]:
+        """Tables merged or overwritten in the block become visible to readers together, when
+        the block ends without an error; yields {table: version} as it fills."""
+        if self._pending is not None:
+            raise RuntimeError("Lake.publishing does not nest")
+        self._pending = pending = {}
+        try:
+            yield pending
+        finally:
+            self._pending = None
+        self._publish(job, run_id, pending)
 
     @property
     def uses_delta_spark(self) -> bool:
@@ -85,7 +152,8 @@ class Lake:
             return empty.select(columns) if columns else empty
         from deltalake import DeltaTable
 
-        return DeltaTable(str(self.path(table))).to_pyarrow_table(columns=columns)
+        dt = DeltaTable(str(self.path(table)), version=self.version(table))
+        return dt.to_pyarrow_table(columns=columns)
 
     def read_pandas(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         return self.read_arrow(table, columns).to_pandas()
@@ -94,7 +162,8 @@ class Lake:
         """`table` as a Spark DataFrame (delta-spark when available, else via Arrow)."""
         spark = self._require_spark()
         if self.uses_delta_spark and self.exists(table):
-            df = spark.read.format("delta").load(str(self.path(table)))
+            reader = spark.read.format("delta").option("versionAsOf", self.version(table))
+            df = reader.load(str(self.path(table)))
             return df.select(*columns) if columns else df
         arrow = self.read_arrow(table, columns)
         if arrow.num_rows == 0:
@@ -123,7 +192,7 @@ class Lake:
             from deltalake import write_deltalake
 
             write_deltalake(str(self.path(table)), self._to_arrow(c, data), mode="overwrite")
-        return self.version(table)  # type: ignore[return-value]
+        return self._committed(table)
 
     def merge(self, table: str, data: Any, *, update: bool = True) -> MergeResult:
         """Upsert `data` into `table` by the contract key.
@@ -141,7 +210,7 @@ class Lake:
 
             self.path(table).parent.mkdir(parents=True, exist_ok=True)
             write_deltalake(str(self.path(table)), arrow, mode="error")
-            return MergeResult(table, arrow.num_rows, 0, self.version(table))
+            return MergeResult(table, arrow.num_rows, 0, self._committed(table))
         from deltalake import DeltaTable
 
         dt = DeltaTable(str(self.path(table)))
@@ -159,7 +228,7 @@ class Lake:
             table,
             int(metrics.get("num_target_rows_inserted", 0)),
             int(metrics.get("num_target_rows_updated", 0)),
-            self.version(table),
+            self._committed(table),
         )
 
     def _merge_spark(self, c: TableContract, df: DataFrame, update: bool) -> MergeResult:
@@ -170,7 +239,7 @@ class Lake:
         df = df.select(*c.column_names)
         if not self.exists(c.name):
             df.write.format("delta").save(path)
-            return MergeResult(c.name, df.count(), 0, self.version(c.name))
+            return MergeResult(c.name, df.count(), 0, self._committed(c.name))
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in c.key)
         target = SparkDeltaTable.forPath(spark, path)
         builder = target.alias("t").merge(df.alias("s"), on)
@@ -185,8 +254,48 @@ class Lake:
             c.name,
             int(last.get("numTargetRowsInserted", 0)),
             int(last.get("numTargetRowsUpdated", 0)),
-            self.version(c.name),
+            self._committed(c.name),
         )
+
+    # -- publication -----------------------------------------------------------------------
+    def _committed(self, table: str) -> int:
+        """After a write: the latest version, published now or with the enclosing run."""
+        version = self.latest_version(table)
+        assert version is not None
+        if os.environ.get(FAILPOINT) == f"after_commit:{table}":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self._pending is not None:
+            self._pending[table] = version
+        else:
+            self._publish("write", "", {table: version})
+        return version
+
+    def _runs_dir(self) -> Path:
+        return self.root / "_runs"
+
+    def _published_path(self) -> Path:
+        return self._runs_dir() / "published.json"
+
+    def _publish(self, job: str, run_id: str, versions: dict[str, int]) -> None:
+        """Record the run, then make its versions the ones readers see (written last)."""
+        if not versions:
+            return
+        runs = self._runs_dir()
+        runs.mkdir(parents=True, exist_ok=True)
+        at = datetime.now(UTC).isoformat(timespec="seconds")
+        record = {"job": job, "run_id": run_id, "published_at": at, "tables": versions}
+        if run_id:
+            _write_atomic(runs / f"{job}-{run_id}.json", record)
+        # Jobs of different stages publish concurrently: read-modify-write under a lock.
+        with (runs / "published.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            tables = self.published()
+            for table, version in versions.items():
+                entry = {"version": version, "job": job, "run_id": run_id, "published_at": at}
+                tables[table] = entry
+            _write_atomic(self._published_path(), {"tables": tables})
 
     # -- helpers ---------------------------------------------------------------------------
     def _require_spark(self) -> SparkSession:
@@ -212,6 +321,13 @@ class Lake:
         if nulls:
             raise ValueError(f"{c.name}: nulls in non-nullable columns {nulls}")
         return data.cast(schema)
+
+
+def _write_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def _is_spark(data: Any) -> bool:

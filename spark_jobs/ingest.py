@@ -879,15 +879,17 @@ def _gate(
 
 
 def _publish(lake, staged: dict[str, DataFrame], frames: dict, report: IngestReport) -> None:
-    """Merge every gated table, parents before children."""
-    for table in ("products", "customers", "product_labels", "product_images", "interactions"):
-        if table not in frames:
-            continue
-        # delta-spark merges the Spark frame on the cluster; delta-rs merges the checked Arrow.
-        data = staged[table] if lake.uses_delta_spark else frames[table]
-        res = lake.merge(table, data)
-        counts = report.tables[table]
-        counts.inserted, counts.updated, counts.version = res.inserted, res.updated, res.version
+    """Merge every gated table, parents before children; readers see them all at once, when
+    the last is committed (`Lake.publishing`)."""
+    order = ("products", "customers", "product_labels", "product_images", "interactions")
+    with lake.publishing("ingest", report.run_id):
+        for table in (t for t in order if t in frames):
+            # delta-spark merges the Spark frame on the cluster; delta-rs the checked Arrow.
+            data = staged[table] if lake.uses_delta_spark else frames[table]
+            res = lake.merge(table, data)
+            counts = report.tables[table]
+            counts.inserted, counts.updated = res.inserted, res.updated
+            counts.version = res.version
 
 
 def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:

@@ -41,8 +41,9 @@ def materialize(
     end: the latest event time to load (default now, UTC). tables: lake feature tables
     (default all of `VIEWS`). Returns {view: {"table", "status", "failures", ...}}: status is
     "materialized" (with "mode", "start", "end", "rows", "version"), "up_to_date", "missing"
-    (no Delta table yet) or "gate_failed" ("failures" says why; the online store keeps what
-    it had). Needs `apply` (`atelier.feast_store`) first.
+    (no Delta table yet), "unpublished" (commits a run has not published yet) or "gate_failed"
+    ("failures" says why; the online store keeps what it had). Needs `apply`
+    (`atelier.feast_store`) first.
 
     A view loads incrementally (`materialize_incremental(end)`: event times after the last
     run's end) while its Delta table is unchanged since the last run. When the table changed,
@@ -61,10 +62,24 @@ def materialize(
     scope = _online_scope(store)
     result: dict[str, dict[str, Any]] = {}
     references = _reference_values(lake)
+    unpublished = lake.unpublished()
     for table in wanted:
         view = VIEWS[table]
         if not lake.exists(table):
             result[view] = {"table": table, "status": "missing", "failures": []}
+            continue
+        if table in unpublished:
+            # Feast reads the table's latest commit: wait until its run has published it.
+            published, latest = unpublished[table]
+            result[view] = {
+                "table": table,
+                "status": "unpublished",
+                "version": published,
+                "failures": [
+                    f"{table}: version {latest} is committed but its run has not published it "
+                    f"(still running, or died between commits: rerun it); Feast keeps {published}"
+                ],
+            }
             continue
         data = lake.read_arrow(table)
         version = lake.version(table)

@@ -24,6 +24,7 @@ from spark_jobs.common import (
     changed_rows,
     job_parser,
     micros_lit,
+    new_run_id,
     run_job,
     save_report,
     timestamp_lit,
@@ -328,40 +329,41 @@ def run_product_features(
     ).cache()
     report["products"] = products.count()
 
-    # Append-only: existing (column, value) rows are never updated.
-    report["category_index"] = _write(
-        lake,
-        "category_index",
-        new_category_values(products, lake.read_spark("category_index")),
-        update=False,
-    )
-    index = lake.read_spark("category_index").cache()
-    log.info("[%6.1fs] category_index done", time.time() - t0)
+    with lake.publishing("product_features", new_run_id(now)):
+        # Append-only: existing (column, value) rows are never updated.
+        report["category_index"] = _write(
+            lake,
+            "category_index",
+            new_category_values(products, lake.read_spark("category_index")),
+            update=False,
+        )
+        index = lake.read_spark("category_index").cache()
+        log.info("[%6.1fs] category_index done", time.time() - t0)
 
-    static = with_log_price(with_indices(products, index), log_price_moments(products))
-    interactions = lake.read_spark(
-        "interactions", ["interaction_id", "customer_id", "product_id", "timestamp"]
-    ).cache()
-    timeline = popularity_timeline(products, interactions, windows, now)
-    rows = product_feature_rows(static, timeline)
-    report["product_features"] = _write(
-        lake,
-        "product_features",
-        changed_rows(
-            rows, lake.read_spark("product_features"), ["product_id", "event_timestamp"], now
-        ),
-    )
-    log.info("[%6.1fs] product_features done", time.time() - t0)
+        static = with_log_price(with_indices(products, index), log_price_moments(products))
+        interactions = lake.read_spark(
+            "interactions", ["interaction_id", "customer_id", "product_id", "timestamp"]
+        ).cache()
+        timeline = popularity_timeline(products, interactions, windows, now)
+        rows = product_feature_rows(static, timeline)
+        report["product_features"] = _write(
+            lake,
+            "product_features",
+            changed_rows(
+                rows, lake.read_spark("product_features"), ["product_id", "event_timestamp"], now
+            ),
+        )
+        log.info("[%6.1fs] product_features done", time.time() - t0)
 
-    hist = customer_histories(interactions, cfg.history_length, now)
-    report["customer_history"] = _write(
-        lake,
-        "customer_history",
-        changed_rows(
-            hist, lake.read_spark("customer_history"), ["customer_id", "event_timestamp"], now
-        ),
-    )
-    log.info("[%6.1fs] customer_history done", time.time() - t0)
+        hist = customer_histories(interactions, cfg.history_length, now)
+        report["customer_history"] = _write(
+            lake,
+            "customer_history",
+            changed_rows(
+                hist, lake.read_spark("customer_history"), ["customer_id", "event_timestamp"], now
+            ),
+        )
+        log.info("[%6.1fs] customer_history done", time.time() - t0)
     for t in ("category_index", "product_features", "customer_history"):
         report[t]["rows"] = lake.read_arrow(t, [contract(t).key[0]]).num_rows
     report["seconds"] = round(time.time() - t0, 1)

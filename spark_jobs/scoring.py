@@ -242,12 +242,13 @@ def publish(
             report[t]["version"] = lake.version(t)
         save_report(settings, run.job, report)
         raise GateFailure(gate, failures, report)
-    for t, arrow in arrows.items():
-        if arrow.num_rows:
-            res = lake.merge(t, arrow)
-            report[t].update(inserted=res.inserted, updated=res.updated)
-        report[t]["version"] = lake.version(t)
-        logging.getLogger(f"atelier.{run.job}").info("%s: %s", t, report[t])
+    with lake.publishing(run.job, run.run_id):  # the tables become visible together
+        for t, arrow in arrows.items():
+            if arrow.num_rows:
+                res = lake.merge(t, arrow)
+                report[t].update(inserted=res.inserted, updated=res.updated)
+            report[t]["version"] = lake.version(t)
+            logging.getLogger(f"atelier.{run.job}").info("%s: %s", t, report[t])
     report["failures"] = []
     report["published"] = True
 

@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING
 
 from atelier.locks import locked
 from atelier.text import FIRST_ID, TOKENIZER, normalise, token_ids
-from spark_jobs.common import EPOCH, changed_rows, job_parser, run_job, save_report, timestamp_lit
+from spark_jobs.common import (
+    EPOCH,
+    changed_rows,
+    job_parser,
+    new_run_id,
+    run_job,
+    save_report,
+    timestamp_lit,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -223,29 +231,30 @@ def run_text_features(
         "products": n_documents,
         "now": now.isoformat(),
     }
-    known = set(lake.read_arrow("vocabulary", ["version"])["version"].to_pylist())
-    # A version's rows are a function of the version: write them once.
-    new_version = bool(entries) and version not in known
-    inserted = 0
-    if new_version:
-        inserted = lake.merge("vocabulary", vocabulary_arrow(entries, version)).inserted
-    report["vocabulary"] = {
-        "new_version": new_version,
-        "inserted": inserted,
-        "version": lake.version("vocabulary"),
-    }
+    with lake.publishing("text_features", new_run_id(now)):
+        known = set(lake.read_arrow("vocabulary", ["version"])["version"].to_pylist())
+        # A version's rows are a function of the version: write them once.
+        new_version = bool(entries) and version not in known
+        inserted = 0
+        if new_version:
+            inserted = lake.merge("vocabulary", vocabulary_arrow(entries, version)).inserted
+        report["vocabulary"] = {
+            "new_version": new_version,
+            "inserted": inserted,
+            "version": lake.version("vocabulary"),
+        }
 
-    ids = {tok: tid for tok, tid, _, _ in entries}
-    terms = tfidf_terms([(t, tid, df) for t, tid, _, df in entries], n_documents, cfg.tfidf_dim)
-    features = encode(tokens, ids, terms, version, cfg.sequence_length, cfg.tfidf_dim)
-    out = changed_rows(features, lake.read_spark("text_features"), ["product_id"], now).cache()
-    n_out = out.count()
-    tf_report = {"written": n_out, "inserted": 0, "updated": 0}
-    if n_out:
-        res = lake.merge("text_features", out)
-        tf_report.update(inserted=res.inserted, updated=res.updated)
-    tf_report["version"] = lake.version("text_features")
-    report["text_features"] = tf_report
+        ids = {tok: tid for tok, tid, _, _ in entries}
+        terms = tfidf_terms([(t, tid, df) for t, tid, _, df in entries], n_documents, cfg.tfidf_dim)
+        features = encode(tokens, ids, terms, version, cfg.sequence_length, cfg.tfidf_dim)
+        out = changed_rows(features, lake.read_spark("text_features"), ["product_id"], now).cache()
+        n_out = out.count()
+        tf_report = {"written": n_out, "inserted": 0, "updated": 0}
+        if n_out:
+            res = lake.merge("text_features", out)
+            tf_report.update(inserted=res.inserted, updated=res.updated)
+        tf_report["version"] = lake.version("text_features")
+        report["text_features"] = tf_report
     report["seconds"] = round(time.time() - t0, 1)
     out.unpersist()
     tokens.unpersist()

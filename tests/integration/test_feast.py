@@ -281,6 +281,28 @@ def test_a_table_failing_the_gate_is_not_materialised(settings):
     np.testing.assert_array_equal(as_f32(row["embedding"][0]), np.nan_to_num(vec)[1])
 
 
+def test_commits_a_run_has_not_published_are_not_materialised(settings):
+    """Feast reads a table's latest commit, so materialisation waits for the run's publication
+    (a run that died between its commits keeps the online store on its last complete run)."""
+    lake = Lake(settings)
+    lake.merge("product_features", product_rows([("p0", T0, 3, 1)]))
+    feast_store.apply(settings)
+    assert materialize(settings, end=END)["product_features"]["status"] == "materialized"
+
+    with pytest.raises(KeyboardInterrupt), lake.publishing("product_features", "r2"):
+        lake.merge("product_features", product_rows([("p0", T0, 4, 1)]))
+        raise KeyboardInterrupt  # the run dies before its publication
+    result = materialize(settings, end=END)["product_features"]
+    assert result["status"] == "unpublished" and result["version"] == 0
+    assert "version 1 is committed but its run has not published it" in result["failures"][0]
+    assert feast_store.online_features(settings, ["p0"])["type_idx"] == [3]
+
+    with lake.publishing("product_features", "r2"):  # the rerun
+        lake.merge("product_features", product_rows([("p0", T0, 4, 1)]))
+    assert materialize(settings, end=END)["product_features"]["status"] == "materialized"
+    assert feast_store.online_features(settings, ["p0"])["type_idx"] == [4]
+
+
 # -- Redis -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def redis_url():

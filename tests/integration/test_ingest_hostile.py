@@ -171,3 +171,58 @@ def test_image_checks_refuse_paths_outside_the_source_and_huge_images(tmp_path, 
     assert out["a"]._reason == "image_outside_source" and out["a"].content_hash is None
     assert out["b"]._reason == "image_too_large" and "12000x12000" in out["b"]._detail
     assert out["c"]._reason is None and (out["c"].width, out["c"].height) == (64, 48)
+
+
+@pytest.mark.slow
+def test_ingest_killed_between_table_commits_is_invisible_until_a_rerun(
+    tmp_path, hm_dir, spark, settings
+):
+    """`kill -9` right after the products commit (ATELIER_FAILPOINT): readers keep seeing the
+    previous run whole — old title beside old customers — and the rerun publishes both."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from atelier.lake import FAILPOINT, Lake
+    from spark_jobs.ingest import run_ingest
+
+    src = tmp_path / "hm"
+    make_hm_slice(hm_dir, src, n_articles=20)
+    run_ingest(settings, "hm", src, spark=spark, now=NOW)
+    lake = Lake(settings)
+    before = {t: lake.version(t) for t in ("products", "customers", "interactions")}
+
+    ah, arows = read_csv(src / "articles.csv")
+    pid, old_title = arows[0][0], arows[0][2]
+    arows[0][2] = "Renamed product"
+    write_csv(src / "articles.csv", ah, arows)
+    ch, crows = read_csv(src / "customers.csv")
+    cid, age = crows[0][0], ch.index("age")
+    crows[0][age] = "77"
+    write_csv(src / "customers.csv", ch, crows)
+
+    env = {
+        **os.environ,
+        FAILPOINT: "after_commit:products",
+        "PYSPARK_PYTHON": sys.executable,
+        "ATELIER_SPARK__MASTER": "local[2]",
+        "ATELIER_GATE__BUILD_DATA_DOCS": "false",
+    }
+    cmd = [sys.executable, "-m", "cli.main", "--workdir", str(settings.workdir), "ingest"]
+    out = subprocess.run([*cmd, "hm", str(src)], env=env, capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+
+    assert lake.latest_version("products") == before["products"] + 1  # committed ...
+    assert {t: lake.version(t) for t in before} == before  # ... but not published
+    products = lake.read_pandas("products").set_index("product_id")
+    customers = lake.read_pandas("customers").set_index("customer_id")
+    assert products.loc[pid, "title"] == old_title and customers.loc[cid, "age"] != 77
+    assert set(lake.unpublished()) == {"products"}
+
+    run_ingest(settings, "hm", src, spark=spark, now=NOW)  # the rerun completes the run
+    assert lake.unpublished() == {}
+    assert lake.read_pandas("products").set_index("product_id").loc[pid, "title"] == (
+        "Renamed product"
+    )
+    assert lake.read_pandas("customers").set_index("customer_id").loc[cid, "age"] == 77
