@@ -44,9 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-# Fault injection for the crash tests: ATELIER_FAILPOINT=after_commit:<table> kills the process
-# (SIGKILL, as `kill -9` would) right after that table's commit, before anything else.
+# Fault injection for the crash tests: ATELIER_FAILPOINT=after_commit:<table>[:<n>] kills the
+# process (SIGKILL, as `kill -9` would) right after its n-th commit (default first) of that
+# table, before anything else.
 FAILPOINT = "ATELIER_FAILPOINT"
+_commits: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -262,10 +264,7 @@ class Lake:
         """After a write: the latest version, published now or with the enclosing run."""
         version = self.latest_version(table)
         assert version is not None
-        if os.environ.get(FAILPOINT) == f"after_commit:{table}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        _failpoint(table)
         if self._pending is not None:
             self._pending[table] = version
         else:
@@ -321,6 +320,19 @@ class Lake:
         if nulls:
             raise ValueError(f"{c.name}: nulls in non-nullable columns {nulls}")
         return data.cast(schema)
+
+
+def _failpoint(table: str) -> None:
+    """SIGKILL this process when ATELIER_FAILPOINT names this commit (see FAILPOINT)."""
+    point = os.environ.get(FAILPOINT, "")
+    if not point.startswith(f"after_commit:{table}"):
+        return
+    _commits[table] = _commits.get(table, 0) + 1
+    parts = point.split(":")
+    if parts[1] == table and _commits[table] == (int(parts[2]) if len(parts) > 2 else 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _write_atomic(path: Path, obj: Any) -> None:

@@ -64,6 +64,10 @@ class EmbedSettings(BaseModel):
     # At most this many pending shots per run (None: all), in (product_id, shot) order: a long
     # backfill in slices, each published on its own; the next run takes the following slice.
     max_images: int | None = Field(None, ge=1)
+    # Pending shots are embedded and committed in chunks of this many, in (product_id, shot)
+    # order: a killed backfill loses at most one chunk and the rerun continues after the last
+    # committed one (~5 minutes of VGG16 on 2 cores).
+    chunk_images: int = Field(2000, ge=1)
 
 
 class TextSettings(BaseModel):

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +168,29 @@ def save_report(settings: Settings, job: str, report: dict) -> Path:
     path = folder / "latest.json"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def in_chunks(
+    pending: DataFrame, size: int, keys: tuple[str, ...] = ("product_id", "shot")
+) -> Iterator[tuple[int, int, DataFrame]]:
+    """(index, count, rows) of `pending` in chunks of `size` rows in `keys` order, for a job
+    that commits each chunk on its own (a kill loses at most one; the rerun resumes)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    n = pending.count()
+    if n <= size:
+        yield 0, 1, pending
+        return
+    # One ordered window over the keys only: metadata rows, cheap even for millions of shots.
+    rank = F.row_number().over(Window.orderBy(*keys)) - 1
+    numbered = pending.withColumn("_chunk", (rank / size).cast("int")).cache()
+    total = -(-n // size)
+    try:
+        for i in range(total):
+            yield i, total, numbered.where(F.col("_chunk") == i).drop("_chunk")
+    finally:
+        numbered.unpersist()
 
 
 def finish_shot_run(

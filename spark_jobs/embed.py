@@ -36,6 +36,7 @@ from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     finish_shot_run,
+    in_chunks,
     job_parser,
     new_run_id,
     partition_id,
@@ -106,6 +107,7 @@ class EmbedReport:
     seconds: float = 0.0
     embed_seconds: float = 0.0  # the Spark stage that decodes and embeds
     images_per_second: float = 0.0  # embedded / embed_seconds
+    chunks: int = 0  # committed on their own (settings.embed.chunk_images shots each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -588,7 +590,10 @@ def run_embed(
         log.info("embedding %d now (max_images), %d left", embed.max_images, report.remaining)
     try:
         if n_pending:
-            _embed_and_publish(settings, lake, pending, spec, run_id, now, report, t0)
+            for i, total, chunk in in_chunks(pending, embed.chunk_images):
+                _embed_and_publish(settings, lake, chunk, spec, run_id, now, report, t0)
+                report.chunks = i + 1
+                log.info("chunk %d/%d committed: %d embedded so far", i + 1, total, report.embedded)
     finally:
         pending.unpersist()
     report.version = lake.version("image_embeddings")
@@ -605,7 +610,8 @@ def _embed_and_publish(
     report: EmbedReport,
     t0: float,
 ) -> None:
-    """Embed `pending` in the workers, record quarantine, gate and merge the embeddings."""
+    """Embed `pending` (one chunk) in the workers, record quarantine, gate and merge the
+    embeddings; adds its counts to `report`."""
     from pyspark.sql import functions as F
 
     from atelier.contracts import contract
@@ -617,21 +623,25 @@ def _embed_and_publish(
             r["_reason"]: r["n"]
             for r in embedded.groupBy("_reason").agg(F.count("*").alias("n")).collect()
         }
-        report.embed_seconds = round(time.time() - t1, 1)
-        report.embedded = by_reason.pop(None, 0)
-        report.quarantined = dict(sorted(by_reason.items()))
+        seconds = time.time() - t1
+        n_embedded = by_reason.pop(None, 0)
+        report.embed_seconds = round(report.embed_seconds + seconds, 1)
+        report.embedded += n_embedded
+        for reason, n in by_reason.items():
+            report.quarantined[reason] = report.quarantined.get(reason, 0) + n
+        report.quarantined = dict(sorted(report.quarantined.items()))
         report.images_per_second = round(report.embedded / max(report.embed_seconds, 1e-9), 2)
         log.info(
             "embedded %d, quarantined %d in %.1fs (%.2f images/s)",
-            report.embedded,
+            n_embedded,
             sum(by_reason.values()),
-            report.embed_seconds,
-            report.images_per_second,
+            seconds,
+            n_embedded / max(seconds, 1e-9),
         )
         # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
         if by_reason:
             quarantine_shots(lake, embedded, "image_embeddings", run_id, now, log)
-        if not report.embedded:
+        if not n_embedded:
             return
         c = contract("image_embeddings")
         rows = embedding_rows(embedded, spec.id, now)
@@ -646,7 +656,8 @@ def _embed_and_publish(
                 finish_shot_run(settings, "embed", report, t0, False, "embedded"),
             )
         res = lake.merge("image_embeddings", rows if lake.uses_delta_spark else arrow)
-        report.inserted, report.updated = res.inserted, res.updated
+        report.inserted += res.inserted
+        report.updated += res.updated
     finally:
         embedded.unpersist()
 
@@ -678,6 +689,12 @@ def format_report(report: dict) -> str:
         f"images {report['images']}: embedded {report['embedded']}, skipped "
         f"{report['skipped']}, quarantined {sum(q.values())}"
         + (f", left for the next run {report['remaining']}" if report.get("remaining") else ""),
+        f"committed in {report['chunks']} chunk(s)"
+        + (
+            f"; resumed after {report['skipped']} shots already embedded"
+            if report["skipped"]
+            else ""
+        ),
         "quarantine by reason: "
         + (", ".join(f"{k}={v}" for k, v in sorted(q.items())) if q else "none"),
         f"image_embeddings: inserted {report['inserted']}, updated {report['updated']}, "

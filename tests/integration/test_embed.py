@@ -276,6 +276,68 @@ def test_max_images_embeds_slices_in_key_order_until_done(first_run, spark, tmp_
         np.testing.assert_allclose(got[key]["embedding"], r["embedding"], rtol=1e-4, atol=1e-5)
 
 
+def test_each_chunk_is_committed_on_its_own(first_run, spark, tmp_path):
+    from atelier.lake import Lake
+    from spark_jobs.embed import format_report, run_embed
+
+    settings, rows, _ = first_run
+    chunked = _settings(tmp_path / "w", partitions=2, chunk_images=3)
+    _write_catalogue(chunked, rows)
+    report = run_embed(chunked, spark=spark, now=NOW)
+    assert (report["embedded"], report["chunks"], report["inserted"]) == (4, 2, 4)
+    assert "committed in 2 chunk(s)" in format_report(report)
+    assert Lake(chunked).version("image_embeddings") == 1  # versions 0 and 1: one per chunk
+    got, reference = _embeddings(chunked), _embeddings(settings)
+    assert sorted(got) == sorted(reference)
+    for key, r in reference.items():
+        np.testing.assert_allclose(got[key]["embedding"], r["embedding"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_killed_backfill_loses_at_most_one_chunk_and_the_rerun_resumes(
+    first_run, spark, tmp_path
+):
+    """`kill -9` right after the second chunk's commit (chunks of one shot): the first chunk
+    is kept, the second is invisible (not published) and redone, the rest follow."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from atelier.lake import FAILPOINT
+    from spark_jobs.embed import format_report, run_embed
+    from tests.conftest import embed_env
+
+    settings, rows, _ = first_run
+    work = tmp_path / "w"
+    killed = _settings(work, partitions=1, chunk_images=1)
+    _write_catalogue(killed, rows)
+    env = {
+        **os.environ,
+        **embed_env(),
+        FAILPOINT: "after_commit:image_embeddings:2",
+        "PYSPARK_PYTHON": sys.executable,
+        "ATELIER_SPARK__MASTER": "local[2]",
+        "ATELIER_GATE__BUILD_DATA_DOCS": "false",
+        "ATELIER_EMBED__CHUNK_IMAGES": "1",
+        "ATELIER_EMBED__PARTITIONS": "1",
+    }
+    cmd = [sys.executable, "-m", "cli.main", "--workdir", str(work), "embed"]
+    out = subprocess.run([*cmd, "--allow-random-weights"], env=env, capture_output=True, text=True)
+    assert out.returncode == -signal.SIGKILL, out.stderr[-3000:]
+    assert sorted(_embeddings(killed)) == sorted(SHOTS)[:1]  # what readers see
+
+    report = run_embed(killed, spark=spark, now=LATER)
+    assert (report["skipped"], report["embedded"], report["chunks"]) == (1, 3, 3)
+    assert "committed in 3 chunk(s); resumed after 1 shots already embedded" in (
+        format_report(report)
+    )
+    got, reference = _embeddings(killed), _embeddings(settings)
+    assert sorted(got) == sorted(reference)
+    for key, r in reference.items():
+        np.testing.assert_allclose(got[key]["embedding"], r["embedding"], rtol=1e-4, atol=1e-5)
+
+
 def test_weights_file_is_loaded_by_every_worker(first_run, random_vgg16, spark, tmp_path):
     from spark_jobs.embed import run_embed
 
