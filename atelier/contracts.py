@@ -118,7 +118,13 @@ PRODUCT_IMAGES = TableContract(
     columns=(
         _c("product_id", "string", False),
         _c("shot", "int32", False, "shot number, 0 for the main image"),
-        _c("path", "string", False, "absolute path of the image file"),
+        _c(
+            "path",
+            "string",
+            False,
+            "the image file: stored relative to the lake (its copy in `_images/`, by content "
+            "hash), read absolute; absolute as stored by older versions",
+        ),
         _c("content_hash", "string", False, "sha256 of the file bytes"),
         _c("width", "int32", False),
         _c("height", "int32", False),

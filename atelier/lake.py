@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 # process (SIGKILL, as `kill -9` would) right after its n-th commit (default first) of that
 # table, before anything else.
 FAILPOINT = "ATELIER_FAILPOINT"
+# The lake's own copy of every ingested image, by content hash: moving or deleting a source
+# folder breaks nothing. product_images.path is stored relative to the lake root.
+IMAGES_DIR = "_images"
 _commits: dict[str, int] = {}
 
 
@@ -155,7 +158,7 @@ class Lake:
         from deltalake import DeltaTable
 
         dt = DeltaTable(str(self.path(table)), version=self.version(table))
-        return dt.to_pyarrow_table(columns=columns)
+        return self._absolute_paths(table, dt.to_pyarrow_table(columns=columns))
 
     def read_pandas(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
         return self.read_arrow(table, columns).to_pandas()
@@ -166,6 +169,12 @@ class Lake:
         if self.uses_delta_spark and self.exists(table):
             reader = spark.read.format("delta").option("versionAsOf", self.version(table))
             df = reader.load(str(self.path(table)))
+            if table == "product_images":
+                from pyspark.sql import functions as F
+
+                path = F.col("path")
+                absolute = F.concat(F.lit(f"{self.root.resolve()}/"), path)
+                df = df.withColumn("path", F.when(path.startswith("/"), path).otherwise(absolute))
             return df.select(*columns) if columns else df
         arrow = self.read_arrow(table, columns)
         if arrow.num_rows == 0:
@@ -297,6 +306,18 @@ class Lake:
             _write_atomic(self._published_path(), {"tables": tables})
 
     # -- helpers ---------------------------------------------------------------------------
+    def _absolute_paths(self, table: str, data: pa.Table) -> pa.Table:
+        """product_images paths as files: lake-relative ones joined to the lake root."""
+        if table != "product_images" or "path" not in data.column_names:
+            return data
+        import pyarrow.compute as pc
+
+        path = data["path"]
+        root = f"{self.root.resolve()}/"
+        joined = pc.binary_join_element_wise(root, path, "")
+        absolute = pc.if_else(pc.starts_with(path, "/"), path, joined)
+        return data.set_column(data.column_names.index("path"), "path", absolute)
+
     def _require_spark(self) -> SparkSession:
         if self.spark is None:
             raise RuntimeError("this lake operation needs a SparkSession: Lake(settings, spark)")

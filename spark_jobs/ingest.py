@@ -13,6 +13,7 @@ when present, and their tables left as they are when not (a new catalogue to eva
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -423,81 +424,99 @@ def image_path(template: str, source_dir: Path) -> Column:
     return F.concat(F.lit(str(source_dir.resolve()) + "/"), *parts)
 
 
-def check_images(images: DataFrame, partitions: int, root: Path, max_pixels: int) -> DataFrame:
+IMAGE_COLUMNS = (
+    "product_id", "shot", "path", "_source", "_line", "_raw",
+    "content_hash", "width", "height", "_reason", "_detail",
+)  # fmt: skip
+
+
+def check_images(
+    images: DataFrame, partitions: int, root: Path, max_pixels: int, lake_root: Path
+) -> DataFrame:
     """(product_id, shot, path, _source, _line, _raw) -> + content_hash, width, height, _reason.
 
-    Opens every file: a path outside `root` (the source folder) is `image_outside_source` and
-    never opened, a missing file is `image_missing`, one with more than `max_pixels` pixels
-    `image_too_large` (read from the header, before decoding), one that does not decode fully
-    `image_corrupt`.
+    Opens every file (`read_image`); a good one is copied into the lake's image store
+    (`store_image`) and its `path` becomes the copy's, relative to `lake_root`; a bad one keeps
+    its source path (in `_detail` too).
     """
     import os
 
     prefix = os.path.normpath(str(root)) + os.sep
+    store = str(lake_root.resolve())
     schema = (
         "product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING, "
         "content_hash STRING, width INT, height INT, _reason STRING, _detail STRING"
     )
 
     def check(batches):
-        import hashlib
-        import io
-
         import pandas as pd
-        from PIL import Image
 
         for b in batches:
             out = []
             cols = ["product_id", "shot", "path", "_source", "_line", "_raw"]
             for pid, shot, path, src, line, raw in zip(*(b[c] for c in cols)):
-                h = w = ht = reason = None
-                detail = path
-                # Lexical, not realpath: a symlinked image folder inside the source is fine.
-                if not os.path.normpath(path).startswith(prefix):
-                    reason = "image_outside_source"
-                    out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
-                    continue
-                try:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                except FileNotFoundError:
-                    reason = "image_missing"
-                except OSError as e:
-                    reason, detail = "image_missing", f"{path}: {e}"
-                else:
-                    try:
-                        with Image.open(io.BytesIO(data)) as im:
-                            if im.width * im.height > max_pixels:
-                                reason = "image_too_large"
-                                detail = f"{path}: {im.width}x{im.height} > {max_pixels} pixels"
-                            else:
-                                im.load()  # full decode: truncated files fail here
-                                w, ht = im.size
-                        if reason is None:
-                            h = hashlib.sha256(data).hexdigest()
-                    except Image.DecompressionBombError as e:
-                        reason, detail = "image_too_large", f"{path}: {e}"
-                    except Exception as e:  # PIL raises many types for bad data
-                        reason, detail = "image_corrupt", f"{path}: {e}"
+                data, size, reason, detail = read_image(path, prefix, max_pixels)
+                h = w = ht = None
+                if data is not None:
+                    h, (w, ht) = hashlib.sha256(data).hexdigest(), size
+                    path = store_image(data, h, os.path.splitext(path)[1], store)
                 out.append([pid, shot, path, src, line, raw, h, w, ht, reason, detail])
-            yield pd.DataFrame(
-                out,
-                columns=[
-                    "product_id",
-                    "shot",
-                    "path",
-                    "_source",
-                    "_line",
-                    "_raw",
-                    "content_hash",
-                    "width",
-                    "height",
-                    "_reason",
-                    "_detail",
-                ],
-            )
+            yield pd.DataFrame(out, columns=list(IMAGE_COLUMNS))
 
     return images.repartition(partitions).mapInPandas(check, schema)
+
+
+def read_image(
+    path: str, prefix: str, max_pixels: int
+) -> tuple[bytes | None, tuple[int, int] | None, str | None, str]:
+    """(bytes, (width, height), None, path) of a good image file, else (None, None, reason,
+    detail): `image_outside_source` for a path outside `prefix` (never opened; lexical, not
+    realpath, so a symlinked folder inside the source is fine), `image_missing`,
+    `image_too_large` (more than `max_pixels`, read from the header before decoding),
+    `image_corrupt` (does not decode fully)."""
+    import io
+    import os
+
+    from PIL import Image
+
+    if not os.path.normpath(path).startswith(prefix):
+        return None, None, "image_outside_source", path
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None, None, "image_missing", path
+    except OSError as e:
+        return None, None, "image_missing", f"{path}: {e}"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > max_pixels:
+                detail = f"{path}: {im.width}x{im.height} > {max_pixels} pixels"
+                return None, None, "image_too_large", detail
+            im.load()  # full decode: truncated files fail here
+            return data, im.size, None, path
+    except Image.DecompressionBombError as e:
+        return None, None, "image_too_large", f"{path}: {e}"
+    except Exception as e:  # PIL raises many types for bad data
+        return None, None, "image_corrupt", f"{path}: {e}"
+
+
+def store_image(data: bytes, content_hash: str, suffix: str, lake_root: str) -> str:
+    """Copy an image into `<lake_root>/_images/<hash[:2]>/<hash><suffix>` once (atomic, so a
+    killed run leaves no half file); returns that path relative to the lake root."""
+    import os
+
+    from atelier.lake import IMAGES_DIR
+
+    rel = f"{IMAGES_DIR}/{content_hash[:2]}/{content_hash}{suffix.lower()}"
+    dst = os.path.join(lake_root, rel)
+    if not os.path.exists(dst):
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        tmp = f"{dst}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, dst)
+    return rel
 
 
 def derive_price_and_first_seen(
@@ -739,7 +758,11 @@ class _Batch:
             for shot in shots[1:]:
                 images = images.unionByName(shot)
             self.images = check_images(
-                images, settings.image_check_partitions, source_dir, settings.max_image_pixels
+                images,
+                settings.image_check_partitions,
+                source_dir,
+                settings.max_image_pixels,
+                settings.lake_dir,
             ).cache()
             step("images checked")
 

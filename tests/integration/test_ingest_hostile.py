@@ -127,7 +127,7 @@ def test_hostile_rows_are_quarantined_and_every_good_row_published(
     )
     # 2. Nothing outside the source folder was read or stored.
     images = lake.read_pandas("product_images")
-    assert all(p.startswith(str(src.resolve()) + "/") for p in images.path)
+    assert not any(open(p, "rb").read() == b"not yours" for p in images.path)
     assert set(images.product_id) == set(s["ids"]) - {s["big_id"]}
     # 9. The 1900 sale did not become first_seen; a fractional age is refused, not truncated.
     assert products.loc[s["ancient"][2], "first_seen"].year >= 2018
@@ -167,10 +167,13 @@ def test_image_checks_refuse_paths_outside_the_source_and_huge_images(tmp_path, 
         rows, "product_id STRING, shot INT, path STRING, _source STRING, _line LONG, _raw STRING"
     )
     cap = Settings().max_image_pixels
-    out = {r.product_id: r for r in check_images(df, 1, root, cap).collect()}
+    out = {r.product_id: r for r in check_images(df, 1, root, cap, tmp_path / "lake").collect()}
     assert out["a"]._reason == "image_outside_source" and out["a"].content_hash is None
     assert out["b"]._reason == "image_too_large" and "12000x12000" in out["b"]._detail
     assert out["c"]._reason is None and (out["c"].width, out["c"].height) == (64, 48)
+    # The good image is the lake's own copy now, named by its content.
+    assert out["c"].path == f"_images/{out['c'].content_hash[:2]}/{out['c'].content_hash}.jpg"
+    assert (tmp_path / "lake" / out["c"].path).read_bytes() == (root / "images/ok.jpg").read_bytes()
 
 
 @pytest.mark.slow
@@ -226,3 +229,32 @@ def test_ingest_killed_between_table_commits_is_invisible_until_a_rerun(
         "Renamed product"
     )
     assert lake.read_pandas("customers").set_index("customer_id").loc[cid, "age"] == 77
+
+
+def test_images_live_in_the_lake_so_moving_or_deleting_the_source_breaks_nothing(
+    tmp_path, hm_dir, spark, settings
+):
+    """Defect 10: product_images held absolute source paths. Now each good image is copied
+    into the lake by content hash and its path is stored relative to the lake."""
+    import hashlib
+    import shutil
+
+    from atelier.lake import Lake
+    from spark_jobs.ingest import run_ingest
+
+    src = tmp_path / "hm"
+    make_hm_slice(hm_dir, src, n_articles=5)
+    run_ingest(settings, "hm", src, spark=spark, now=NOW)
+    lake = Lake(settings)
+    stored = lake.read_arrow("product_images").to_pylist()
+    assert len(stored) == 5
+    shutil.rmtree(src)  # the source is gone (moved, deleted)
+    for row in stored:
+        assert row["path"].startswith(str(settings.lake_dir.resolve()) + "/_images/")
+        data = open(row["path"], "rb").read()
+        assert hashlib.sha256(data).hexdigest() == row["content_hash"]
+    # Stored relative: the lake folder can move too.
+    from deltalake import DeltaTable
+
+    raw = DeltaTable(str(lake.path("product_images"))).to_pyarrow_table(columns=["path"])
+    assert all(p.startswith("_images/") for p in raw["path"].to_pylist())
