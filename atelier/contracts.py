@@ -180,6 +180,19 @@ INTERACTIONS = TableContract(
     },
 )
 
+PRODUCT_TOMBSTONES = TableContract(
+    name="product_tombstones",
+    doc="Products removed from their source (ingest --deletes): kept in `products` so their "
+    "purchases stay valid, never recommended; a product listed again loses its tombstone.",
+    columns=(
+        _c("product_id", "string", False),
+        _c("deleted_at", "timestamp", False, "the ingest run that found it gone"),
+        _c("run_id", "string", False),
+    ),
+    key=("product_id",),
+    references={"product_id": ("products", "product_id")},
+)
+
 QUARANTINE = TableContract(
     name="quarantine",
     doc="Rows that failed a row-level check, with the reason and where they came from.",
@@ -425,7 +438,7 @@ FEATURES = (
 )
 ALL = {
     t.name: t
-    for t in (*CANONICAL, QUARANTINE, *FEATURES, VOCABULARY, CATEGORY_INDEX)
+    for t in (*CANONICAL, PRODUCT_TOMBSTONES, QUARANTINE, *FEATURES, VOCABULARY, CATEGORY_INDEX)
 }
 
 

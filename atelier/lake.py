@@ -268,6 +268,31 @@ class Lake:
             self._committed(c.name),
         )
 
+    def delete(self, table: str, keys: pa.Table) -> int:
+        """Delete the rows of `table` whose contract key is one of `keys`' rows (columns: the
+        key); returns how many went. One commit (none when nothing matches)."""
+        c = contract(table)
+        if not self.exists(table) or keys.num_rows == 0:
+            return 0
+        from deltalake import DeltaTable
+
+        def literal(value) -> str:
+            return "'" + str(value).replace("'", "''") + "'"
+
+        rows = keys.select(list(c.key)).to_pylist()
+        if len(c.key) == 1:
+            k = c.key[0]
+            predicate = f"`{k}` IN ({', '.join(literal(r[k]) for r in rows)})"
+        else:
+            predicate = " OR ".join(
+                "(" + " AND ".join(f"`{k}` = {literal(r[k])}" for k in c.key) + ")" for r in rows
+            )
+        metrics = DeltaTable(str(self.path(table))).delete(predicate)
+        deleted = int(metrics.get("num_deleted_rows", 0))
+        if deleted:
+            self._committed(table)
+        return deleted
+
     # -- publication -----------------------------------------------------------------------
     def _committed(self, table: str) -> int:
         """After a write: the latest version, published now or with the enclosing run."""

@@ -70,6 +70,16 @@ class EmbedSettings(BaseModel):
     chunk_images: int = Field(2000, ge=1)
 
 
+class IngestSettings(BaseModel):
+    """What an ingest run may change beyond upserts."""
+
+    # True: the source is the whole catalogue of its layout, so a product missing from it is
+    # tombstoned (never recommended, purchases kept), and a listed product's labels and images
+    # missing from the source are deleted. Off by default: a folder holding only new or
+    # changed products (an increment) would otherwise delete the rest of the catalogue.
+    deletes: bool = False
+
+
 class TextSettings(BaseModel):
     """Text features: vocabulary, token-id sequences and TF-IDF."""
 
@@ -245,6 +255,7 @@ class Settings(BaseSettings):
     seed: int = 20181
     spark: SparkSettings = Field(default_factory=SparkSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
     # Layout configs (inputs vs target attributes); defaults ship inside the package.
     layouts_dir: Path | None = None
     # Image checks decode every file; bound the parallelism of that step.

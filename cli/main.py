@@ -75,11 +75,20 @@ def ingest_cmd(
     ctx: typer.Context,
     layout: str = typer.Argument(..., help="Source layout: hm or fashion-images."),
     source: Path = typer.Argument(..., help="Folder holding the source files."),
+    deletes: bool = typer.Option(
+        None,
+        "--deletes/--no-deletes",
+        help="The source is the whole catalogue: tombstone products missing from it, delete "
+        "labels and images missing from it (default: the setting ingest.deletes, off).",
+        show_default=False,
+    ),
 ) -> None:
     """Land a source into the lake, gated (same job as `spark-submit spark_jobs/ingest.py`)."""
     from spark_jobs.ingest import IngestError, format_report, run_ingest
 
     settings = _settings(ctx)
+    if deletes is not None:
+        settings.ingest.deletes = deletes
     _job(lambda: run_ingest(settings, layout, source), format_report, (IngestError, ValueError))
 
 

@@ -57,7 +57,14 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("atelier.serving")
 
 # Lake tables a state is built from; a new Delta version of any of them triggers a poll reload.
-SOURCES = ("products", "item_vectors", "predicted_attributes", "product_labels", "interactions")
+SOURCES = (
+    "products",
+    "product_tombstones",
+    "item_vectors",
+    "predicted_attributes",
+    "product_labels",
+    "interactions",
+)
 # Params of the champion's training run (training.recommender.pipeline logs them).
 LAYOUT_PARAM = "vector_layout"
 N_RECENT_PARAMS = ("recommender.n_recent", "recommender.n_inputs")  # n_inputs: older runs
@@ -242,7 +249,11 @@ def build_state(
     # Versions first: a table written while we read shows up as a change at the next poll.
     sources = {t: lake.version(t) for t in SOURCES}
 
-    catalogue = frozenset(map(str, lake.read_arrow("products", ["product_id"])[0].to_pylist()))
+    # Tombstoned products (removed from their source) stay in `products` for their purchases,
+    # but are no longer recommendable.
+    gone = set(map(str, lake.read_arrow("product_tombstones", ["product_id"])[0].to_pylist()))
+    listed = map(str, lake.read_arrow("products", ["product_id"])[0].to_pylist())
+    catalogue = frozenset(p for p in listed if p not in gone)
     candidates = _candidates(lake, catalogue, model_version, layout)
     attributes = _attribute_table(lake, candidates)
     popularity = popularity_scores(

@@ -27,6 +27,7 @@ from expectations.gate import GateFailure
 from spark_jobs.common import job_parser, new_run_id, run_job, save_report
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame, SparkSession
 
     from atelier.layout import Layout, Source
@@ -86,6 +87,7 @@ class TableCounts:
     quarantined: dict[str, int] = field(default_factory=dict)
     inserted: int = 0
     updated: int = 0
+    deleted: int = 0  # rows removed (or, for products, tombstoned) as gone from the source
     version: int | None = None
 
 
@@ -703,7 +705,8 @@ def run_ingest(
         save_report(settings, "ingest", asdict(report))
         raise GateFailure("table-level checks", report.failures, report)
 
-    _publish(lake, staged, frames, report)
+    removals = _removals(lake, layout, batch, frames, now, report.run_id, settings.ingest.deletes)
+    _publish(lake, staged, frames, report, removals)
     report.published = True
     report.seconds = round(time.time() - t0, 1)
     log.info("quarantine: %d new rows (table version %s)", qres.inserted, qres.version)
@@ -901,9 +904,79 @@ def _gate(
     return frames
 
 
-def _publish(lake, staged: dict[str, DataFrame], frames: dict, report: IngestReport) -> None:
-    """Merge every gated table, parents before children; readers see them all at once, when
-    the last is committed (`Lake.publishing`)."""
+def _removals(
+    lake, layout: Layout, batch: _Batch, frames: dict, now: datetime, run_id: str, deletes: bool
+) -> dict[str, pa.Table]:
+    """What this run takes out of the lake: {"untombstone": listed products that had a
+    tombstone (always)}, and with `deletes` (the source is the whole catalogue) the
+    tombstones of this layout's products missing from the file ("product_tombstones"), and
+    the labels and image shots of listed products missing from the source, plus every label
+    and image of a tombstoned product ("product_labels", "product_images": keys to delete).
+
+    A product whose row was quarantined is listed (bad now, not gone); an image is gone when
+    its file is missing, not when it is corrupt.
+    """
+    import pyarrow as pa
+
+    good = set(frames["products"]["product_id"].to_pylist())
+    tombstoned = set(
+        lake.read_arrow("product_tombstones", ["product_id"])["product_id"].to_pylist()
+    )
+    out = {"untombstone": pa.table({"product_id": sorted(good & tombstoned)})}
+    if not deletes:
+        return out
+    listed = {r[0] for r in batch.products.select("product_id").collect() if r[0] is not None}
+    known = lake.read_arrow("products", ["product_id", "source"]).to_pylist()
+    gone = {r["product_id"] for r in known if r["source"] == layout.name} - listed
+    new_gone = sorted(gone - tombstoned)
+    out["product_tombstones"] = pa.table(
+        {
+            "product_id": new_gone,
+            "deleted_at": pa.array([now] * len(new_gone), pa.timestamp("us", tz="UTC")),
+            "run_id": [run_id] * len(new_gone),
+        }
+    )
+    labels = frames["product_labels"].select(["product_id", "attribute"]).to_pylist()
+    kept_labels = {(r["product_id"], r["attribute"]) for r in labels}
+    out["product_labels"] = _gone_keys(
+        lake.read_arrow("product_labels", ["product_id", "attribute"]),
+        lambda r: (
+            r["product_id"] in gone
+            or (r["product_id"] in good and (r["product_id"], r["attribute"]) not in kept_labels)
+        ),
+    )
+    missing = set()
+    if batch.images is not None:
+        missing = {
+            (r["product_id"], r["shot"])
+            for r in batch.images.where("_reason = 'image_missing'")
+            .select("product_id", "shot")
+            .collect()
+        }
+    out["product_images"] = _gone_keys(
+        lake.read_arrow("product_images", ["product_id", "shot"]),
+        lambda r: r["product_id"] in gone or (r["product_id"], r["shot"]) in missing,
+    )
+    return out
+
+
+def _gone_keys(rows: pa.Table, gone) -> pa.Table:
+    """The rows of `rows` (key columns) for which `gone(row)` holds."""
+    import pyarrow as pa
+
+    keep = [gone(r) for r in rows.to_pylist()]
+    return rows.filter(pa.array(keep, pa.bool_())) if rows.num_rows else rows
+
+
+def _publish(
+    lake,
+    staged: dict[str, DataFrame],
+    frames: dict,
+    report: IngestReport,
+    removals: dict[str, pa.Table],
+) -> None:
+    """Merge every gated table, parents before children, then apply `removals` (`_removals`);
+    readers see it all at once, when the last is committed (`Lake.publishing`)."""
     order = ("products", "customers", "product_labels", "product_images", "interactions")
     with lake.publishing("ingest", report.run_id):
         for table in (t for t in order if t in frames):
@@ -913,6 +986,16 @@ def _publish(lake, staged: dict[str, DataFrame], frames: dict, report: IngestRep
             counts = report.tables[table]
             counts.inserted, counts.updated = res.inserted, res.updated
             counts.version = res.version
+        lake.delete("product_tombstones", removals["untombstone"])
+        for table in ("product_labels", "product_images"):
+            if table in removals:
+                counts = report.tables.setdefault(table, TableCounts())
+                counts.deleted = lake.delete(table, removals[table])
+                counts.version = lake.version(table)
+        tombstones = removals.get("product_tombstones")
+        if tombstones is not None and tombstones.num_rows:
+            lake.merge("product_tombstones", tombstones)
+            report.tables["products"].deleted = tombstones.num_rows
 
 
 def _reference_values(frames: dict, lake) -> dict[str, dict[str, list]]:
@@ -951,6 +1034,10 @@ def format_report(report: IngestReport) -> str:
             f"{name:<16}{t.read:>9}{t.good:>9}{q:>7}{t.inserted:>9}{t.updated:>7}  "
             f"{'-' if t.version is None else t.version}"
         )
+    deleted = {name: t.deleted for name, t in report.tables.items() if t.deleted}
+    if deleted:
+        # Products are tombstoned (kept for their purchases), labels and images removed.
+        lines.append("gone from the source: " + ", ".join(f"{k} {v}" for k, v in deleted.items()))
     if report.absent:
         lines.append(f"not in the folder (left untouched): {', '.join(report.absent)}")
     reasons = report.quarantine_by_reason()
@@ -965,17 +1052,24 @@ def format_report(report: IngestReport) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`spark-submit spark_jobs/ingest.py LAYOUT DIR [--workdir W]`."""
+    """`spark-submit spark_jobs/ingest.py LAYOUT DIR [--workdir W] [--deletes]`."""
     p = job_parser("ingest.py", __doc__)
     p.add_argument("layout")
     p.add_argument("source", type=Path)
-    args = p.parse_args(argv)
-    return run_job(
-        args.workdir,
-        lambda settings: run_ingest(settings, args.layout, args.source),
-        format_report,
-        (IngestError, ValueError),
+    p.add_argument(
+        "--deletes",
+        action="store_true",
+        help="the source is the whole catalogue: tombstone products missing from it, delete "
+        "labels and images missing from it (default: the setting ingest.deletes)",
     )
+    args = p.parse_args(argv)
+
+    def run(settings: Settings) -> IngestReport:
+        if args.deletes:
+            settings.ingest.deletes = True
+        return run_ingest(settings, args.layout, args.source)
+
+    return run_job(args.workdir, run, format_report, (IngestError, ValueError))
 
 
 if __name__ == "__main__":

@@ -70,27 +70,11 @@ def materialize(
             continue
         if table in unpublished:
             # Feast reads the table's latest commit: wait until its run has published it.
-            published, latest = unpublished[table]
-            result[view] = {
-                "table": table,
-                "status": "unpublished",
-                "version": published,
-                "failures": [
-                    f"{table}: version {latest} is committed but its run has not published it "
-                    f"(still running, or died between commits: rerun it); Feast keeps {published}"
-                ],
-            }
+            result[view] = _unpublished(table, *unpublished[table])
             continue
         data = lake.read_arrow(table)
         version = lake.version(table)
-        gate = validate_table(
-            settings,
-            table,
-            data,
-            row_count_band=(1, settings.gate.max_rows),
-            reference_values=_references_for(table, references),
-            list_checks=gate_checks(settings, table, vector_size=_vector_size(table, data)),
-        )
+        gate = _gate(settings, table, data, references)
         if not gate.success:
             log.warning("%s: not materialised, the gate failed: %s", view, gate.failures)
             result[view] = {
@@ -125,6 +109,30 @@ def materialize(
         _write_state(state_path, state)
         result[view] = {**entry, "status": "materialized"}
     return result
+
+
+def _gate(settings: Settings, table: str, data, references):
+    """The table's suite over all its rows: contract, references, list checks."""
+    return validate_table(
+        settings,
+        table,
+        data,
+        row_count_band=(1, settings.gate.max_rows),
+        reference_values=_references_for(table, references),
+        list_checks=gate_checks(settings, table, vector_size=_vector_size(table, data)),
+    )
+
+
+def _unpublished(table: str, published: int, latest: int) -> dict[str, Any]:
+    return {
+        "table": table,
+        "status": "unpublished",
+        "version": published,
+        "failures": [
+            f"{table}: version {latest} is committed but its run has not published it "
+            f"(still running, or died between commits: rerun it); Feast keeps {published}"
+        ],
+    }
 
 
 # The vector column whose rows must share one length, per table (see `_vector_size`).

@@ -287,3 +287,62 @@ def test_missing_column_is_a_clear_error(tmp_path, hm_dir, spark, settings):
     with pytest.raises(IngestError, match="product_type_name"):
         run_ingest(settings, "hm", src, spark=spark, now=NOW)
     shutil.rmtree(src)
+
+
+def test_deletes_are_opt_in_tombstone_products_and_remove_labels_and_images(
+    tmp_path, hm_dir, spark, settings
+):
+    """A product, label or image removed from the source: kept by default (an increment is
+    not a deletion); with ingest.deletes the product is tombstoned (its purchases stay valid),
+    its labels and images and the removed label and image go; listed again, it comes back."""
+    from atelier.lake import Lake
+    from spark_jobs.ingest import format_report, run_ingest
+
+    src = tmp_path / "hm"
+    make_hm_slice(hm_dir, src, n_articles=20)
+    run_ingest(settings, "hm", src, spark=spark, now=NOW)
+    lake = Lake(settings)
+    ah, arows = read_csv(src / "articles.csv")
+    gone_row, relabelled, unpictured = arows[0], arows[1][0], arows[2][0]
+    colour = ah.index("colour_group_name")
+    arows[1][colour] = ""  # the label is removed at the source
+    write_csv(src / "articles.csv", ah, arows[1:])  # the product is removed at the source
+    (src / "images" / unpictured[:3] / f"{unpictured}.jpg").unlink()
+    gone = gone_row[0]
+
+    def labels():
+        return {
+            (r["product_id"], r["attribute"]) for r in lake.read_arrow("product_labels").to_pylist()
+        }
+
+    def shots():
+        return set(lake.read_arrow("product_images")["product_id"].to_pylist())
+
+    run_ingest(settings, "hm", src, spark=spark, now=NOW)  # default: nothing is deleted
+    assert gone in shots() and unpictured in shots()
+    assert (relabelled, "colour_group_name") in labels()
+    assert not lake.exists("product_tombstones")
+    labels_of_gone = sum(1 for p, _ in labels() if p == gone)
+    assert labels_of_gone >= 3
+
+    on = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"deletes": True})}
+    )
+    report = run_ingest(on, "hm", src, spark=spark, now=NOW)
+    tombstones = lake.read_arrow("product_tombstones").to_pylist()
+    assert [t["product_id"] for t in tombstones] == [gone]
+    assert gone in set(lake.read_arrow("products")["product_id"].to_pylist())  # kept
+    assert not any(p == gone for p, _ in labels())
+    assert (relabelled, "colour_group_name") not in labels()
+    assert gone not in shots() and unpictured not in shots()
+    assert report.tables["product_images"].deleted == 2
+    assert report.tables["products"].deleted == 1
+    assert report.tables["product_labels"].deleted == labels_of_gone + 1
+    assert "gone from the source: products 1" in format_report(report)
+    # Purchases of the tombstoned product are still valid input.
+    assert report.tables["interactions"].quarantined == {}
+
+    write_csv(src / "articles.csv", ah, [gone_row, *arows[1:]])  # listed again
+    run_ingest(on, "hm", src, spark=spark, now=NOW)
+    assert lake.read_arrow("product_tombstones").num_rows == 0
+    assert gone in shots()

@@ -651,3 +651,27 @@ def test_admin_reloads_are_rate_limited(client, settings):
     assert again.status_code == 429
     assert 59 <= int(again.headers["retry-after"]) <= 60
     assert recommend(client, "stranger", k=3).status_code == 200  # serving goes on
+
+
+def test_a_tombstoned_product_is_no_longer_served(client, lake, customer):
+    """ingest --deletes tombstones a product gone from its source: at the next poll it leaves
+    the candidates (no list, no neighbours) while its row and purchases stay in the lake."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from atelier.contracts import contract
+
+    top = recommend(client, customer, k=1).json()["items"][0]["product_id"]
+    stone = {"product_id": top, "deleted_at": datetime.now(UTC), "run_id": "test"}
+    schema = contract("product_tombstones").schema()
+    lake.merge("product_tombstones", pa.Table.from_pylist([stone], schema=schema))
+    try:
+        assert client.app.state.holder.refresh_if_changed() is True
+        listed = [i["product_id"] for i in recommend(client, customer, k=100).json()["items"]]
+        assert top not in listed and len(listed) == 100
+        assert client.get(f"/products/{top}/similar").status_code == 404
+        assert top in set(lake.read_arrow("products")["product_id"].to_pylist())
+    finally:
+        lake.delete("product_tombstones", pa.table({"product_id": [top]}))
+        client.app.state.holder.refresh_if_changed()
