@@ -232,6 +232,9 @@ class ServingSettings(BaseModel):
     admin_token: SecretStr | None = None
     # Admin reloads rebuild the whole state: at most one per this many seconds (429 else).
     reload_min_interval_s: float = Field(5.0, ge=0.0)
+    # Deadline of one online-store read: past it the request falls back to popularity and the
+    # store is left alone for a few seconds (a Redis outage costs one deadline, not minutes).
+    online_timeout_s: float = Field(1.0, gt=0.0)
 
 
 class MlflowSettings(BaseModel):

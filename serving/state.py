@@ -28,9 +28,10 @@ when the champion's version or a source table's Delta version changed: products 
 `atelier predict item-vectors` writes become recommendable at the next poll.
 
 The online store (`OnlineFeatures`) is one Feast `FeatureStore` per state. Any exception from
-Feast becomes `OnlineStoreError` (the predictor falls back to popularity); the store object is
-then dropped and rebuilt by the first request after `retry_seconds`, because a failed sqlite
-connection never recovers by itself (its schema cache stays stale) and a rebuilt one does.
+Feast, or a read that misses its deadline, becomes `OnlineStoreError` (the predictor falls back
+to popularity) and opens a breaker: requests fail fast for `retry_seconds`, then one probes. A
+store that raised is dropped and rebuilt by the probe, because a failed sqlite connection never
+recovers by itself (its schema cache stays stale) and a rebuilt one does.
 """
 
 from __future__ import annotations
@@ -83,8 +84,11 @@ class OnlineFeatures:
     """Feast online lookups for serving: customer histories and item vectors.
 
     One `FeatureStore` (built by `factory`, default `atelier.feast_store.feature_store`) for
-    every request; after a failure it is dropped, requests fail fast for `retry_seconds`, then
-    the next one builds a new store.
+    every request. Every read has a deadline (`timeout_s`): a store that does not answer in
+    time (Redis down: redis-py retries with back-off for seconds) or raises trips a breaker,
+    and requests fail fast to popularity for `retry_seconds`; then one request probes while the
+    others keep failing fast. An error (not a timeout) also drops the store, rebuilt by the
+    next probe, because a failed sqlite connection never recovers by itself.
     """
 
     def __init__(
@@ -92,16 +96,25 @@ class OnlineFeatures:
         settings: Settings,
         retry_seconds: float = 5.0,
         factory: Callable[[Settings], Any] | None = None,
+        timeout_s: float = 1.0,
     ):
+        from concurrent.futures import ThreadPoolExecutor
+
         if factory is None:
             from atelier.feast_store import feature_store as factory
         self._settings = settings
         self._factory = factory
         self.retry_seconds = float(retry_seconds)
+        self.timeout_s = float(timeout_s)
         self._store: Any = None
         self._failed_at: float | None = None
         self._cause = ""
         self._lock = threading.Lock()
+        self._opening = False
+        self._probing = False
+        # Reads run here so that a request can stop waiting for one; a read stuck in a dead
+        # backend's retries holds a worker, not the request.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="atelier-online")
 
     def warm_up(self) -> None:
         """Open the store and its connection now (the first request would otherwise pay for
@@ -135,19 +148,28 @@ class OnlineFeatures:
         }
 
     def _read(self, refs: list[str], rows: list[dict]) -> dict[str, list]:
-        store = self._store
-        if store is None:
-            store = self._open()
-        try:
-            return store.get_online_features(features=refs, entity_rows=rows).to_dict()
-        except Exception as e:  # any Feast or backend error: the caller falls back
-            self._fail(store, e)
-            raise OnlineStoreError(f"online store read failed: {type(e).__name__}: {e}") from e
+        from concurrent.futures import TimeoutError as Timeout
 
-    def _open(self):
+        store = self._admit()
+        future = self._pool.submit(
+            lambda: store.get_online_features(features=refs, entity_rows=rows).to_dict()
+        )
+        try:
+            out = future.result(timeout=self.timeout_s)
+        except Timeout:
+            self._trip(store, f"no answer in {self.timeout_s:g} s", drop=False)
+            raise OnlineStoreError(f"online store read timed out ({self.timeout_s:g} s)") from None
+        except Exception as e:  # any Feast or backend error: the caller falls back
+            self._trip(store, f"{type(e).__name__}: {e}", drop=True)
+            raise OnlineStoreError(f"online store read failed: {type(e).__name__}: {e}") from e
         with self._lock:
-            if self._store is not None:
-                return self._store
+            self._failed_at, self._probing = None, False
+        return out
+
+    def _admit(self):
+        """The store for this request, or OnlineStoreError at once: the breaker is open, or
+        another request is probing or opening the store."""
+        with self._lock:
             if self._failed_at is not None:
                 waited = time.monotonic() - self._failed_at
                 if waited < self.retry_seconds:
@@ -155,20 +177,44 @@ class OnlineFeatures:
                         f"online store unavailable ({self._cause}); next try in "
                         f"{self.retry_seconds - waited:.1f} s"
                     )
-            try:
-                self._store = self._factory(self._settings)
-            except Exception as e:
-                self._failed_at, self._cause = time.monotonic(), f"{type(e).__name__}: {e}"
-                raise OnlineStoreError(f"cannot open the online store: {self._cause}") from e
-            self._failed_at = None
-            return self._store
+                if self._probing:
+                    raise OnlineStoreError("online store is being retried by another request")
+                self._probing = True
+            store = self._store
+        if store is not None:
+            return store
+        try:
+            return self._open()
+        except OnlineStoreError:
+            with self._lock:
+                self._probing = False
+            raise
 
-    def _fail(self, store, error: Exception) -> None:
+    def _open(self):
+        """The store, opened by one request at a time: while it opens (a Feast registry load,
+        seconds under load), other requests fail fast instead of queueing behind it."""
         with self._lock:
-            if self._store is store:
+            if self._store is not None:
+                return self._store
+            if self._opening:
+                raise OnlineStoreError("online store is being opened by another request")
+            self._opening = True
+        try:
+            store = self._factory(self._settings)
+        except Exception as e:
+            with self._lock:
+                self._opening = False
+                self._failed_at, self._cause = time.monotonic(), f"{type(e).__name__}: {e}"
+            raise OnlineStoreError(f"cannot open the online store: {self._cause}") from e
+        with self._lock:
+            self._store, self._opening = store, False
+        return store
+
+    def _trip(self, store, cause: str, drop: bool) -> None:
+        with self._lock:
+            self._failed_at, self._cause, self._probing = time.monotonic(), cause, False
+            if drop and self._store is store:
                 self._store = None
-                self._failed_at = time.monotonic()
-                self._cause = f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -261,7 +307,7 @@ def build_state(
     )
 
     if online is None:
-        online = OnlineFeatures(settings)
+        online = OnlineFeatures(settings, timeout_s=settings.serving.online_timeout_s)
         online.warm_up()
     state = ServingState(
         model_version=model_version,

@@ -180,3 +180,26 @@ def test_render_has_the_command_the_table_the_goal_and_an_empty_reading_section(
     assert "2 (http_500 2)" in md
     assert "- sqlite: **NOT met**" in md
     assert md.rstrip().endswith("## Reading the results\n\n_To be written._")
+
+
+def test_disruption_phases_count_errors_5xx_fallbacks_and_versions():
+    from benchmarks.serving_disruption import Answer, phase_of, phase_rows, window
+
+    assert [phase_of(t, 30, 30, 80) for t in (0, 29.9, 30, 59.9, 60, 79.9, 80, 119)] == [
+        "before", "before", "outage", "outage", "recovered", "recovered", "promoted", "promoted",
+    ]  # fmt: skip
+    answers = [
+        Answer(1.0, 4.0, 200, None, None, "m/1"),
+        Answer(31.0, 9.0, 200, None, "online_store_unavailable", "m/1"),
+        Answer(32.0, 10_000.0, None, "ReadTimeout", None, None),
+        Answer(61.0, 5.0, 503, "http_503", None, None),
+        Answer(81.0, 6.0, 200, None, None, "m/2"),
+    ]
+    rows = {r["phase"]: r for r in phase_rows(answers, 30, 30, 80)}
+    assert rows["before"]["errors"] == 0 and rows["before"]["model_versions"] == {"m/1": 1}
+    assert rows["outage"]["fallbacks"] == {"online_store_unavailable": 1}
+    assert rows["outage"]["errors_by_kind"] == {"ReadTimeout": 1}
+    assert rows["outage"]["latency_ms"]["max"] == 9.0  # no answer, no latency
+    assert rows["recovered"]["server_errors_5xx"] == 1
+    assert rows["promoted"]["model_versions"] == {"m/2": 1}
+    assert window(answers, 0, 40)["p50"] == 6.5

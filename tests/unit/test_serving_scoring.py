@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -306,6 +307,66 @@ def test_online_features_fall_over_then_reopen_after_retry_seconds():
     online.retry_seconds = 0.0
     assert online.history("c1") == ["a", "b"]
     assert len(opened) == 2
+
+
+class _SlowStore(_FakeStore):
+    """A backend that stopped answering (Redis down: redis-py retries with back-off)."""
+
+    delay = 0.0
+
+    def get_online_features(self, features, entity_rows):
+        time.sleep(_SlowStore.delay)
+        return super().get_online_features(features, entity_rows)
+
+
+def test_a_read_past_its_deadline_trips_the_breaker_and_one_probe_closes_it():
+    from serving.state import OnlineFeatures, OnlineStoreError
+
+    opened = []
+
+    def factory(_settings):
+        opened.append(1)
+        return _SlowStore()
+
+    _FakeStore.broken, _SlowStore.delay = False, 2.0
+    online = OnlineFeatures(None, retry_seconds=3600, factory=factory, timeout_s=0.1)
+    t = time.monotonic()
+    with pytest.raises(OnlineStoreError, match=r"timed out \(0.1 s\)"):
+        online.history("c1")
+    assert time.monotonic() - t < 1.0  # the request did not wait for the backend
+    with pytest.raises(OnlineStoreError, match=r"unavailable \(no answer in 0.1 s\); next try"):
+        online.history("c1")  # the breaker is open: no read at all
+    _SlowStore.delay = 0.0
+    online.retry_seconds = 0.0
+    assert online.history("c1") == ["a", "b"]  # the probe closes it
+    assert online.history("c2") == []
+    assert len(opened) == 1  # a timeout keeps the store (an error would drop it)
+
+
+def test_while_one_request_reopens_the_store_the_others_fail_fast():
+    import threading
+
+    from serving.state import OnlineFeatures, OnlineStoreError
+
+    opening, release = threading.Event(), threading.Event()
+
+    def slow_factory(_settings):
+        opening.set()
+        release.wait(30)  # a registry load that takes a while
+        return _FakeStore()
+
+    _FakeStore.broken = False
+    online = OnlineFeatures(None, retry_seconds=0.0, factory=slow_factory)
+    prober = threading.Thread(target=online.history, args=("c1",))
+    prober.start()
+    assert opening.wait(10)
+    t = time.monotonic()
+    with pytest.raises(OnlineStoreError, match="being opened by another request"):
+        online.history("c2")
+    assert time.monotonic() - t < 1.0  # not queued behind the opening
+    release.set()
+    prober.join(10)
+    assert online.history("c1") == ["a", "b"]
 
 
 def test_state_holder_swaps_whole_states_and_keeps_the_old_one_on_failure():
