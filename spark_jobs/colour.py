@@ -25,6 +25,7 @@ from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
     finish_shot_run,
+    in_chunks,
     job_parser,
     new_run_id,
     partition_id,
@@ -47,6 +48,9 @@ log = logging.getLogger("atelier.colour")
 
 # A worker logs its progress every this many images (and once at the end of its partition).
 PROGRESS_EVERY = 500
+# Pending shots are described and committed in chunks of this many (~5 minutes on 2 cores, the
+# same bound as embed's): a killed backfill loses at most one chunk; the rerun continues.
+CHUNK_IMAGES = 20_000
 
 
 class ColourError(RuntimeError):
@@ -72,6 +76,7 @@ class ColourReport:
     seconds: float = 0.0
     colour_seconds: float = 0.0  # the Spark stage that decodes and describes
     images_per_second: float = 0.0  # described / colour_seconds
+    chunks: int = 0  # committed on their own (CHUNK_IMAGES shots each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,12 +190,14 @@ def run_colour(
     spark: SparkSession | None = None,
     now: datetime | None = None,
     max_images: int | None = None,
+    chunk_images: int = CHUNK_IMAGES,
 ) -> dict:
     """Describe every pending product shot into `colour_features`; returns the report as a dict.
 
     now: created_timestamp of new rows (default: the current UTC time). event_timestamp is the
     product's first_seen, or 1970-01-01 UTC when unknown. max_images: at most this many pending
     shots, in (product_id, shot) order (a backfill in slices; the next run takes the next).
+    chunk_images: shots committed together (a killed run loses at most one chunk).
     Spreads the work over `settings.image_check_partitions` partitions. Raises ColourError when
     there is nothing to read, GateFailure when the batch fails its quality gate (quarantine is
     still recorded then).
@@ -242,7 +249,10 @@ def run_colour(
         log.info("describing %d now (max_images), %d left", max_images, report.remaining)
     try:
         if n_pending:
-            _describe_and_publish(settings, lake, pending, version, run_id, now, report, t0)
+            for i, total, chunk in in_chunks(pending, chunk_images):
+                _describe_and_publish(settings, lake, chunk, version, run_id, now, report, t0)
+                report.chunks = i + 1
+                log.info("chunk %d/%d committed: %d described", i + 1, total, report.described)
     finally:
         pending.unpersist()
     report.version = lake.version("colour_features")
@@ -259,7 +269,8 @@ def _describe_and_publish(
     report: ColourReport,
     t0: float,
 ) -> None:
-    """Describe `pending` in the workers, record quarantine, gate and merge the descriptors."""
+    """Describe `pending` (one chunk) in the workers, record quarantine, gate and merge the
+    descriptors; adds its counts to `report`."""
     from pyspark.sql import functions as F
 
     from atelier.contracts import contract
@@ -268,29 +279,33 @@ def _describe_and_publish(
     described = describe_images(pending, settings.image_check_partitions).cache()
     try:
         counts = described.groupBy("_reason", "mask").agg(F.count("*").alias("n")).collect()
-        report.colour_seconds = round(time.time() - t1, 1)
+        seconds = time.time() - t1
+        report.colour_seconds = round(report.colour_seconds + seconds, 1)
         by_reason: dict[str, int] = {}
+        n_described = 0
         for r in counts:
             if r["_reason"] is None:
-                report.masks[r["mask"]] = r["n"]
+                report.masks[r["mask"]] = report.masks.get(r["mask"], 0) + r["n"]
+                n_described += r["n"]
             else:
                 by_reason[r["_reason"]] = by_reason.get(r["_reason"], 0) + r["n"]
         report.masks = dict(sorted(report.masks.items()))
-        report.described = sum(report.masks.values())
-        report.quarantined = dict(sorted(by_reason.items()))
+        report.described += n_described
+        for reason, n in by_reason.items():
+            report.quarantined[reason] = report.quarantined.get(reason, 0) + n
+        report.quarantined = dict(sorted(report.quarantined.items()))
         report.images_per_second = round(report.described / max(report.colour_seconds, 1e-9), 1)
         log.info(
-            "described %d (masks %s), quarantined %d in %.1fs (%.1f images/s)",
-            report.described,
+            "described %d (masks %s), quarantined %d in %.1fs",
+            n_described,
             report.masks,
             sum(by_reason.values()),
-            report.colour_seconds,
-            report.images_per_second,
+            seconds,
         )
         # Quarantine first, even when the gate fails: it is the evidence of what went wrong.
         if by_reason:
             quarantine_shots(lake, described, "colour_features", run_id, now, log)
-        if not report.described:
+        if not n_described:
             return
         c = contract("colour_features")
         rows = colour_rows(described, version, now)
@@ -305,7 +320,8 @@ def _describe_and_publish(
                 finish_shot_run(settings, "colour", report, t0, False, "described"),
             )
         res = lake.merge("colour_features", rows if lake.uses_delta_spark else arrow)
-        report.inserted, report.updated = res.inserted, res.updated
+        report.inserted += res.inserted
+        report.updated += res.updated
     finally:
         described.unpersist()
 

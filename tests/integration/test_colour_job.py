@@ -249,6 +249,23 @@ def test_max_images_describes_slices_in_key_order_until_done(first_run, spark, t
         run_colour(settings, spark=spark, max_images=0)
 
 
+def test_each_chunk_is_committed_on_its_own_with_the_same_descriptors(first_run, spark, tmp_path):
+    from atelier.lake import Lake
+    from spark_jobs.colour import run_colour
+
+    reference, rows, _ = first_run
+    settings = _settings(tmp_path / "work")
+    _write_catalogue(settings, rows)
+    report = run_colour(settings, spark=spark, now=NOW, chunk_images=3)
+    assert (report["described"], report["chunks"], report["inserted"]) == (4, 2, 4)
+    assert Lake(settings).version("colour_features") == 1  # one commit per chunk
+    assert sum(report["masks"].values()) == 4
+    got, want = _colours(settings), _colours(reference)
+    assert sorted(got) == sorted(want)
+    for key, row in want.items():
+        np.testing.assert_allclose(got[key]["colour"], row["colour"], rtol=1e-6)
+
+
 def test_missing_corrupt_and_changed_images_are_quarantined(spark, tmp_path):
     from atelier.lake import Lake
     from spark_jobs.colour import run_colour
