@@ -24,11 +24,13 @@ from typing import TYPE_CHECKING
 from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
+    ShotRunCounts,
+    add_counts,
     finish_shot_run,
-    in_chunks,
     job_parser,
     new_run_id,
     partition_id,
+    process_pending,
     quarantine_shots,
     read_checked_image,
     run_job,
@@ -58,25 +60,13 @@ class ColourError(RuntimeError):
 
 
 @dataclass
-class ColourReport:
+class ColourReport(ShotRunCounts):
     run_id: str
     descriptor_version: str
     started_at: str
-    images: int = 0  # rows of product_images
-    skipped: int = 0  # already described with the same content and descriptor version
     described: int = 0
-    remaining: int = 0  # pending shots left for the next run (max_images)
-    quarantined: dict[str, int] = field(default_factory=dict)
     masks: dict[str, int] = field(default_factory=dict)  # described shots by mask kind
-    inserted: int = 0
-    updated: int = 0
-    version: int | None = None
-    published: bool = False
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
     colour_seconds: float = 0.0  # the Spark stage that decodes and describes
-    images_per_second: float = 0.0  # described / colour_seconds
-    chunks: int = 0  # committed on their own (CHUNK_IMAGES shots each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,21 +230,17 @@ def run_colour(
         n_pending,
         partitions,
     )
-    if max_images is not None and n_pending > max_images:
-        # A slice in key order, so that successive runs walk the catalogue without overlap.
-        report.remaining = n_pending - max_images
-        sliced = pending.orderBy("product_id", "shot").limit(max_images).cache()
-        pending.unpersist()
-        pending = sliced
-        log.info("describing %d now (max_images), %d left", max_images, report.remaining)
-    try:
-        if n_pending:
-            for i, total, chunk in in_chunks(pending, chunk_images):
-                _describe_and_publish(settings, lake, chunk, version, run_id, now, report, t0)
-                report.chunks = i + 1
-                log.info("chunk %d/%d committed: %d described", i + 1, total, report.described)
-    finally:
-        pending.unpersist()
+    process_pending(
+        pending,
+        n_pending,
+        max_images,
+        chunk_images,
+        report,
+        lambda chunk: _describe_and_publish(
+            settings, lake, chunk, version, run_id, now, report, t0
+        ),
+        "colour",
+    )
     report.version = lake.version("colour_features")
     return finish_shot_run(settings, "colour", report, t0, True, "described")
 
@@ -291,9 +277,7 @@ def _describe_and_publish(
                 by_reason[r["_reason"]] = by_reason.get(r["_reason"], 0) + r["n"]
         report.masks = dict(sorted(report.masks.items()))
         report.described += n_described
-        for reason, n in by_reason.items():
-            report.quarantined[reason] = report.quarantined.get(reason, 0) + n
-        report.quarantined = dict(sorted(report.quarantined.items()))
+        report.quarantined = add_counts(report.quarantined, by_reason)
         report.images_per_second = round(report.described / max(report.colour_seconds, 1e-9), 1)
         log.info(
             "described %d (masks %s), quarantined %d in %.1fs",

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,6 +192,63 @@ def in_chunks(
             yield i, total, numbered.where(F.col("_chunk") == i).drop("_chunk")
     finally:
         numbered.unpersist()
+
+
+@dataclass(kw_only=True)
+class ShotRunCounts:
+    """The counts every image job (embed, colour) reports; each job's report adds its own."""
+
+    images: int = 0  # rows of product_images
+    skipped: int = 0  # already done with the same content and the same model / descriptor
+    remaining: int = 0  # pending shots left for the next run (max_images)
+    quarantined: dict[str, int] = field(default_factory=dict)
+    inserted: int = 0
+    updated: int = 0
+    version: int | None = None
+    published: bool = False
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    images_per_second: float = 0.0  # shots done / seconds of the Spark stage that does them
+    chunks: int = 0  # committed on their own
+
+
+def process_pending(
+    pending: DataFrame,
+    n_pending: int,
+    max_images: int | None,
+    chunk_images: int,
+    report: Any,
+    publish: Callable[[DataFrame], None],
+    job: str,
+) -> None:
+    """The shared loop of the image jobs (embed, colour) over their `pending` shots: at most
+    `max_images` of them in (product_id, shot) order (the rest counted in `report.remaining`
+    for the next run), handed to `publish` in chunks of `chunk_images`, each committed on its
+    own (`report.chunks` counts them). Unpersists `pending`."""
+    log = logging.getLogger(f"atelier.{job}")
+    try:
+        if max_images is not None and n_pending > max_images:
+            # A slice in key order, so that successive runs walk the catalogue without overlap.
+            report.remaining = n_pending - max_images
+            sliced = pending.orderBy("product_id", "shot").limit(max_images).cache()
+            pending.unpersist()
+            pending = sliced
+            log.info("%d shots now (max_images), %d left", max_images, report.remaining)
+        if n_pending:
+            for i, total, chunk in in_chunks(pending, chunk_images):
+                publish(chunk)
+                report.chunks = i + 1
+                log.info("chunk %d/%d committed", i + 1, total)
+    finally:
+        pending.unpersist()
+
+
+def add_counts(into: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """`into` plus `more`, key by key, in key order (a run's counts over its chunks)."""
+    out = dict(into)
+    for key, n in more.items():
+        out[key] = out.get(key, 0) + n
+    return dict(sorted(out.items()))
 
 
 def finish_shot_run(

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,11 +35,13 @@ from typing import TYPE_CHECKING, Any
 from atelier.locks import locked
 from expectations.gate import GateFailure
 from spark_jobs.common import (
+    ShotRunCounts,
+    add_counts,
     finish_shot_run,
-    in_chunks,
     job_parser,
     new_run_id,
     partition_id,
+    process_pending,
     quarantine_shots,
     read_checked_image,
     run_job,
@@ -89,25 +91,13 @@ class WeightsSpec:
 
 
 @dataclass
-class EmbedReport:
+class EmbedReport(ShotRunCounts):
     run_id: str
     weights: str
     input_size: str
     started_at: str
-    images: int = 0  # rows of product_images
-    skipped: int = 0  # already embedded with the same content, weights and input size
     embedded: int = 0
-    remaining: int = 0  # pending shots left for the next run (settings.embed.max_images)
-    quarantined: dict[str, int] = field(default_factory=dict)
-    inserted: int = 0
-    updated: int = 0
-    version: int | None = None
-    published: bool = False
-    failures: list[str] = field(default_factory=list)
-    seconds: float = 0.0
     embed_seconds: float = 0.0  # the Spark stage that decodes and embeds
-    images_per_second: float = 0.0  # embedded / embed_seconds
-    chunks: int = 0  # committed on their own (settings.embed.chunk_images shots each)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,21 +571,15 @@ def run_embed(
         n_pending,
         embed.partitions,
     )
-    if embed.max_images is not None and n_pending > embed.max_images:
-        # A slice in key order, so that successive runs walk the catalogue without overlap.
-        report.remaining = n_pending - embed.max_images
-        sliced = pending.orderBy("product_id", "shot").limit(embed.max_images).cache()
-        pending.unpersist()
-        pending = sliced
-        log.info("embedding %d now (max_images), %d left", embed.max_images, report.remaining)
-    try:
-        if n_pending:
-            for i, total, chunk in in_chunks(pending, embed.chunk_images):
-                _embed_and_publish(settings, lake, chunk, spec, run_id, now, report, t0)
-                report.chunks = i + 1
-                log.info("chunk %d/%d committed: %d embedded so far", i + 1, total, report.embedded)
-    finally:
-        pending.unpersist()
+    process_pending(
+        pending,
+        n_pending,
+        embed.max_images,
+        embed.chunk_images,
+        report,
+        lambda chunk: _embed_and_publish(settings, lake, chunk, spec, run_id, now, report, t0),
+        "embed",
+    )
     report.version = lake.version("image_embeddings")
     return finish_shot_run(settings, "embed", report, t0, True, "embedded")
 
@@ -627,9 +611,7 @@ def _embed_and_publish(
         n_embedded = by_reason.pop(None, 0)
         report.embed_seconds = round(report.embed_seconds + seconds, 1)
         report.embedded += n_embedded
-        for reason, n in by_reason.items():
-            report.quarantined[reason] = report.quarantined.get(reason, 0) + n
-        report.quarantined = dict(sorted(report.quarantined.items()))
+        report.quarantined = add_counts(report.quarantined, by_reason)
         report.images_per_second = round(report.embedded / max(report.embed_seconds, 1e-9), 2)
         log.info(
             "embedded %d, quarantined %d in %.1fs (%.2f images/s)",
