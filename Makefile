@@ -7,10 +7,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workspace
 
-.PHONY: install java demo test test-slow test-all lint clean help
+.PHONY: install java demo test test-slow test-faults test-all lint clean help
 
 help:
-	@echo "make demo | make test | make test-slow | make test-all | make install | make lint | make clean"
+	@echo "make demo | make test | make test-slow | make test-faults | make test-all | make install | make lint | make clean"
 
 install: $(VENV)/.installed
 
@@ -37,14 +37,19 @@ demo: install
 	$(BIN)/atelier --workdir $(WORKDIR) serve
 
 # `make test`: everything but the suites marked slow (end-to-end demo, serving, training
-# pipelines); `make test-slow` runs those; `make test-all` both. CI runs all of them.
+# pipelines); `make test-slow` runs those; `make test-faults` the fault-injection suite
+# (tests/faults: the bad-input corpus, kill -9 at random points and reruns); `make test-all`
+# all three. CI runs test and test-slow; see README for test-faults.
 PYTEST := PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest --durations=15
 
 test: install
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not faults"
 
 test-slow: install
-	$(PYTEST) -m slow
+	$(PYTEST) -m "slow and not faults"
+
+test-faults: install
+	$(PYTEST) -s -m faults tests/faults
 
 test-all: install
 	$(PYTEST)

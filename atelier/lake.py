@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atelier.contracts import TableContract, contract
+from atelier.contracts import ALL, TableContract, contract
 from atelier.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,19 +83,28 @@ class Lake:
         return self.root / table
 
     def exists(self, table: str) -> bool:
+        """Whether readers see `table`: on disk and published (see `version`)."""
+        return self.version(table) is not None
+
+    def on_disk(self, table: str) -> bool:
+        """Whether `table` has any commit, published or not (what writers go by)."""
         return (self.path(table) / "_delta_log").is_dir()
 
     def version(self, table: str) -> int | None:
         """The Delta version readers see: the last complete publication's (see the module
-        docstring), the latest commit for a table never published; None when absent."""
+        docstring); None for a table absent or never published. A lake written before
+        publications existed (no manifest) is read at its latest commits."""
         if self._pending and table in self._pending:
             return self._pending[table]  # a publishing run reads its own writes
         latest = self.latest_version(table)
         if latest is None:
             return None
-        entry = self.published().get(table)
-        if entry is None:
+        manifest = self._manifest()
+        if manifest is None:
             return latest
+        entry = manifest.get(table)
+        if entry is None:
+            return None  # only unpublished commits: a first run that has not finished
         if entry["version"] > latest:  # the table was recreated under the manifest
             log.warning("%s: published version %s > latest %s", table, entry["version"], latest)
             return latest
@@ -103,7 +112,7 @@ class Lake:
 
     def latest_version(self, table: str) -> int | None:
         """The table's latest commit, published or not (what writers merge into)."""
-        if not self.exists(table):
+        if not self.on_disk(table):
             return None
         from deltalake import DeltaTable
 
@@ -111,19 +120,20 @@ class Lake:
 
     def published(self) -> dict[str, dict]:
         """{table: {version, job, run_id, published_at}} of the last complete publications."""
-        try:
-            return json.loads(self._published_path().read_text())["tables"]
-        except FileNotFoundError:
-            return {}
+        return self._manifest() or {}
 
-    def unpublished(self) -> dict[str, tuple[int, int]]:
-        """{table: (published, latest)} for tables with commits readers do not see yet: a
-        run still publishing, or one that died between its commits (rerun it)."""
+    def unpublished(self) -> dict[str, tuple[int | None, int]]:
+        """{table: (published or None, latest)} for tables with commits readers do not see
+        yet: a run still publishing, or one that died between its commits (rerun it)."""
+        manifest = self._manifest()
+        if manifest is None:
+            return {}
         out = {}
-        for table, entry in self.published().items():
+        for table in ALL:
             latest = self.latest_version(table)
-            if latest is not None and latest > entry["version"]:
-                out[table] = (entry["version"], latest)
+            seen = manifest.get(table, {}).get("version")
+            if latest is not None and (seen is None or latest > seen):
+                out[table] = (seen, latest)
         return out
 
     @contextmanager
@@ -195,6 +205,7 @@ class Lake:
     def overwrite(self, table: str, data: Any) -> int:
         """Replace `table`'s contents with `data` (a new Delta version); returns the version."""
         c = contract(table)
+        self._adopt()
         if self.uses_delta_spark and _is_spark(data):
             data.select(*c.column_names).write.format("delta").mode("overwrite").option(
                 "overwriteSchema", "true"
@@ -213,10 +224,11 @@ class Lake:
         nothing is deleted. Creates the table on first write.
         """
         c = contract(table)
+        self._adopt()
         if self.uses_delta_spark and _is_spark(data):
             return self._merge_spark(c, data, update)
         arrow = self._to_arrow(c, data)
-        if not self.exists(table):
+        if not self.on_disk(table):
             from deltalake import write_deltalake
 
             self.path(table).parent.mkdir(parents=True, exist_ok=True)
@@ -248,7 +260,7 @@ class Lake:
         spark = self._require_spark()
         path = str(self.path(c.name))
         df = df.select(*c.column_names)
-        if not self.exists(c.name):
+        if not self.on_disk(c.name):
             df.write.format("delta").save(path)
             return MergeResult(c.name, df.count(), 0, self._committed(c.name))
         on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in c.key)
@@ -272,8 +284,9 @@ class Lake:
         """Delete the rows of `table` whose contract key is one of `keys`' rows (columns: the
         key); returns how many went. One commit (none when nothing matches)."""
         c = contract(table)
-        if not self.exists(table) or keys.num_rows == 0:
+        if not self.on_disk(table) or keys.num_rows == 0:
             return 0
+        self._adopt()
         from deltalake import DeltaTable
 
         def literal(value) -> str:
@@ -311,9 +324,26 @@ class Lake:
     def _published_path(self) -> Path:
         return self._runs_dir() / "published.json"
 
-    def _publish(self, job: str, run_id: str, versions: dict[str, int]) -> None:
+    def _manifest(self) -> dict[str, dict] | None:
+        try:
+            return json.loads(self._published_path().read_text())["tables"]
+        except FileNotFoundError:
+            return None
+
+    def _adopt(self) -> None:
+        """Before the first write through publications: a manifest naming every table already
+        on disk at its latest version (a lake from before publications, complete as it is;
+        empty for a new lake), so that from now on unpublished commits are never read."""
+        if self._published_path().exists():
+            return
+        tables = {t: self.latest_version(t) for t in ALL}
+        self._publish("adopt", "", {t: v for t, v in tables.items() if v is not None}, True)
+
+    def _publish(
+        self, job: str, run_id: str, versions: dict[str, int], always: bool = False
+    ) -> None:
         """Record the run, then make its versions the ones readers see (written last)."""
-        if not versions:
+        if not versions and not always:
             return
         runs = self._runs_dir()
         runs.mkdir(parents=True, exist_ok=True)
@@ -324,7 +354,11 @@ class Lake:
         # Jobs of different stages publish concurrently: read-modify-write under a lock.
         with (runs / "published.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            tables = self.published()
+            tables = self._manifest()
+            if tables is None:
+                tables = {}
+            elif always:  # adopting: another process got there first
+                return
             for table, version in versions.items():
                 entry = {"version": version, "job": job, "run_id": run_id, "published_at": at}
                 tables[table] = entry

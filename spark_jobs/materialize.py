@@ -123,7 +123,7 @@ def _gate(settings: Settings, table: str, data, references):
     )
 
 
-def _unpublished(table: str, published: int, latest: int) -> dict[str, Any]:
+def _unpublished(table: str, published: int | None, latest: int) -> dict[str, Any]:
     return {
         "table": table,
         "status": "unpublished",

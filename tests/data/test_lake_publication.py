@@ -107,3 +107,26 @@ def test_a_failed_block_publishes_nothing_and_the_writer_reads_its_own_writes(se
     with pytest.raises(RuntimeError, match="does not nest"), lake.publishing("a", "1"):
         with lake.publishing("b", "2"):
             pass
+
+
+def test_a_first_run_killed_between_commits_leaves_nothing_visible(settings):
+    lake = Lake(settings)
+    out = _run_two_table_job(settings, failpoint="after_commit:product_labels")
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert lake.on_disk("product_labels") and not lake.exists("product_labels")
+    assert lake.read_arrow("product_labels").num_rows == 0
+    assert lake.unpublished() == {"product_labels": (None, 0)}
+    assert _run_two_table_job(settings).returncode == 0
+    assert _values(lake, "customers", "customer_id") == ["c1", "c2"]
+    assert lake.unpublished() == {}
+
+
+def test_a_lake_from_before_publications_is_adopted_whole_at_its_first_write(settings):
+    from deltalake import write_deltalake
+
+    lake = Lake(settings)
+    write_deltalake(str(lake.path("product_labels")), _labels(("1", "colour", "Blue")))
+    assert lake.version("product_labels") == 0  # no manifest: read as it is
+    lake.merge("customers", _customers("c1"))  # the first write adopts what is there
+    assert set(lake.published()) == {"product_labels", "customers"}
+    assert _values(lake, "product_labels", "value") == ["Blue"]
