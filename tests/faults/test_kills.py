@@ -187,7 +187,12 @@ def test_every_kill_leaves_a_consistent_lake_and_the_rerun_equals_an_uninterrupt
         lake = Lake(settings)
         differs = [t for t in OUTPUTS[job] if not _same(_rows(lake, t), reference[job][t])]
         outcomes.append((n, job, kind, point, killed, problems, sorted(unpublished), differs))
-        print(f"kill {n}: {job} {kind} {point}: killed={killed} unpublished={sorted(unpublished)}")
+        print(
+            f"kill {n}: {job} {kind} {point}: killed={killed}, unpublished after the kill "
+            f"{sorted(unpublished)}, problems {problems}, rerun differs from reference in "
+            f"{differs}",
+            flush=True,
+        )
     report = "\n".join(str(o) for o in outcomes)
     assert all(not o[5] for o in outcomes), report  # consistent after every kill
     assert all(not o[7] for o in outcomes), report  # every rerun equals the reference
