@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from atelier.settings import AttributeSettings, RecommenderSettings, Settings
 
-PRODUCTS = 400
+PRODUCTS = 340
 CUSTOMERS = 150
 STAGES = 12
 
@@ -34,14 +34,14 @@ class DemoFailed(RuntimeError):
 
 
 def demo_settings(settings: Settings) -> Settings:
-    """`settings` with the demo's smaller models, where the user left the defaults: 500
+    """`settings` with the demo's smaller models, where the user left the defaults: 400
     attribute steps, a k=32 recommender over at most 4 epochs, ablations off (they are the
     Figure 5 study of `atelier train attributes`), random weights allowed (offline)."""
     attributes, recommender = settings.attributes, settings.recommender
     defaults_a, defaults_r = AttributeSettings(), RecommenderSettings()
     a = {"ablations": False}
     if attributes.steps == defaults_a.steps:
-        a["steps"] = 500
+        a["steps"] = 400
     r = {}
     if recommender.k == defaults_r.k:
         r["k"] = 32

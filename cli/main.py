@@ -369,7 +369,7 @@ def _echo_dict(title: str, d: dict) -> None:
 def demo_cmd(
     ctx: typer.Context,
     seed: int = typer.Option(0, "--seed"),
-    products: int = typer.Option(400, "--products", min=50),
+    products: int = typer.Option(340, "--products", min=50),
     customers: int = typer.Option(150, "--customers", min=10),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Stream every stage's output instead of the log file."
