@@ -160,14 +160,15 @@ class Lake:
 
     # -- reads -----------------------------------------------------------------------------
     def read_arrow(self, table: str, columns: list[str] | None = None) -> pa.Table:
-        """Current snapshot of `table` as Arrow (empty with the contract schema if absent)."""
-        if not self.exists(table):
+        """Published snapshot of `table` as Arrow (empty with the contract schema if absent)."""
+        version = self.version(table)  # once: each call opens the Delta log
+        if version is None:
             schema = contract(table).schema()
             empty = schema.empty_table()
             return empty.select(columns) if columns else empty
         from deltalake import DeltaTable
 
-        dt = DeltaTable(str(self.path(table)), version=self.version(table))
+        dt = DeltaTable(str(self.path(table)), version=version)
         return self._absolute_paths(table, dt.to_pyarrow_table(columns=columns))
 
     def read_pandas(self, table: str, columns: list[str] | None = None) -> pd.DataFrame:
