@@ -7,10 +7,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 WORKDIR ?= workspace
 
-.PHONY: install java demo test test-slow test-faults test-all lint clean help
+CLUSTER ?= .cluster
+
+.PHONY: install java demo test test-slow test-faults test-all test-scale scale-up scale-down lint clean help
 
 help:
 	@echo "make demo | make test | make test-slow | make test-faults | make test-all | make install | make lint | make clean"
+	@echo "make scale-up | make test-scale | make scale-down   (the scale profile on this machine)"
 
 install: $(VENV)/.installed
 
@@ -43,16 +46,28 @@ demo: install
 PYTEST := PYSPARK_PYTHON=$(abspath $(BIN)/python) $(BIN)/python -m pytest --durations=15
 
 test: install
-	$(PYTEST) -m "not slow and not faults"
+	$(PYTEST) -m "not slow and not faults and not scale"
 
 test-slow: install
-	$(PYTEST) -m "slow and not faults"
+	$(PYTEST) -m "slow and not faults and not scale"
 
 test-faults: install
 	$(PYTEST) -s -m faults tests/faults
 
 test-all: install
-	$(PYTEST)
+	$(PYTEST) -m "not scale"
+
+# The scale profile on this machine (127.0.0.1 only): Spark standalone master + 2 workers,
+# PostgreSQL (Feast registry, MLflow store), an MLflow server, Redis; see README "Scale profile".
+scale-up: install
+	$(BIN)/atelier cluster up --dir $(CLUSTER)
+
+scale-down:
+	@if [ -x $(BIN)/atelier ]; then $(BIN)/atelier cluster down --dir $(CLUSTER); fi
+
+# Needs `make scale-up`: the same pipeline on both profiles, same tables/features/answers.
+test-scale: install
+	ATELIER_CLUSTER_DIR=$(abspath $(CLUSTER)) $(PYTEST) -s -m scale tests/scale
 
 # Style, then the one-way layers contract ([importlinter] in setup.cfg).
 lint: install

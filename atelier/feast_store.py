@@ -9,6 +9,10 @@ Profiles (`settings.feast.profile`), one definition set (`feature_repo/definitio
 - `scale` (`feature_repo/feature_store.scale.yaml`): Spark offline store (`SparkSource`, Delta
   table format), Redis online store (`settings.feast.redis`), SQL registry
   (`settings.feast.registry_url`); Spark master, jars and conf come from `settings.spark`.
+  Without delta-spark's jars (`lake_views`), sources are temp views of the tables' published
+  snapshots, read by the executors: `feature_store` registers them in the job's Spark session
+  (the session Feast's Spark store uses), as of that moment. The `feast` CLI does not, so with
+  that profile materialise with `atelier materialize` (`feast apply` reads no data and works).
 
 The yaml files are templates using `${ATELIER_WORKDIR}`, `${ATELIER_FEAST__REDIS}` and
 `${ATELIER_FEAST__REGISTRY_URL}`, the variables Settings itself reads. Here they are filled from
@@ -100,6 +104,9 @@ def _raw_config(settings: Settings, values: Mapping[str, str], environ: bool = T
         raw["online_store"]["path"] = str(Path(settings.feast.online_sqlite).expanduser().resolve())
     if profile == "scale":
         conf = raw["offline_store"].setdefault("spark_conf", {})
+        if lake_views(settings):  # no Delta extension to load
+            for key in ("spark.sql.extensions", "spark.sql.catalog.spark_catalog"):
+                conf.pop(key, None)
         conf["spark.master"] = settings.spark.master
         if settings.spark.packages:
             conf["spark.jars.packages"] = ",".join(settings.spark.packages)
@@ -109,8 +116,12 @@ def _raw_config(settings: Settings, values: Mapping[str, str], environ: bool = T
     return raw
 
 
-def feature_store(settings: Settings, overrides: Mapping[str, Any] | None = None) -> FeatureStore:
-    """A FeatureStore for `settings` (profile, workdir, Redis/registry URLs); see `repo_config`."""
+def feature_store(
+    settings: Settings, overrides: Mapping[str, Any] | None = None, offline: bool = True
+) -> FeatureStore:
+    """A FeatureStore for `settings` (profile, workdir, Redis/registry URLs); see `repo_config`.
+    `offline=False`: the store is only read online (the scale profile's lake views, which
+    need a Spark session, are not registered)."""
     from feast import FeatureStore
 
     config = repo_config(settings, overrides)
@@ -118,7 +129,38 @@ def feature_store(settings: Settings, overrides: Mapping[str, Any] | None = None
         settings.feast_dir.mkdir(parents=True, exist_ok=True)
     if config.offline_store.type == "duckdb":
         ensure_duckdb_delta()
+    if offline and config.offline_store.type == "spark" and lake_views(settings):
+        register_lake_views(settings)
     return FeatureStore(repo_path=str(FEATURE_REPO), config=config)
+
+
+def online_store(settings: Settings) -> FeatureStore:
+    """A FeatureStore for online reads only (serving, lookups): no Spark session, no views."""
+    return feature_store(settings, offline=False)
+
+
+def lake_views(settings: Settings) -> bool:
+    """Whether the scale profile's sources are temp views of the lake (no delta-spark jars)."""
+    return settings.feast.profile == "scale" and not (
+        settings.spark.jars or settings.spark.packages
+    )
+
+
+def register_lake_views(settings: Settings) -> list[str]:
+    """Register `atelier_<table>` temp views of every published feature table's snapshot in
+    the job's Spark session (the one Feast's Spark offline store picks up); the tables."""
+    from atelier.lake import Lake
+    from atelier.spark import get_spark
+    from feature_repo.definitions import view_name
+
+    lake = Lake(settings, get_spark(settings))
+    done = []
+    for table in VIEWS:
+        if lake.exists(table):
+            lake.read_spark(table).createOrReplaceTempView(view_name(table))
+            done.append(table)
+    log.info("Spark temp views of the lake's snapshots: %s", ", ".join(done) or "none")
+    return done
 
 
 def ensure_duckdb_delta() -> Path:
@@ -175,7 +217,7 @@ from pathlib import Path
 
 from feature_repo.definitions import build
 
-globals().update(build(Path({lake!r}), {profile!r}))
+globals().update(build(Path({lake!r}), {profile!r}, lake_views={lake_views!r}))
 """
 
 
@@ -193,7 +235,10 @@ def write_repo(settings: Settings) -> Path:
         "feature_store.yaml": "# Written by atelier for this workdir; regenerated, do not edit.\n"
         + yaml.safe_dump(raw, sort_keys=False),
         "definitions.py": _DEFINITIONS.format(
-            workdir=settings.workdir, lake=str(settings.lake_dir), profile=settings.feast.profile
+            workdir=settings.workdir,
+            lake=str(settings.lake_dir),
+            profile=settings.feast.profile,
+            lake_views=lake_views(settings),
         ),
     }
     for name, text in files.items():
@@ -208,7 +253,7 @@ def definitions(settings: Settings) -> dict[str, Any]:
     """The repository's Feast objects for `settings` (sources under `settings.lake_dir`)."""
     from feature_repo.definitions import build
 
-    return build(settings.lake_dir, settings.feast.profile)
+    return build(settings.lake_dir, settings.feast.profile, lake_views(settings))
 
 
 def apply(settings: Settings, store: FeatureStore | None = None) -> dict[str, list[str]]:
@@ -262,7 +307,7 @@ def online_features(
     features: a feature service name (default `attributes_v1`) or refs "view:feature". The
     image embedding and colour are the main shot's (shot 0). Unknown products get None values.
     """
-    store = store or feature_store(settings)
+    store = store or online_store(settings)
     refs = _feature_arg(store, features or DEFAULT_ONLINE_FEATURES)
     rows = [{"product_id": str(p)} for p in product_ids]
     if _needs_shot(store, refs):

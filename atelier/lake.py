@@ -1,11 +1,16 @@
 """Lake I/O: the only code that knows where tables live and how Delta is written.
 
-Two writers, one protocol on disk:
-- **delta-spark** (`format("delta")`) when its jars are on the Spark classpath — the cluster path.
-  Provide them with `spark.packages` (needs network: `io.delta:delta-spark_2.13:<ver>`) or
-  `spark.jars` (local jar files) in the settings.
-- **deltalake** (delta-rs) from Arrow otherwise — the embedded default here, where Maven Central
-  is unreachable. Reads always go through the table's current snapshot, never loose Parquet.
+Three writers, one protocol on disk:
+- **delta-spark** (`format("delta")`) when its jars are on the Spark classpath. Provide them with
+  `spark.packages` (needs network: `io.delta:delta-spark_2.13:<ver>`) or `spark.jars` (local jar
+  files) in the settings.
+- **Spark executors + delta-rs commit** for Spark DataFrames otherwise (`lake.spark_io`
+  "executors", the default; atelier/lake_spark.py): executors write the Parquet files of a
+  merge in parallel, the driver commits them in one delta-rs transaction — the cluster path
+  where Maven Central is unreachable, as here.
+- **deltalake** (delta-rs) from Arrow on the driver for Arrow and pandas data (and for Spark
+  data with `lake.spark_io` "driver").
+Reads always go through a published snapshot (its file list), never loose Parquet.
 
 Merges upsert by the contract's key and only rewrite rows whose values changed, so a rerun on the
 same input commits nothing (the Delta version stays put).
@@ -175,11 +180,20 @@ class Lake:
         return self.read_arrow(table, columns).to_pandas()
 
     def read_spark(self, table: str, columns: list[str] | None = None) -> DataFrame:
-        """`table` as a Spark DataFrame (delta-spark when available, else via Arrow)."""
+        """Published snapshot of `table` as a Spark DataFrame, read by the executors
+        (delta-spark when available, else the snapshot's files; via Arrow on the driver when
+        `lake.spark_io` is "driver")."""
         spark = self._require_spark()
-        if self.uses_delta_spark and self.exists(table):
-            reader = spark.read.format("delta").option("versionAsOf", self.version(table))
-            df = reader.load(str(self.path(table)))
+        version = self.version(table)
+        executors = self.settings.lake.spark_io == "executors"
+        if version is not None and (self.uses_delta_spark or executors):
+            if self.uses_delta_spark:
+                reader = spark.read.format("delta").option("versionAsOf", version)
+                df = reader.load(str(self.path(table)))
+            else:
+                from atelier import lake_spark
+
+                df = lake_spark.read_snapshot(spark, self.path(table), contract(table), version)
             if table == "product_images":
                 from pyspark.sql import functions as F
 
@@ -211,6 +225,10 @@ class Lake:
             data.select(*c.column_names).write.format("delta").mode("overwrite").option(
                 "overwriteSchema", "true"
             ).save(str(self.path(table)))
+        elif _is_spark(data) and self.settings.lake.spark_io == "executors":
+            from atelier import lake_spark
+
+            lake_spark.overwrite(self.path(table), c, data)
         else:
             from deltalake import write_deltalake
 
@@ -228,6 +246,12 @@ class Lake:
         self._adopt()
         if self.uses_delta_spark and _is_spark(data):
             return self._merge_spark(c, data, update)
+        if _is_spark(data) and self.settings.lake.spark_io == "executors":
+            from atelier import lake_spark
+
+            self.path(table).parent.mkdir(parents=True, exist_ok=True)
+            inserted, updated = lake_spark.merge(self.path(table), c, data, update)
+            return MergeResult(table, inserted, updated, self._committed(table))
         arrow = self._to_arrow(c, data)
         if not self.on_disk(table):
             from deltalake import write_deltalake

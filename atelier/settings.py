@@ -31,6 +31,23 @@ class SparkSettings(BaseModel):
     jars: list[str] = Field(default_factory=list)
     # Extra `spark.*` options passed through verbatim.
     conf: dict[str, str] = Field(default_factory=dict)
+    # GPU executors (embed, predict, item vectors on GPU workers): GPUs per executor (0: none)
+    # and per task. task_gpus 1 runs one task, hence one model, per GPU at a time. The workers
+    # must offer GPUs (standalone: spark.worker.resource.gpu.amount and a discovery script);
+    # `gpu_discovery_script` is the executors' (default: none, the cluster's own setting).
+    executor_gpus: int = Field(0, ge=0)
+    task_gpus: float = Field(1.0, gt=0.0)
+    gpu_discovery_script: str = ""
+
+
+class LakeSettings(BaseModel):
+    """How Spark DataFrames reach the lake when delta-spark's jars are not configured."""
+
+    # "executors": executors write a merge's Parquet files in parallel and the driver commits
+    # them to the Delta log with delta-rs (atelier/lake_spark.py); reads scan the published
+    # snapshot's files on the executors. "driver": every row is collected to the driver as
+    # Arrow and written by delta-rs there (the embedded path of earlier versions).
+    spark_io: Literal["executors", "driver"] = "executors"
 
 
 class GateSettings(BaseModel):
@@ -257,6 +274,7 @@ class Settings(BaseSettings):
     workdir: Path = Path("workspace")
     seed: int = 20181
     spark: SparkSettings = Field(default_factory=SparkSettings)
+    lake: LakeSettings = Field(default_factory=LakeSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     # Layout configs (inputs vs target attributes); defaults ship inside the package.

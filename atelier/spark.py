@@ -43,12 +43,40 @@ def get_spark(settings: Settings) -> SparkSession:
         conf["spark.jars"] = ",".join(s.jars)
     if s.packages or s.jars or _jars_in(submitted):
         conf.update(_DELTA_CONF)
+    conf.update(gpu_conf(s))
     conf.update(s.conf)
     for k, v in conf.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def gpu_conf(s) -> dict[str, str]:
+    """Spark's resource settings for `s.executor_gpus` GPUs per executor (SparkSettings);
+    empty without GPUs. Tasks then learn their GPU from TaskContext (`task_gpu`)."""
+    if not s.executor_gpus:
+        return {}
+    if s.task_gpus > s.executor_gpus:
+        raise ValueError(
+            f"spark.task_gpus {s.task_gpus:g} exceeds spark.executor_gpus {s.executor_gpus}: "
+            "no task could ever be scheduled"
+        )
+    conf = {
+        "spark.executor.resource.gpu.amount": str(s.executor_gpus),
+        "spark.task.resource.gpu.amount": f"{s.task_gpus:g}",
+    }
+    if s.gpu_discovery_script:
+        conf["spark.executor.resource.gpu.discoveryScript"] = s.gpu_discovery_script
+    return conf
+
+
+def task_gpu(resources: dict | None) -> str | None:
+    """The GPU address Spark gave the running task (`TaskContext.get().resources()`), or
+    None when it has none: the worker pins TensorFlow to it (CUDA_VISIBLE_DEVICES)."""
+    gpu = (resources or {}).get("gpu")
+    addresses = list(getattr(gpu, "addresses", None) or [])
+    return addresses[0] if addresses else None
 
 
 def _jars_in(conf) -> bool:

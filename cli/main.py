@@ -405,6 +405,48 @@ def tables_cmd(ctx: typer.Context) -> None:
             typer.echo(f"{name:<16} (absent)")
 
 
+cluster_app = typer.Typer(
+    help="The scale profile on this machine: Spark standalone, PostgreSQL, MLflow, Redis.",
+    no_args_is_help=True,
+)
+app.add_typer(cluster_app, name="cluster")
+CLUSTER_DIR = typer.Option(Path(".cluster"), "--dir", help="Where the services keep their data.")
+
+
+@cluster_app.command("up")
+def cluster_up_cmd(directory: Path = CLUSTER_DIR) -> None:
+    """Start every service (on 127.0.0.1) not running yet; write <dir>/atelier.scale.yaml."""
+    from atelier.cluster import ClusterError, up
+
+    try:
+        for name, url in up(directory, echo=typer.echo).items():
+            typer.echo(f"  {name:<15} {url}")
+    except ClusterError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+@cluster_app.command("down")
+def cluster_down_cmd(directory: Path = CLUSTER_DIR) -> None:
+    """Stop the services started from <dir> (their data stays for the next `up`)."""
+    from atelier.cluster import down
+
+    if not down(directory, echo=typer.echo):
+        typer.echo("nothing running")
+
+
+@cluster_app.command("status")
+def cluster_status_cmd(directory: Path = CLUSTER_DIR) -> None:
+    """Each service started from <dir> and whether it runs; exit 1 when one does not."""
+    from atelier.cluster import status
+
+    states = status(directory)
+    for name, alive in states.items():
+        typer.echo(f"{name:<15} {'running' if alive else 'STOPPED'}")
+    if not states or not all(states.values()):
+        raise typer.Exit(1)
+
+
 train_app = typer.Typer(
     help="Train a model, evaluate it, log it to MLflow, register it.", no_args_is_help=True
 )

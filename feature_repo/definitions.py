@@ -3,9 +3,12 @@
 Pure: nothing happens at import, and nothing is read from the environment. `build(lake_dir,
 profile)` returns the objects for one workdir's lake and one profile: `embedded` (`FileSource` in
 the Delta format, read by the duckdb offline store) or `scale` (`SparkSource` with the Delta table
-format, read by the Spark offline store). `atelier.feast_store` calls it for a Settings object,
-and writes each workdir's own feature repository (`<workdir>/feast/repo`: its yaml and a
-two-line definitions file calling `build` with that workdir's lake), where the `feast` CLI works.
+format, read by the Spark offline store; with `lake_views`, where delta-spark's jars are absent,
+`SparkSource` over the temp view `atelier_<table>` of the table's published snapshot, which
+`atelier.feast_store.register_lake_views` registers in the Spark session first).
+`atelier.feast_store` calls it for a Settings object, and writes each workdir's own feature
+repository (`<workdir>/feast/repo`: its yaml and a two-line definitions file calling `build` with
+that workdir's lake), where the `feast` CLI works.
 
 Source paths are absolute: the duckdb store resolves relative paths against the current
 directory, and Spark workers against theirs.
@@ -91,7 +94,12 @@ customer = Entity(
 )
 
 
-def _source(name: str, lake_dir: Path, profile: str):
+def view_name(table: str) -> str:
+    """The Spark temp view holding `table`'s published snapshot (scale profile, lake views)."""
+    return f"atelier_{table}"
+
+
+def _source(name: str, lake_dir: Path, profile: str, lake_views: bool = False):
     """The Delta table `lake_dir/name` as a batch source of the profile's offline store."""
     path = str(Path(lake_dir) / name)
     common = dict(
@@ -111,6 +119,8 @@ def _source(name: str, lake_dir: Path, profile: str):
         with warnings.catch_warnings():
             # "The spark data source API is an experimental feature in alpha development."
             warnings.simplefilter("ignore", RuntimeWarning)
+            if lake_views:  # executors read the snapshot's files (atelier.lake_spark)
+                return SparkSource(table=view_name(name), **common)
             return SparkSource(path=path, table_format=DeltaTableFormat(), **common)
     if profile != "embedded":
         raise ValueError(f"unknown Feast profile {profile!r}; expected 'embedded' or 'scale'")
@@ -119,18 +129,18 @@ def _source(name: str, lake_dir: Path, profile: str):
     return FileSource(path=path, file_format=DeltaFormat(), **common)
 
 
-def build(lake_dir: Path, profile: str = "embedded") -> dict[str, object]:
+def build(lake_dir: Path, profile: str = "embedded", lake_views: bool = False) -> dict[str, object]:
     """Every Feast object of the repository, by name, with sources under `lake_dir`.
 
     Long by design: a declarative list (sources, views with their fields, services) read top to
     bottom like a Feast repo file; splitting it would scatter one schema over helpers."""
-    images = _source("image_embeddings", lake_dir, profile)
-    colours = _source("colour_features", lake_dir, profile)
-    texts = _source("text_features", lake_dir, profile)
-    products = _source("product_features", lake_dir, profile)
-    histories = _source("customer_history", lake_dir, profile)
-    attribute_vectors = _source("attribute_vectors", lake_dir, profile)
-    item_vector_rows = _source("item_vectors", lake_dir, profile)
+    images = _source("image_embeddings", lake_dir, profile, lake_views)
+    colours = _source("colour_features", lake_dir, profile, lake_views)
+    texts = _source("text_features", lake_dir, profile, lake_views)
+    products = _source("product_features", lake_dir, profile, lake_views)
+    histories = _source("customer_history", lake_dir, profile, lake_views)
+    attribute_vectors = _source("attribute_vectors", lake_dir, profile, lake_views)
+    item_vector_rows = _source("item_vectors", lake_dir, profile, lake_views)
 
     image_embedding = FeatureView(
         name="image_embedding",

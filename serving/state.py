@@ -101,7 +101,7 @@ class OnlineFeatures:
         from concurrent.futures import ThreadPoolExecutor
 
         if factory is None:
-            from atelier.feast_store import feature_store as factory
+            from atelier.feast_store import online_store as factory
         self._settings = settings
         self._factory = factory
         self.retry_seconds = float(retry_seconds)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -323,8 +324,19 @@ _MODELS: dict[tuple[str, int | None], Any] = {}
 
 
 def configure_tensorflow(threads: int) -> None:
-    """Bound TensorFlow's threads and quieten its logs; before TensorFlow's first use."""
+    """Bound TensorFlow's threads and quieten its logs; before TensorFlow's first use. On a
+    GPU executor, pin this worker's TensorFlow to the GPU Spark gave the task: one model per
+    GPU (a reused worker keeps the GPU of its first task)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from pyspark import TaskContext
+
+    from atelier.spark import task_gpu
+
+    context = TaskContext.get()
+    gpu = task_gpu(context.resources() if context is not None else None)
+    if gpu is not None and "tensorflow" not in sys.modules:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        worker_log("embed", f"TensorFlow on GPU {gpu}")
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     # VGG16 is a chain of ops: inter-op parallelism buys nothing, so one thread.

@@ -1,5 +1,6 @@
 """One pipeline job in its own process, for the kill tests: `python -m tests.faults.runner
-WORKDIR JOB SOURCE` runs `ingest`, `embed` or `features` (text then product features) with the
+WORKDIR JOB SOURCE` runs `ingest`, `embed`, `features` (text then product features) or
+`predict` (attributes, with the workdir's registered champion) with the
 suite's fixed clock and test settings, exactly as the uninterrupted reference does in-process."""
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def run(job: str, settings, source: Path, spark=None) -> None:
 
         run_text_features(settings, spark=spark, now=NOW)
         run_product_features(settings, spark=spark, now=NOW)
+    elif job == "predict":
+        from spark_jobs.predict_attributes import run_predict_attributes
+
+        run_predict_attributes(settings, spark=spark, now=NOW)
     else:
         raise SystemExit(f"unknown job {job!r}")
 

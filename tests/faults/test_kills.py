@@ -1,4 +1,5 @@
-"""`kill -9` at random points of ingest, embed and the feature jobs; after each kill the lake
+"""`kill -9` at random points of ingest, embed, the feature jobs and predict attributes; after
+each kill the lake
 is consistent, and a rerun ends with exactly the tables of an uninterrupted run.
 
 Each kill runs the job in its own process (`tests.faults.runner`) on a copy of the workdir as
@@ -29,7 +30,7 @@ from tests.faults.runner import run, settings_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark, pytest.mark.slow]
 
-JOBS = ("ingest", "embed", "features")
+JOBS = ("ingest", "embed", "features", "predict")
 # The tables each job writes (what the rerun must get right).
 OUTPUTS = {
     "ingest": ("products", "customers", "interactions", "product_labels", "product_images"),
@@ -41,10 +42,11 @@ OUTPUTS = {
         "product_features",
         "customer_history",
     ),
+    "predict": ("predicted_attributes", "attribute_vectors"),
 }
 CHILDREN = (
     "product_images", "product_labels", "interactions", "image_embeddings", "text_features",
-    "product_features",
+    "product_features", "predicted_attributes", "attribute_vectors",
 )  # fmt: skip
 IGNORED = {"created_timestamp"}
 KILLS = int(os.environ.get("FAULT_KILLS", "24"))
@@ -112,6 +114,8 @@ def world(tmp_path_factory, hm_dir, spark):
     work = root / "reference"
     settings = settings_for(work)
     for job in JOBS:
+        if job == "predict":
+            _hide_labels_and_register_a_champion(settings)
         before[job] = root / f"before-{job}"
         if work.exists():
             shutil.copytree(work, before[job], symlinks=True)
@@ -132,6 +136,35 @@ def world(tmp_path_factory, hm_dir, spark):
     return src, before, reference, seconds
 
 
+def _hide_labels_and_register_a_champion(settings) -> None:
+    """Gaps for predict to fill (graphic hidden for ten products) and a tiny registered champion
+    (untrained: its outputs are a fixed function of the inputs, which is all a rerun needs)."""
+    import pyarrow as pa
+
+    from atelier.contracts import contract
+    from atelier.lake import Lake
+    from tests.conftest import embed_weights_id
+    from tests.integration.test_predict_attributes import (
+        GRAPHIC,
+        _register_champion,
+        _tiny_bundle,
+    )
+
+    lake = Lake(settings)
+    ids = sorted(lake.read_arrow("products", ["product_id"])["product_id"].to_pylist())[:10]
+    labels = [
+        r
+        for r in lake.read_arrow("product_labels").to_pylist()
+        if not (r["product_id"] in ids and r["attribute"] == GRAPHIC)
+    ]
+    lake.overwrite(
+        "product_labels", pa.Table.from_pylist(labels, contract("product_labels").schema())
+    )
+    bundle = _tiny_bundle(settings, lake)
+    bundle.metadata["embedding_weights"] = [embed_weights_id()]  # this suite's embed settings
+    _register_champion(settings, bundle)
+
+
 def _env(**extra):
     return {**os.environ, **embed_env(), "PYSPARK_PYTHON": sys.executable, **extra}
 
@@ -142,7 +175,7 @@ def _plan(seconds: dict[str, float]) -> list[tuple[str, str, float | str]]:
     plan = []
     for i in range(KILLS):
         job = JOBS[i % len(JOBS)]
-        if i % 2 == 0:
+        if (i // len(JOBS)) % 2 == 0:  # each job alternates: a moment, then a commit
             plan.append((job, "time", float(rng.uniform(3.0, max(4.0, seconds[job] * 0.8)))))
         else:
             tables = OUTPUTS[job]

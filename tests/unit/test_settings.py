@@ -63,3 +63,29 @@ def test_predict_min_confidence_per_attribute_from_env_and_bounded(monkeypatch, 
     assert Settings().predict.min_confidence == {"*": 0.8, "colour": 0.95}
     with pytest.raises(ValidationError, match=r"predict\.min_confidence\.colour"):
         Settings(predict={"min_confidence": {"colour": 1.5}})
+
+
+@pytest.mark.unit
+def test_gpu_executors_produce_spark_resource_settings_and_tasks_find_their_gpu():
+    from types import SimpleNamespace
+
+    from atelier.settings import Settings
+    from atelier.spark import gpu_conf, task_gpu
+
+    assert gpu_conf(Settings().spark) == {}  # CPU by default: no resource settings
+    s = Settings(
+        spark={"executor_gpus": 2, "task_gpus": 1, "gpu_discovery_script": "/opt/gpus.sh"}
+    ).spark
+    assert gpu_conf(s) == {
+        "spark.executor.resource.gpu.amount": "2",
+        "spark.task.resource.gpu.amount": "1",  # one task, one model, per GPU
+        "spark.executor.resource.gpu.discoveryScript": "/opt/gpus.sh",
+    }
+    shared = Settings(spark={"executor_gpus": 1, "task_gpus": 0.5}).spark
+    assert gpu_conf(shared)["spark.task.resource.gpu.amount"] == "0.5"  # two tasks share one
+    with pytest.raises(ValueError, match="task_gpus 2 exceeds spark.executor_gpus 1"):
+        gpu_conf(Settings(spark={"executor_gpus": 1, "task_gpus": 2}).spark)
+    # TaskContext.resources(): name -> ResourceInformation(name, addresses)
+    assert task_gpu({"gpu": SimpleNamespace(name="gpu", addresses=["3"])}) == "3"
+    assert task_gpu({"gpu": SimpleNamespace(name="gpu", addresses=[])}) is None
+    assert task_gpu({}) is None and task_gpu(None) is None

@@ -1,0 +1,210 @@
+"""Delta writes by Spark executors, committed by delta-rs: the lake at cluster scale without
+delta-spark's jars.
+
+A merge of a Spark DataFrame never funnels its rows through the driver:
+1. the executors read the target's snapshot (the file list of its current version, never the
+   folder's loose Parquet, which holds uncommitted and removed files too), join it with the
+   batch on the contract key and find the new keys and the changed rows;
+2. they write the new rows, and the rows of every target file holding a changed row (that file
+   rewritten whole, copy-on-write), as Parquet into a fresh `w-<id>/` folder of the table;
+3. the driver reads only those files' footers and commits, in one delta-rs transaction, an add
+   action for each new file and a remove action for each rewritten one.
+Until step 3 nothing is visible: a killed write leaves unreferenced files (vacuum removes them)
+and the table as it was. The table stays ACID and readable by delta-rs, DuckDB and delta-spark.
+
+The driver must see the table folder (local disk or a mount shared with the workers, as the
+scale profile's lake is); object stores would list the new files through pyarrow's filesystem
+instead (not done).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from functools import reduce
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pyspark.sql import DataFrame, SparkSession
+
+    from atelier.contracts import TableContract
+
+FILE = "_atelier_file"  # which snapshot file a target row came from
+_TARGET = "_t_"  # prefix of the target's columns in the join
+
+
+def snapshot_files(path: Path, version: int | None = None) -> dict[str, str]:
+    """The files of `path`'s snapshot at `version` (default: latest): absolute path -> the
+    path the Delta log names it by."""
+    from deltalake import DeltaTable
+
+    return _files(DeltaTable(str(path), version=version), path)
+
+
+def read_snapshot(
+    spark: SparkSession,
+    path: Path,
+    c: TableContract,
+    version: int | None = None,
+    with_file: bool = False,
+) -> DataFrame:
+    """`path`'s rows at `version` read by the executors from the snapshot's files, with the
+    contract's schema (and the source file's path in FILE when `with_file`)."""
+    from pyspark.sql import functions as F
+
+    files = sorted(snapshot_files(path, version))
+    if files:
+        df = spark.read.schema(c.spark_ddl()).parquet(*files)
+    else:
+        df = spark.createDataFrame([], c.spark_ddl())
+    if with_file:
+        df = df.withColumn(FILE, F.input_file_name())
+    return df
+
+
+def conform(c: TableContract, df: DataFrame) -> DataFrame:
+    """`df` with exactly the contract's columns, cast to its types; ValueError on a missing
+    column, a null in a non-nullable column or a key repeated in the batch (the checks the
+    Arrow path makes, and delta-rs's merge)."""
+    from pyspark.sql import functions as F
+
+    from atelier.contracts import _SPARK
+
+    missing = [n for n in c.column_names if n not in df.columns]
+    if missing:
+        raise ValueError(f"{c.name}: data lacks contract columns {missing}")
+    df = df.select(*[F.col(f"`{col.name}`").cast(_SPARK[col.type]) for col in c.columns])
+    required = [col.name for col in c.columns if not col.nullable]
+    checks = [F.sum(F.col(n).isNull().cast("long")).alias(n) for n in required]
+    key = [F.col(k) for k in c.key]
+    dupes = df.groupBy(*key).count().where("count > 1").agg(F.count("*").alias("n"))
+    nulls = df.agg(*checks).first().asDict() if checks else {}
+    bad = sorted(n for n, v in nulls.items() if v)
+    if bad:
+        raise ValueError(f"{c.name}: nulls in non-nullable columns {bad}")
+    repeated = dupes.first()["n"]
+    if repeated:
+        raise ValueError(f"{c.name}: {repeated} keys appear more than once in the batch")
+    return df
+
+
+def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> tuple[int, int]:
+    """Upsert `df` into the Delta table at `path` by `c.key` (see the module docstring);
+    (inserted, updated). Creates the table on its first write; commits nothing when nothing
+    changed; with `update=False` matched rows are left alone (insert-only)."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import RemoveAction, create_table_with_add_actions
+    from pyspark.sql import functions as F
+
+    spark = df.sparkSession
+    df = conform(c, df)
+    if not (path / "_delta_log").is_dir():
+        adds, rows = _write_files(spark, path, df)
+        create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
+        return rows, 0
+    dt = DeltaTable(str(path))
+    files = _files(dt, path)
+    target = read_snapshot(spark, path, c, dt.version(), with_file=True)
+    rest = [n for n in c.column_names if n not in c.key]
+    theirs = target.select(*c.key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest])
+    joined = df.join(theirs, list(c.key), "left").cache()
+    try:
+        matched = F.col(FILE).isNotNull()
+        differs = reduce(
+            lambda a, b: a | b,
+            [~F.col(n).eqNullSafe(F.col(_TARGET + n)) for n in rest],
+            F.lit(False),
+        )
+        inserts = joined.where(~matched).select(*c.column_names)
+        updates = joined.where(matched & differs).select(*c.column_names, FILE)
+        n_inserted = inserts.count()
+        touched = [r[FILE] for r in updates.select(FILE).distinct().collect()] if update else []
+        n_updated = updates.count() if touched else 0
+        if not (n_inserted or n_updated):
+            return 0, 0
+        out = inserts
+        if touched:
+            # A rewritten file keeps its other rows; the changed ones come from the batch.
+            kept = target.where(F.col(FILE).isin(touched)).join(
+                updates.select(*c.key), list(c.key), "left_anti"
+            )
+            out = out.unionByName(kept.select(*c.column_names)).unionByName(
+                updates.select(*c.column_names)
+            )
+        adds, _ = _write_files(spark, path, out)
+        now = int(time.time() * 1000)
+        removes = [
+            RemoveAction(path=files[_local(f)], data_change=True, deletion_timestamp=now)
+            for f in touched
+        ]
+        dt.create_write_transaction([*adds, *removes], mode="append", schema=dt.schema())
+        return n_inserted, n_updated
+    finally:
+        joined.unpersist()
+
+
+def overwrite(path: Path, c: TableContract, df: DataFrame) -> None:
+    """Replace the table's contents with `df` (executors write; one commit)."""
+    from deltalake import DeltaTable
+    from deltalake.transaction import create_table_with_add_actions
+
+    spark = df.sparkSession
+    adds, _ = _write_files(spark, path, conform(c, df))
+    if not (path / "_delta_log").is_dir():
+        create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
+        return
+    dt = DeltaTable(str(path))
+    dt.create_write_transaction(adds, mode="overwrite", schema=c.schema())
+
+
+def _write_files(spark: SparkSession, path: Path, df: DataFrame) -> tuple[list, int]:
+    """Executors write `df` as Parquet into a new folder of the table; the add actions of its
+    non-empty files (stats from the footers) and the rows written."""
+    import pyarrow.parquet as pq
+    from deltalake.transaction import AddAction
+
+    folder = f"w-{uuid.uuid4().hex}"
+    # Delta's timestamps are INT64 microseconds (Spark's default is the legacy INT96).
+    spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+    df.write.mode("errorifexists").parquet(str(path / folder))
+    adds, rows = [], 0
+    for f in sorted((path / folder).glob("*.parquet")):
+        n = pq.read_metadata(f).num_rows
+        if not n:
+            f.unlink()  # an empty partition's file: nothing to commit
+            continue
+        stat = f.stat()
+        adds.append(
+            AddAction(
+                path=f"{folder}/{f.name}",
+                size=stat.st_size,
+                partition_values={},
+                modification_time=int(stat.st_mtime * 1000),
+                data_change=True,
+                stats=json.dumps({"numRecords": n}),
+            )
+        )
+        rows += n
+    return adds, rows
+
+
+def _files(dt, path: Path) -> dict[str, str]:
+    """The snapshot's files: absolute path -> the path its log names it by."""
+    names = dt.get_add_actions(flatten=True).column("path").to_pylist()
+    return {_local(str(path / unquote(rel))): rel for rel in names}
+
+
+def _delta_schema(c: TableContract):
+    from deltalake import Schema
+
+    return Schema.from_arrow(c.schema())
+
+
+def _local(uri: str) -> str:
+    """A file URI or path as a plain absolute path (what input_file_name() and the log give
+    differ in scheme and escaping)."""
+    parsed = urlparse(uri)
+    return str(Path(unquote(parsed.path if parsed.scheme == "file" else uri)).resolve())
