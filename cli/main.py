@@ -616,6 +616,12 @@ def serve_cmd(
         min=0.0,
         help="Reload when the champion or the lake's tables changed, this often (0: never).",
     ),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        min=1,
+        help="Server processes on the port (one state each; metrics summed, reloads shared).",
+    ),
 ) -> None:
     """Serve the recommendation API (the champion over Feast online features)."""
     import uvicorn
@@ -645,6 +651,12 @@ def serve_cmd(
             "  note: no serving.admin_token set: /admin/* answers loopback clients only "
             "(set ATELIER_SERVING__ADMIN_TOKEN to reload from elsewhere)"
         )
+    if workers > 1:
+        from serving.workers import serve_workers
+
+        typer.echo(f"  {workers} worker processes")
+        serve_workers(settings, host, port, workers, poll_seconds or None)
+        return
     configure_access_log()
     # Requests run in a thread pool and each scores one customer (a 1 x k by k x n product):
     # BLAS threads gain nothing there, and their spin-waiting took the cores the other

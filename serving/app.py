@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -50,6 +51,7 @@ from serving.state import ServingState, StateHolder
 
 if TYPE_CHECKING:  # pragma: no cover
     from atelier.settings import Settings
+    from serving.workers import ReloadBroadcast
 
 log = logging.getLogger("atelier.serving")
 access_log = logging.getLogger("atelier.serving.access")
@@ -166,6 +168,7 @@ def create_app(
     settings: Settings,
     state_holder: StateHolder | None = None,
     poll_seconds: float | None = None,
+    broadcast: ReloadBroadcast | None = None,
 ) -> FastAPI:
     """The API over `state_holder` (default: a new one for `settings`).
 
@@ -174,7 +177,8 @@ def create_app(
 
     On start-up a holder without a state loads one in a background thread (`/health` answers
     at once, `/ready` says 503 until it is loaded); with `poll_seconds` the holder rebuilds
-    whenever the champion or a source table changed.
+    whenever the champion or a source table changed; with `broadcast` (`atelier serve
+    --workers`) an admin reload reaches the other workers too.
     """
     holder = state_holder or StateHolder(settings)
     exclude_default = settings.recommender.exclude_seen
@@ -194,10 +198,15 @@ def create_app(
             ).start()
         if poll_seconds:
             holder.start_polling(poll_seconds)
+        if broadcast is not None:
+            broadcast.watch(holder)
         try:
             yield
         finally:
             holder.stop_polling()
+            if broadcast is not None:
+                broadcast.stop()
+            metrics.close()
 
     app = FastAPI(
         title="atelier recommendations",
@@ -226,9 +235,10 @@ def create_app(
         return state
 
     @app.get("/health", tags=["ops"])
-    def health() -> dict[str, str]:
-        """The process is alive (says nothing about the model)."""
-        return {"status": "ok"}
+    def health() -> dict[str, str | int]:
+        """The process is alive (says nothing about the model); `pid`: which server process
+        answered (`serve --workers`)."""
+        return {"status": "ok", "pid": os.getpid()}
 
     @app.get(
         "/ready",
@@ -365,6 +375,8 @@ def create_app(
                 {"detail": f"reload failed, still serving {serving}: {type(e).__name__}: {e}"},
                 status_code=503,
             )
+        if broadcast is not None:  # the other workers reload too (serving.workers)
+            broadcast.announce(new.model_version)
         request.state.model_version = new.model_version
         return ReloadResponse(
             model_version=new.model_version,

@@ -23,9 +23,13 @@ folder, and series with the same name and labels in two registries of one proces
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
+OUR_DIR = "ATELIER_SERVING_METRICS_DIR"  # set with MULTIPROCESS by `serve --workers`
 BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -36,6 +40,10 @@ class ServingMetrics:
     def __init__(self, fallback_reasons: tuple[str, ...] = ()) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # `atelier serve --workers` sets it (serving.workers); Feast may set its own otherwise
+        # (see above), which is not ours to aggregate.
+        ours = os.environ.get(OUR_DIR)
+        self.multiprocess = bool(ours) and os.environ.get(MULTIPROCESS) == ours
         self.latency = Histogram(
             "atelier_request_seconds",
             "Request latency by endpoint (route template).",
@@ -59,14 +67,19 @@ class ServingMetrics:
             "Online item vectors of another model version, replaced by the served model's.",
             registry=r,
         )
+        # Multi-process mode (`serve --workers`): a gauge is the live workers' maximum.
         self.model_info = Gauge(
             "atelier_model_info",
             "1 for the model version being served.",
             ["model_version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.candidates = Gauge(
-            "atelier_candidate_products", "Products that may be recommended.", registry=r
+            "atelier_candidate_products",
+            "Products that may be recommended.",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.reloads = Counter(
             "atelier_reloads", "Serving state rebuilds.", ["trigger", "outcome"], registry=r
@@ -99,4 +112,21 @@ class ServingMetrics:
         self.reloads.labels(trigger, outcome).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition text: this registry's, or in multi-process mode (`serve --workers`,
+        MULTIPROCESS set) every worker's series summed from the shared folder."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone)
+        return generate_latest(everyone)
+
+    def close(self) -> None:
+        """This process stops serving: its live gauges leave the sums."""
+        if self.multiprocess:
+            import os
+
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid())

@@ -133,7 +133,7 @@ def metric(text: str, name: str, **labels) -> float:
 
 
 def test_health_and_ready_name_the_champion(client):
-    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health").json() == {"status": "ok", "pid": os.getpid()}
     ready = client.get("/ready")
     assert ready.status_code == 200
     body = ready.json()

@@ -143,20 +143,26 @@ def _rows(lake, table: str) -> list[dict]:
     return sorted(rows, key=lambda r: tuple(str(r[c]) for c in cols))
 
 
-def _close(a, b) -> bool:
+# The recommender's float sums meet their inputs in another order (Spark's offline store vs
+# DuckDB's): its item vectors agree to ~5e-4 (mean difference ~1e-5; same metrics, same
+# rankings). Every other value is equal to float32 precision.
+LOOSE = {"item_vectors", "item_vectors:vector"}
+
+
+def _close(a, b, atol: float = 1e-5) -> bool:
     if isinstance(a, list) and a and isinstance(a[0], float):
-        return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-4, atol=1e-5))
+        return len(a) == len(b) and bool(np.allclose(a, b, rtol=1e-4, atol=atol))
     if isinstance(a, float) and isinstance(b, float):
         return bool(np.isclose(a, b, rtol=1e-4, atol=1e-6, equal_nan=True))
     return a == b
 
 
-def _differences(got: list[dict], want: list[dict]) -> list[str]:
+def _differences(got: list[dict], want: list[dict], atol: float = 1e-5) -> list[str]:
     if len(got) != len(want):
         return [f"{len(got)} rows vs {len(want)}"]
     out = []
     for g, w in zip(got, want):
-        bad = [k for k in w if not _close(g.get(k), w[k])]
+        bad = [k for k in w if not _close(g.get(k), w[k], atol)]
         if bad:
             out.append(f"{ {k: w[k] for k in list(w)[:2]} }: {bad}")
     return out[:5]
@@ -186,7 +192,7 @@ def test_both_profiles_give_the_same_lake_tables(runs):
     for table in TABLES:
         want, got = _rows(Lake(embedded), table), _rows(Lake(scale), table)
         assert want, f"{table}: empty in the embedded run"
-        found[table] = _differences(got, want)
+        found[table] = _differences(got, want, 1e-3 if table in LOOSE else 1e-5)
     assert not any(found.values()), {t: d for t, d in found.items() if d}
 
 
@@ -197,12 +203,15 @@ def test_both_profiles_serve_the_same_online_features(runs):
     embedded, scale, _, _ = runs
     ids = sorted(Lake(embedded).read_arrow("products", ["product_id"])["product_id"].to_pylist())
     sample = ids[:: max(1, len(ids) // 12)]
-    for features in ("attributes_v1", "serving_v1"):
+    # Product-keyed services and views (one call each: two views name model_version).
+    for features in ("attributes_v2", "predicted_attributes_v1", ["item_vectors:vector"]):
         want = online_features(embedded, sample, features)
         got = online_features(scale, sample, features)
         assert sorted(got) == sorted(want)
+        atol = 1e-3 if features == ["item_vectors:vector"] else 1e-5
         for name in want:
-            bad = [p for p, a, b in zip(sample, got[name], want[name]) if not _close(a, b)]
+            assert all(v is not None for v in want[name]), f"{features}.{name}: not served"
+            bad = [p for p, a, b in zip(sample, got[name], want[name]) if not _close(a, b, atol)]
             assert not bad, f"{features}.{name}: differs for {bad}"
 
 
