@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FILE = "_atelier_file"  # which snapshot file a target row came from
 _TARGET = "_t_"  # prefix of the target's columns in the join
+# Rows per written file: ~100 MB of 512-float embeddings; each file one executor task.
+ROWS_PER_FILE = 50_000
 
 
 def snapshot_files(path: Path, version: int | None = None) -> dict[str, str]:
@@ -65,10 +67,10 @@ def read_snapshot(
     return df
 
 
-def conform(c: TableContract, df: DataFrame) -> DataFrame:
-    """`df` with exactly the contract's columns, cast to its types; ValueError on a missing
-    column, a null in a non-nullable column or a key repeated in the batch (the checks the
-    Arrow path makes, and delta-rs's merge)."""
+def conform(c: TableContract, df: DataFrame) -> tuple[DataFrame, int]:
+    """`df` with exactly the contract's columns, cast to its types, and its row count;
+    ValueError on a missing column, a null in a non-nullable column or a key repeated in the
+    batch (the checks the Arrow path makes, and delta-rs's merge). One pass over `df`."""
     from pyspark.sql import functions as F
 
     from atelier.contracts import _SPARK
@@ -78,17 +80,21 @@ def conform(c: TableContract, df: DataFrame) -> DataFrame:
         raise ValueError(f"{c.name}: data lacks contract columns {missing}")
     df = df.select(*[F.col(f"`{col.name}`").cast(_SPARK[col.type]) for col in c.columns])
     required = [col.name for col in c.columns if not col.nullable]
-    checks = [F.sum(F.col(n).isNull().cast("long")).alias(n) for n in required]
-    key = [F.col(k) for k in c.key]
-    dupes = df.groupBy(*key).count().where("count > 1").agg(F.count("*").alias("n"))
-    nulls = df.agg(*checks).first().asDict() if checks else {}
-    bad = sorted(n for n, v in nulls.items() if v)
+    per_key = df.groupBy(*c.key).agg(
+        F.count("*").alias("_n"),
+        *[F.sum(F.col(n).isNull().cast("long")).alias(f"_null_{n}") for n in required],
+    )
+    totals = per_key.agg(
+        F.sum("_n").alias("_rows"),
+        F.sum((F.col("_n") > 1).cast("long")).alias("_repeated"),
+        *[F.sum(f"_null_{n}").alias(f"_null_{n}") for n in required],
+    ).first()
+    bad = sorted(n for n in required if totals[f"_null_{n}"])
     if bad:
         raise ValueError(f"{c.name}: nulls in non-nullable columns {bad}")
-    repeated = dupes.first()["n"]
-    if repeated:
-        raise ValueError(f"{c.name}: {repeated} keys appear more than once in the batch")
-    return df
+    if totals["_repeated"]:
+        raise ValueError(f"{c.name}: {totals['_repeated']} keys appear more than once in the batch")
+    return df, int(totals["_rows"] or 0)
 
 
 def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> tuple[int, int]:
@@ -100,9 +106,14 @@ def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> t
     from pyspark.sql import functions as F
 
     spark = df.sparkSession
-    df = conform(c, df)
+    df, n_rows = conform(c, df)
+    if not (path / "_delta_log").is_dir() and not n_rows:
+        create_table_with_add_actions(str(path), _delta_schema(c), [], mode="error")
+        return 0, 0  # the table exists, empty, as the Arrow path leaves it
+    if not n_rows:
+        return 0, 0
     if not (path / "_delta_log").is_dir():
-        adds, rows = _write_files(spark, path, df)
+        adds, rows = _write_files(spark, path, df, n_rows)
         create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
         return rows, 0
     dt = DeltaTable(str(path))
@@ -134,7 +145,7 @@ def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> t
             out = out.unionByName(kept.select(*c.column_names)).unionByName(
                 updates.select(*c.column_names)
             )
-        adds, _ = _write_files(spark, path, out)
+        adds, _ = _write_files(spark, path, out, n_inserted + n_updated, len(touched))
         now = int(time.time() * 1000)
         removes = [
             RemoveAction(path=files[_local(f)], data_change=True, deletion_timestamp=now)
@@ -152,7 +163,8 @@ def overwrite(path: Path, c: TableContract, df: DataFrame) -> None:
     from deltalake.transaction import create_table_with_add_actions
 
     spark = df.sparkSession
-    adds, _ = _write_files(spark, path, conform(c, df))
+    df, n_rows = conform(c, df)
+    adds, _ = _write_files(spark, path, df, n_rows)
     if not (path / "_delta_log").is_dir():
         create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
         return
@@ -160,12 +172,19 @@ def overwrite(path: Path, c: TableContract, df: DataFrame) -> None:
     dt.create_write_transaction(adds, mode="overwrite", schema=c.schema())
 
 
-def _write_files(spark: SparkSession, path: Path, df: DataFrame) -> tuple[list, int]:
+def _write_files(
+    spark: SparkSession, path: Path, df: DataFrame, new_rows: int, rewritten: int = 0
+) -> tuple[list, int]:
     """Executors write `df` as Parquet into a new folder of the table; the add actions of its
-    non-empty files (stats from the footers) and the rows written."""
+    non-empty files (stats from the footers) and the rows written. At most one file per
+    ROWS_PER_FILE new rows, plus one per rewritten file: small batches stay few files."""
     import pyarrow.parquet as pq
     from deltalake.transaction import AddAction
 
+    files = max(1, -(-new_rows // ROWS_PER_FILE) + rewritten)
+    if files < df.rdd.getNumPartitions():
+        # A shuffle, not coalesce: coalesce would also narrow the work before the write.
+        df = df.repartition(files)
     folder = f"w-{uuid.uuid4().hex}"
     # Delta's timestamps are INT64 microseconds (Spark's default is the legacy INT96).
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")

@@ -1,7 +1,8 @@
 """Serving benchmark (issue 6): `atelier serve` latency and errors at fixed request rates.
 
     .venv/bin/python benchmarks/serving.py --workdir W --rates 50,100,200 --duration 60 \
-        --stores sqlite,redis --out benchmarks/results
+        --stores sqlite,redis --out benchmarks/results \
+        [--workers 1,2] [--pin-generator 1] [--find-max --p99-ms 20 --resolution 25 --max-steps 8]
 
 `W` must hold the recommender champion's item vectors, written and materialised (`atelier
 predict item-vectors`, `atelier materialize`): the lake's `item_vectors` table with rows of the
@@ -35,7 +36,21 @@ reason (the responses' `fallback`), the CPU used by the generator and by the ser
 server's view from `/metrics` scraped before and after (`atelier_request_seconds` buckets of
 the API endpoints -> p50/p99 estimates, fallbacks and online store errors). Results go to
 `--out`/serving.json and serving.md; progress to stderr. Not a test: numbers depend on the
-machine, and the generator shares its cores with the server.
+machine, and the generator shares its cores with the server unless pinned.
+
+Options for issue 15 (the highest rate held, the generator on its own core):
+
+- `--workers 1,2`: per store, one server per count (`serve --workers N`, N uvicorn processes
+  on one port); rows carry `workers`. The server's CPU is its process tree's (every worker).
+- `--pin-generator C`: the generator's threads run on CPU C during the runs, the server (its
+  affinity set right after the start, so the workers it forks inherit it) and redis-server
+  on the other CPUs (`os.sched_setaffinity`), so the two stop taking each other's core; the
+  server tree's affinity is checked after `/ready` and recorded. Needs 2 CPUs or more.
+- `--find-max`: instead of the fixed rates, a search from the first of `--rates`: double while
+  the rate held (client p99 <= `--p99-ms`, 0 errors, no `online_store_unavailable` fallback,
+  >= 95% of the rate reached), then bisect between the highest held and the lowest failed rate
+  until `--resolution` req/s apart or `--max-steps` runs; the report gives every rate tried and
+  the highest held per store and worker count.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +87,8 @@ K = 10
 # customers, explain=true, one attribute filter.
 MIX = {"similar": 0.10, "unknown": 0.15, "explain": 0.20, "filters": 0.15}
 GOAL = {"rate": 200.0, "p50_ms": 5.0, "p99_ms": 20.0, "errors": 0}
+# Issue 15: the highest rate held (see `held`) at p99 <= 20 ms, generator pinned, 2 cores.
+HELD_GOAL = {"rate": 400.0, "p99_ms": 20.0}
 # Lake tables the server reads (serving.state.SOURCES) and the Feast views it reads online.
 SERVED_TABLES = ("customer_history", "item_vectors")
 # (predicted_attributes is optional: without it the server uses the known labels.)
@@ -270,10 +288,19 @@ def rate_result(
     }
 
 
-def goal_status(rows: Sequence[Mapping], store: str, goal: Mapping = GOAL) -> dict:
-    """Whether `store` met the goal at the goal's rate: p50, p99, 0 errors, no online store
-    failure hidden behind a popularity answer, and the rate actually reached (>= 95%)."""
-    at = [r for r in rows if r["store"] == store and r["rate"] == goal["rate"]]
+def goal_status(
+    rows: Sequence[Mapping], store: str, goal: Mapping = GOAL, workers: int | None = None
+) -> dict:
+    """Whether `store` (with `workers` server processes, when given) met the goal at the goal's
+    rate: p50, p99, 0 errors, no online store failure hidden behind a popularity answer, and the
+    rate actually reached (>= 95%)."""
+    at = [
+        r
+        for r in rows
+        if r["store"] == store
+        and r["rate"] == goal["rate"]
+        and (workers is None or r.get("workers", 1) == workers)
+    ]
     if not at:
         return {"met": None, "detail": f"not measured at {goal['rate']:g} req/s"}
     r = at[0]
@@ -292,6 +319,91 @@ def goal_status(rows: Sequence[Mapping], store: str, goal: Mapping = GOAL) -> di
     return {"met": all(ok for ok, _ in checks), "detail": ", ".join(text for _, text in checks)}
 
 
+def held(row: Mapping, p99_ms: float = GOAL["p99_ms"]) -> bool:
+    """Whether one rate's result held: client p99 <= `p99_ms`, 0 errors (an
+    `online_store_unavailable` fallback counts as one: a store failure behind a 200) and >= 95%
+    of the rate reached (a generator or server that falls behind has not held it)."""
+    p99 = row["latency_ms"]["p99"]
+    return (
+        p99 is not None
+        and p99 <= p99_ms
+        and row["errors"] == 0
+        and row.get("fallbacks", {}).get("online_store_unavailable", 0) == 0
+        and row["achieved_rate"] >= 0.95 * row["rate"]
+    )
+
+
+def next_rate(
+    history: Sequence[tuple[float, bool]], start: float, resolution: float, max_steps: int
+) -> float | None:
+    """The search's next rate after `history` ((rate, held) in the order run); None when done.
+    `start` first; double while every rate held; then bisect between the highest rate held
+    below the lowest failed one (0 when none held) and that failed one, until the two are
+    `resolution` apart or `max_steps` rates ran."""
+    if not history:
+        return float(start)
+    if len(history) >= max_steps:
+        return None
+    failed = [rate for rate, ok in history if not ok]
+    if not failed:
+        return 2 * history[-1][0]
+    high = min(failed)
+    low = max((rate for rate, ok in history if ok and rate < high), default=0.0)
+    if high - low <= resolution:
+        return None
+    return (low + high) / 2
+
+
+def highest_held(history: Sequence[tuple[float, bool]]) -> float | None:
+    """The highest rate of `history` that held; None when none did."""
+    return max((rate for rate, ok in history if ok), default=None)
+
+
+def split_cpus(all_cpus: Iterable[int], generator_cpu: int) -> tuple[set[int], set[int]]:
+    """(the generator's CPUs, the server's): `generator_cpu` alone, and every other one.
+    ValueError with fewer than 2 CPUs or a `generator_cpu` outside them."""
+    cpus = set(all_cpus)
+    if len(cpus) < 2:
+        raise ValueError(
+            f"pinning the generator needs 2 CPUs or more; this process may use {sorted(cpus)}"
+        )
+    if generator_cpu not in cpus:
+        raise ValueError(f"CPU {generator_cpu} is not one this process may use: {sorted(cpus)}")
+    return {generator_cpu}, cpus - {generator_cpu}
+
+
+def label(store: str, workers: int = 1) -> str:
+    """A store and worker count as the report names them (one worker: the store alone)."""
+    return store if workers == 1 else f"{store}, {workers} workers"
+
+
+def find_max_summary(
+    rows: Sequence[Mapping], p99_ms: float, goal: Mapping = HELD_GOAL
+) -> list[dict]:
+    """Per (store, workers), in the order run: the rates tried with whether each held, the
+    highest held, and whether that meets `goal` (None when `p99_ms` is looser than the
+    goal's, which makes the two incomparable)."""
+    tried: dict[tuple[str, int], list[tuple[float, bool]]] = {}
+    for r in rows:
+        tried.setdefault((r["store"], r.get("workers", 1)), []).append(
+            (r["rate"], r["held"] if "held" in r else held(r, p99_ms))
+        )
+    out = []
+    for (store, workers), history in tried.items():
+        best = highest_held(history)
+        met = None if p99_ms > goal["p99_ms"] else best is not None and best >= goal["rate"]
+        out.append(
+            {
+                "store": store,
+                "workers": workers,
+                "highest_held": best,
+                "goal_met": met,
+                "tried": [{"rate": rate, "held": ok} for rate, ok in history],
+            }
+        )
+    return out
+
+
 def _ms(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -303,6 +415,21 @@ def _mark(met: bool | None) -> str:
 def render(result: Mapping) -> str:
     """The Markdown report."""
     m, cat, mix = result["machine"], result["catalogue"], result["mix"]
+    pin = result.get("pinning")
+    placement = (
+        f" Pinned (`os.sched_setaffinity`): the generator to CPU "
+        f"{', '.join(map(str, pin['generator_cpus']))}, the server (every worker) and "
+        f"redis-server to CPU {', '.join(map(str, pin['server_cpus']))}."
+        if pin
+        else ""
+    )
+    counts = list(result.get("workers", [1]))
+    processes = (
+        "one process"
+        if counts == [1]
+        else f"N processes on the port for N = {', '.join(map(str, counts))}, with "
+        "`--workers N` when N > 1"
+    )
     lines = [
         "# Serving benchmark",
         "",
@@ -310,7 +437,7 @@ def render(result: Mapping) -> str:
         f"Date: {result['date']}. Machine: {m['cpus']} CPUs ({m['cpu_model']}), "
         f"{m['platform']}, Python {m['python']}; load average at the start "
         f"{m['loadavg_start']}. The load generator (one asyncio process, httpx) runs on the "
-        "same machine as the server, and Redis beside them.",
+        f"same machine as the server, and Redis beside them.{placement}",
         "",
         "## Setup",
         "",
@@ -318,9 +445,12 @@ def render(result: Mapping) -> str:
         f"{cat['products_with_vectors']:,} with item vectors of `{cat['model_version']}` "
         f"(the candidates); {cat['customers_with_history']:,} customers with a history in "
         "`customer_history`.",
-        f"- Server: `atelier --workdir W serve --port P --poll-seconds 0` (uvicorn, one process, "
+        f"- Server: `atelier --workdir W serve --port P --poll-seconds 0` (uvicorn, {processes}, "
         f"one JSON access-log line per request to a file); stores: "
-        f"{', '.join(s['store'] + ' (' + s['online_store'] + ')' for s in result['stores'])}.",
+        + ", ".join(
+            dict.fromkeys(s["store"] + " (" + s["online_store"] + ")" for s in result["stores"])
+        )
+        + ".",
         f"- Load: open loop, request i due at t0 + i/rate, latency from the due time to the "
         f"response (no coordinated omission); {result['duration_s']:g} s per rate after a "
         f"{result['warmup_s']:g} s warm-up; per-request timeout {result['timeout_s']:g} s.",
@@ -334,8 +464,8 @@ def render(result: Mapping) -> str:
         "Client latency in ms (due time to response). Server p50/p99: estimated from the "
         "`atelier_request_seconds` buckets of the API endpoints between two `/metrics` "
         "scrapes (linear within a bucket), i.e. without the client and the network stack. "
-        "CPU: share of one core used by the generator / the server (/ redis-server) during "
-        "the rate.",
+        "CPU: share of one core used by the generator / the server (its process tree: every "
+        "worker) (/ redis-server) during the rate.",
         "",
         "| store | rate req/s | sent | achieved req/s | p50 | p95 | p99 | max | errors | "
         "fallbacks | server p50 | server p99 | CPU client / server |",
@@ -351,7 +481,8 @@ def render(result: Mapping) -> str:
         if cpu.get("redis") is not None:
             server_cpu += f" / {_pct(cpu['redis'])}"
         lines.append(
-            f"| {r['store']} | {r['rate']:g} | {r['sent']:,} | {r['achieved_rate']:.1f} | "
+            f"| {label(r['store'], r.get('workers', 1))} | {r['rate']:g} | {r['sent']:,} | "
+            f"{r['achieved_rate']:.1f} | "
             f"{_ms(lat['p50'])} | {_ms(lat['p95'])} | {_ms(lat['p99'])} | {_ms(lat['max'])} | "
             f"{errors} | {falls} | {_ms(srv['p50_ms'])} | {_ms(srv['p99_ms'])} | "
             f"{_pct(cpu['client'])} / {server_cpu} |"
@@ -360,7 +491,8 @@ def render(result: Mapping) -> str:
         "",
         "Send lag (generator behind schedule, ms), p99 / max: "
         + "; ".join(
-            f"{r['store']} {r['rate']:g}: {_ms(r['send_lag_ms']['p99'])} / "
+            f"{label(r['store'], r.get('workers', 1))} {r['rate']:g}: "
+            f"{_ms(r['send_lag_ms']['p99'])} / "
             f"{_ms(r['send_lag_ms']['max'])}"
             for r in result["results"]
         )
@@ -368,11 +500,38 @@ def render(result: Mapping) -> str:
         "",
         "Generator CPU per request (ms): "
         + "; ".join(
-            f"{r['store']} {r['rate']:g}: {_ms(r.get('cpu_ms_per_request', {}).get('client'))}"
+            f"{label(r['store'], r.get('workers', 1))} {r['rate']:g}: "
+            f"{_ms(r.get('cpu_ms_per_request', {}).get('client'))}"
             for r in result["results"]
         )
         + ".",
         "",
+    ]
+    search = result.get("find_max")
+    if search:
+        lines += [
+            "## Highest rate held",
+            "",
+            f"Search from {search['start']:g} req/s: doubled while the rate held (client p99 "
+            f"≤ {search['p99_ms']:g} ms, 0 errors, no `online_store_unavailable` fallback, "
+            f"≥ 95% of the rate reached), then bisected between the highest held and the "
+            f"lowest failed rate down to {search['resolution']:g} req/s or "
+            f"{search['max_steps']} runs. Goal (issue 15): ≥ {HELD_GOAL['rate']:g} req/s at "
+            f"p99 ≤ {HELD_GOAL['p99_ms']:g} ms, the generator on its own core"
+            + ("." if pin else " (not pinned here: `--pin-generator`)."),
+            "",
+        ]
+        for h in search["highest_held"]:
+            best = "none" if h["highest_held"] is None else f"{h['highest_held']:g} req/s"
+            runs = ", ".join(f"{t['rate']:g} {'✓' if t['held'] else '✗'}" for t in h["tried"])
+            lines.append(
+                f"- {label(h['store'], h['workers'])}: highest rate held at p99 <= "
+                f"{search['p99_ms']:g} ms, 0 errors: {best} (goal "
+                f"{_mark(h['goal_met']) if h['goal_met'] is not None else 'not comparable'}; "
+                f"tried {runs})"
+            )
+        lines.append("")
+    lines += [
         "## Goal",
         "",
         f"p50 ≤ {GOAL['p50_ms']:g} ms and p99 ≤ {GOAL['p99_ms']:g} ms at {GOAL['rate']:g} "
@@ -531,6 +690,72 @@ def cpu_seconds(pid: int | None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (Linux /proc): the server and its uvicorn workers."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """`cpu_seconds` summed over `pid`'s process tree (with N workers, the supervisor alone
+    uses next to nothing); None when `pid` cannot be read."""
+    if pid is None or cpu_seconds(pid) is None:
+        return None
+    return sum(c for c in map(cpu_seconds, process_tree(pid)) if c is not None)
+
+
+def set_affinity(pid: int, cpus: Iterable[int]) -> None:
+    """Every thread of `pid` on `cpus` (`sched_setaffinity` of a pid sets its main thread's
+    only; threads and processes started later inherit the starting thread's)."""
+    cpus = set(cpus)
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for tid in threads:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
+def affinities(pid: int) -> dict[int, list[int]]:
+    """The CPUs each process of `pid`'s tree may run on."""
+    out = {}
+    for p in process_tree(pid):
+        try:
+            out[p] = sorted(os.sched_getaffinity(p))
+        except OSError:
+            pass
+    return out
+
+
+@contextmanager
+def pinned(cpus: set[int] | None):
+    """This process's threads on `cpus` inside the block (nothing when None), then back."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    set_affinity(os.getpid(), cpus)
+    try:
+        yield
+    finally:
+        set_affinity(os.getpid(), before)
+
+
 class Redis:
     """A private redis-server on 127.0.0.1 (temporary folder, no persistence)."""
 
@@ -615,9 +840,17 @@ def atelier_command() -> list[str]:
 
 
 class Server:
-    """`atelier --workdir W serve` on a free 127.0.0.1 port; output to `log`."""
+    """`atelier --workdir W serve [--workers N]` on a free 127.0.0.1 port; output to `log`;
+    on `cpus` when given."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str], log: Path):
+    def __init__(
+        self,
+        workdir: Path,
+        env: Mapping[str, str],
+        log: Path,
+        workers: int = 1,
+        cpus: set[int] | None = None,
+    ):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -626,10 +859,15 @@ class Server:
             "--workdir", str(workdir), "--log-level", "WARNING",
             "serve", "--host", "127.0.0.1", "--port", str(self.port), "--poll-seconds", "0",
         ]  # fmt: skip
+        if workers != 1:
+            cmd += ["--workers", str(workers)]
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
             cmd, env=dict(env), stdout=self._out, stderr=subprocess.STDOUT, cwd=ROOT
         )
+        if cpus:
+            # Now, while it is one thread still importing: the workers it forks later inherit.
+            set_affinity(self.proc.pid, cpus)
 
     def wait_ready(self, timeout: float) -> dict:
         import httpx
@@ -658,13 +896,19 @@ class Server:
             return ""
 
     def stop(self) -> None:
+        workers = process_tree(self.proc.pid)[1:] if self.proc.poll() is None else []
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.terminate()  # uvicorn's supervisor stops its workers
             try:
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        for pid in workers:  # left over when the supervisor had to be killed
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
         self._out.close()
 
 
@@ -720,6 +964,27 @@ class Plan:
     timeout: float
     max_connections: int
     seed: int
+    search: Search | None = None  # --find-max: the rates come from `next_rate`
+
+    def next_rate(self, history: Sequence[tuple[float, bool]]) -> float | None:
+        """The rate to run after `history` ((rate, held) so far); None when done."""
+        if self.search is None:
+            return self.rates[len(history)] if len(history) < len(self.rates) else None
+        s = self.search
+        return next_rate(history, self.rates[0], s.resolution, s.max_steps)
+
+    @property
+    def p99_ms(self) -> float:
+        return GOAL["p99_ms"] if self.search is None else self.search.p99_ms
+
+
+@dataclass(frozen=True)
+class Search:
+    """--find-max: what held means (client p99) and when the search stops."""
+
+    p99_ms: float
+    resolution: float
+    max_steps: int
 
 
 async def drive(
@@ -730,8 +995,10 @@ async def drive(
     server_pid: int,
     redis_pid: int | None,
     progress: Callable[[str], None],
+    workers: int = 1,
 ) -> list[dict]:
-    """Warm-up, then every rate of `plan` against `base`; one result dict per rate."""
+    """Warm-up, then every rate of `plan` (or of its search) against `base`; one result dict
+    per rate."""
     import httpx
 
     limits = httpx.Limits(
@@ -742,7 +1009,7 @@ async def drive(
         base_url=base, timeout=httpx.Timeout(plan.timeout), limits=limits
     ) as client:
         if plan.warmup > 0:
-            rate = min(plan.rates)
+            rate = min(plan.rates) if plan.search is None else plan.rates[0]
             rng = np.random.default_rng([plan.seed, 0])
             calls = request_mix(
                 max(1, round(rate * plan.warmup)),
@@ -754,9 +1021,16 @@ async def drive(
             _, outcomes = await open_loop(client, calls, rate)
             bad = Counter(o.error for o in outcomes if o.error)
             progress(
-                f"{store}: warm-up {len(calls)} requests at {rate:g} req/s, errors {dict(bad)}"
+                f"{label(store, workers)}: warm-up {len(calls)} requests at {rate:g} req/s, "
+                f"errors {dict(bad)}"
             )
-        for i, rate in enumerate(plan.rates, 1):
+        history: list[tuple[float, bool]] = []
+        while (rate := plan.next_rate(history)) is not None:
+            if history and plan.pause > 0:
+                await asyncio.sleep(plan.pause)
+            # Fixed rates: the i-th rate's sequence; searched: the rate's, whatever its turn,
+            # so that every store and worker count sees the same requests at a rate.
+            i = len(history) + 1 if plan.search is None else 0
             rng = np.random.default_rng([plan.seed, i, int(rate * 1000)])
             calls = request_mix(
                 max(1, round(rate * plan.duration)),
@@ -767,13 +1041,17 @@ async def drive(
             )
             before = parse_metrics((await client.get("/metrics")).text)
             load = os.getloadavg()
-            cpu0 = (time.process_time(), cpu_seconds(server_pid), cpu_seconds(redis_pid))
+            cpu0 = (time.process_time(), tree_cpu_seconds(server_pid), cpu_seconds(redis_pid))
             wall0 = time.perf_counter()
             t0, outcomes = await open_loop(client, calls, rate)
             wall = time.perf_counter() - wall0
-            cpu1 = (time.process_time(), cpu_seconds(server_pid), cpu_seconds(redis_pid))
+            cpu1 = (time.process_time(), tree_cpu_seconds(server_pid), cpu_seconds(redis_pid))
             after = parse_metrics((await client.get("/metrics")).text)
-            row = {"store": store, **rate_result(rate, plan.duration, t0, outcomes)}
+            row = {
+                "store": store,
+                "workers": workers,
+                **rate_result(rate, plan.duration, t0, outcomes),
+            }
             row["server"] = server_view(before, after)
             used = {
                 name: None if a is None or b is None else b - a
@@ -784,22 +1062,26 @@ async def drive(
                 k: None if v is None else v * 1000 / len(calls) for k, v in used.items()
             }
             row["loadavg_1m_before"] = round(load[0], 2)
+            ok = held(row, plan.p99_ms)
+            if plan.search is not None:
+                row["held"] = ok
+            history.append((rate, ok))
             rows.append(row)
             progress(progress_line(row))
-            if plan.pause > 0 and i < len(plan.rates):
-                await asyncio.sleep(plan.pause)
     return rows
 
 
 def progress_line(r: Mapping) -> str:
     lat, srv = r["latency_ms"], r["server"]
     errors = f"{r['errors']} errors" + (f" {r['errors_by_kind']}" if r["errors"] else "")
+    verdict = "" if "held" not in r else (" -> held" if r["held"] else " -> not held")
     return (
-        f"{r['store']} {r['rate']:g} req/s: {r['sent']} sent, {r['answered']} answered, "
+        f"{label(r['store'], r.get('workers', 1))} {r['rate']:g} req/s: {r['sent']} sent, "
+        f"{r['answered']} answered, "
         f"{errors}, achieved {r['achieved_rate']:.1f} req/s; p50 {_ms(lat['p50'])} "
         f"p95 {_ms(lat['p95'])} p99 {_ms(lat['p99'])} max {_ms(lat['max'])} ms; server p50 "
         f"~{_ms(srv['p50_ms'])} p99 ~{_ms(srv['p99_ms'])} ms; send lag p99 "
-        f"{_ms(r['send_lag_ms']['p99'])} ms; fallbacks {r['fallbacks'] or 0}"
+        f"{_ms(r['send_lag_ms']['p99'])} ms; fallbacks {r['fallbacks'] or 0}{verdict}"
     )
 
 
@@ -828,16 +1110,22 @@ def bench_store(
     base_env: Mapping[str, str],
     scratch: Path,
     ready_timeout: float,
-) -> tuple[dict, list[dict]]:
-    """Prepare `store`, serve W over it, drive every rate; (store info, rows)."""
+    workers: Sequence[int] = (1,),
+    cpus: tuple[set[int], set[int]] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Prepare `store` once; per worker count, serve W over it and drive every rate; (one
+    info per worker count, rows). `cpus`: (the generator's, the server's) when pinned."""
     from atelier.settings import Settings
 
-    redis = server = None
+    redis = None
     info: dict = {"store": store}
+    server_cpus = cpus[1] if cpus else None
     try:
         if store == "redis":
             t = time.perf_counter()
             redis = Redis(scratch / "redis")
+            if server_cpus:
+                set_affinity(redis.proc.pid, server_cpus)
             registry = f"sqlite:///{scratch / 'feast-registry.sqlite'}"
             say(
                 f"redis: {redis.version.split(' sha=')[0]} on {redis.url}; "
@@ -867,33 +1155,79 @@ def bench_store(
             online = settings.feast.online_sqlite or str(settings.feast_dir / "online.db")
             info["online_store"] = f"sqlite {online}"
             env = store_env(base_env, store)
-        t = time.perf_counter()
-        server = Server(settings.workdir, env, scratch / f"serve-{store}.log")
+        infos, rows = [], []
+        for n in workers:
+            one, more = serve_and_drive(
+                store, n, settings, catalogue, plan, env, scratch, ready_timeout, redis, cpus
+            )
+            infos.append({**info, **one})
+            rows += more
+        return infos, rows
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def serve_and_drive(
+    store: str,
+    workers: int,
+    settings,
+    catalogue: Catalogue,
+    plan: Plan,
+    env: Mapping[str, str],
+    scratch: Path,
+    ready_timeout: float,
+    redis: Redis | None,
+    cpus: tuple[set[int], set[int]] | None,
+) -> tuple[dict, list[dict]]:
+    """`atelier serve --workers N` over the prepared store, every rate; (server info, rows)."""
+    generator_cpus, server_cpus = cpus if cpus else (None, None)
+    name = label(store, workers)
+    info: dict = {"workers": workers}
+    t = time.perf_counter()
+    server = Server(
+        settings.workdir, env, scratch / f"serve-{store}-{workers}.log", workers, server_cpus
+    )
+    try:
         ready = server.wait_ready(ready_timeout)
         info.update(ready_s=round(time.perf_counter() - t, 1), ready=ready, port=server.port)
         say(
-            f"{store}: atelier serve ready in {info['ready_s']} s on {server.base} "
+            f"{name}: atelier serve ready in {info['ready_s']} s on {server.base} "
             f"({ready['model_version']}, {ready['products']} candidates)"
         )
-        rows = asyncio.run(
-            drive(
-                server.base,
-                plan,
-                catalogue,
-                store,
-                server.proc.pid,
-                redis.proc.pid if redis else None,
-                say,
+        if server_cpus:
+            # Checked, not assumed: every process of the tree should have inherited the pin.
+            seen = affinities(server.proc.pid)
+            inherited = all(set(c) == server_cpus for c in seen.values())
+            if not inherited:
+                say(f"{name}: server affinity {seen}, not {sorted(server_cpus)}: pinning again")
+                for pid in seen:
+                    set_affinity(pid, server_cpus)
+            info["affinity"] = {
+                "generator_cpus": sorted(generator_cpus),
+                "server_cpus": sorted(server_cpus),
+                "server_processes": len(seen),
+                "inherited": inherited,
+                "redis_cpus": sorted(os.sched_getaffinity(redis.proc.pid)) if redis else None,
+            }
+        with pinned(generator_cpus):
+            rows = asyncio.run(
+                drive(
+                    server.base,
+                    plan,
+                    catalogue,
+                    store,
+                    server.proc.pid,
+                    redis.proc.pid if redis else None,
+                    say,
+                    workers,
+                )
             )
-        )
         if server.proc.poll() is not None:
             raise RuntimeError(f"atelier serve died during the run:\n{server.tail()}")
         return info, rows
     finally:
-        if server is not None:
-            server.stop()
-        if redis is not None:
-            redis.stop()
+        server.stop()
 
 
 def parse_rates(text: str) -> list[float]:
@@ -901,6 +1235,16 @@ def parse_rates(text: str) -> list[float]:
     if not rates or any(r <= 0 for r in rates):
         raise argparse.ArgumentTypeError(f"rates must be positive numbers, got {text!r}")
     return rates
+
+
+def parse_workers(text: str) -> list[int]:
+    try:
+        counts = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(n < 1 for n in counts):
+        raise argparse.ArgumentTypeError(f"workers must be counts >= 1, got {text!r}")
+    return list(dict.fromkeys(counts))
 
 
 def parse_stores(text: str) -> list[str]:
@@ -938,9 +1282,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=20181)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--workers", type=parse_workers, default="1", help="server processes, comma-separated"
+    )
+    p.add_argument(
+        "--pin-generator",
+        type=int,
+        metavar="CPU",
+        help="run the generator on this CPU and the server (and redis-server) on the others",
+    )
+    p.add_argument(
+        "--find-max",
+        action="store_true",
+        help="search the highest rate held from the first of --rates instead of the rates",
+    )
+    p.add_argument("--p99-ms", type=float, default=GOAL["p99_ms"], help="held: client p99")
+    p.add_argument("--resolution", type=float, default=25.0, help="search stop, req/s")
+    p.add_argument("--max-steps", type=int, default=8, help="search stop, runs")
     args = p.parse_args(argv)
     if args.duration <= 0:
         p.error(f"--duration must be > 0, got {args.duration}")
+    if args.p99_ms <= 0 or args.resolution <= 0 or args.max_steps < 1:
+        p.error("--p99-ms and --resolution must be > 0, --max-steps >= 1")
+    cpus = None
+    if args.pin_generator is not None:
+        try:
+            cpus = split_cpus(os.sched_getaffinity(0), args.pin_generator)
+        except ValueError as e:
+            say(f"--pin-generator {args.pin_generator}: {e}")
+            return 2
     if not args.workdir.is_dir():
         say(f"no workdir {args.workdir}")
         return 2
@@ -972,6 +1342,7 @@ def main(argv: list[str] | None = None) -> int:
         args.timeout,
         args.max_connections,
         args.seed,
+        Search(args.p99_ms, args.resolution, args.max_steps) if args.find_max else None,
     )
     result: dict = {
         "command": command_line(argv),
@@ -1001,6 +1372,11 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "timeout_s": args.timeout,
         "seed": args.seed,
+        "workers": args.workers,
+        "pinning": None
+        if cpus is None
+        else {"generator_cpus": sorted(cpus[0]), "server_cpus": sorted(cpus[1])},
+        "find_max": None,
         "goal": {},
         "stores": [],
         "results": [],
@@ -1010,17 +1386,42 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(scratch) / store
             folder.mkdir()
             try:
-                info, rows = bench_store(
-                    store, settings, catalogue, plan, base_env, folder, args.ready_timeout
+                infos, rows = bench_store(
+                    store,
+                    settings,
+                    catalogue,
+                    plan,
+                    base_env,
+                    folder,
+                    args.ready_timeout,
+                    args.workers,
+                    cpus,
                 )
             except RuntimeError as e:
                 say(f"{store}: {e}")
                 return 1
-            result["stores"].append(info)
+            result["stores"] += infos
             result["results"] += rows
-    result["goal"] = {s: goal_status(result["results"], s) for s in args.stores}
-    for store, g in result["goal"].items():
-        say(f"goal at {GOAL['rate']:g} req/s, {store}: {_mark(g['met'])} ({g['detail']})")
+    result["goal"] = {
+        label(s, n): goal_status(result["results"], s, workers=n)
+        for s in args.stores
+        for n in args.workers
+    }
+    for name, g in result["goal"].items():
+        say(f"goal at {GOAL['rate']:g} req/s, {name}: {_mark(g['met'])} ({g['detail']})")
+    if args.find_max:
+        result["find_max"] = {
+            "start": args.rates[0],
+            "p99_ms": args.p99_ms,
+            "resolution": args.resolution,
+            "max_steps": args.max_steps,
+            "highest_held": find_max_summary(result["results"], args.p99_ms),
+        }
+        for h in result["find_max"]["highest_held"]:
+            say(
+                f"{label(h['store'], h['workers'])}: highest rate held at p99 <= "
+                f"{args.p99_ms:g} ms, 0 errors: {h['highest_held']} req/s"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "serving.json").write_text(json.dumps(result, indent=2, default=str))
     (args.out / "serving.md").write_text(render(result))

@@ -131,3 +131,16 @@ def test_overwrite_by_executors_replaces_the_contents(spark, tmp_path):
     lake.overwrite("image_embeddings", _frame(spark, _rows(4, start=100)))
     assert [r["product_id"] for r in _table(lake)] == ["p0100", "p0101", "p0102", "p0103"]
     assert lake.latest_version("image_embeddings") == 1
+
+
+def test_an_empty_batch_creates_an_empty_table_and_large_ones_few_files(spark, tmp_path):
+    from atelier import lake_spark
+
+    lake = _lake(tmp_path, spark, "executors")
+    res = lake.merge("image_embeddings", _frame(spark, []))
+    assert (res.inserted, res.updated, res.version) == (0, 0, 0)
+    assert lake.read_arrow("image_embeddings").num_rows == 0
+    # 12 partitions of new rows, fewer than ROWS_PER_FILE of them: one file.
+    lake.merge("image_embeddings", _frame(spark, _rows(30)).repartition(12))
+    assert lake_spark.ROWS_PER_FILE > 30
+    assert len(list(lake.path("image_embeddings").glob("w-*/*.parquet"))) == 1

@@ -4,21 +4,35 @@ and scrape differences, the request mix, per-rate results, the goal and the repo
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
 from benchmarks.serving import (
     Outcome,
+    Plan,
     Scrape,
+    Search,
+    cpu_seconds,
+    find_max_summary,
     goal_status,
+    held,
+    highest_held,
     histogram_quantile,
+    label,
+    next_rate,
     parse_metrics,
+    parse_workers,
+    pinned,
+    process_tree,
     rate_result,
     render,
     request_mix,
     server_view,
+    split_cpus,
     summary,
+    tree_cpu_seconds,
 )
 
 pytestmark = pytest.mark.unit
@@ -146,9 +160,8 @@ def test_goal_needs_latency_no_errors_no_hidden_store_failure_and_the_rate():
     assert goal_status(rows, "d")["met"] is None
 
 
-def test_render_has_the_command_the_table_the_goal_and_an_empty_reading_section():
-    rows = [_row("sqlite", 50.0, 2.0, 9.0), _row("sqlite", 200.0, 6.0, 30.0, errors=2)]
-    result = {
+def _result(rows, **extra):
+    return {
         "command": "python benchmarks/serving.py --workdir W",
         "date": "2026-11-25 21:00",
         "machine": {
@@ -173,13 +186,166 @@ def test_render_has_the_command_the_table_the_goal_and_an_empty_reading_section(
         "filters": [("pattern", "Stripe")],
         "results": rows,
         "goal": {"sqlite": goal_status(rows, "sqlite")},
+        **extra,
     }
-    md = render(result)
+
+
+def test_render_has_the_command_the_table_the_goal_and_an_empty_reading_section():
+    rows = [_row("sqlite", 50.0, 2.0, 9.0), _row("sqlite", 200.0, 6.0, 30.0, errors=2)]
+    md = render(_result(rows))
     assert "Command: `python benchmarks/serving.py --workdir W`" in md
     assert "| sqlite | 200 | 12,000 | 200.0 | 6.00 |" in md
     assert "2 (http_500 2)" in md
     assert "- sqlite: **NOT met**" in md
     assert md.rstrip().endswith("## Reading the results\n\n_To be written._")
+    assert "(uvicorn, one process, " in md and "Pinned" not in md
+    assert "## Highest rate held" not in md
+
+
+def search(passes, start=50.0, resolution=25.0, max_steps=8):
+    """The rates `next_rate` runs when a rate holds iff `passes(rate)`."""
+    history = []
+    while (rate := next_rate(history, start, resolution, max_steps)) is not None:
+        history.append((rate, passes(rate)))
+    return history
+
+
+def test_search_doubles_while_held_then_bisects_to_the_resolution():
+    history = search(lambda rate: rate <= 330)
+    assert [r for r, _ in history] == [50, 100, 200, 400, 300, 350, 325]
+    assert highest_held(history) == 325
+    # A fine resolution runs out of steps: at most max_steps rates.
+    history = search(lambda rate: rate <= 1000)
+    assert [r for r, _ in history] == [50, 100, 200, 400, 800, 1600, 1200, 1000]
+    assert highest_held(history) == 1000
+    assert len(search(lambda rate: rate <= 330, resolution=1, max_steps=5)) == 5
+
+
+def test_search_below_a_failed_start_and_when_nothing_holds():
+    history = search(lambda rate: rate <= 30)
+    assert history == [(50, False), (25, True)]
+    assert highest_held(history) == 25
+    history = search(lambda rate: False)
+    assert [r for r, _ in history] == [50, 25]
+    assert highest_held(history) is None
+    assert next_rate([], 75, 25, 8) == 75.0
+
+
+def test_plan_runs_the_fixed_rates_in_order_or_the_search():
+    plan = Plan([50.0, 200.0, 100.0], 60, 10, 2, 10, 512, 1)
+    assert plan.next_rate([]) == 50 and plan.next_rate([(50, True)]) == 200
+    assert plan.next_rate([(50, True), (200, False)]) == 100  # fixed: held does not matter
+    assert plan.next_rate([(50, True), (200, True), (100, True)]) is None
+    assert plan.p99_ms == 20.0
+    plan.search = Search(p99_ms=15.0, resolution=25.0, max_steps=8)
+    assert plan.next_rate([(50, True)]) == 100 and plan.p99_ms == 15.0
+
+
+def test_held_needs_p99_no_errors_no_hidden_store_failure_and_the_rate():
+    assert held(_row("s", 400.0, 3.0, 20.0)) is True
+    assert held(_row("s", 400.0, 3.0, 20.1)) is False
+    assert held(_row("s", 400.0, 3.0, 25.0), p99_ms=30.0) is True
+    assert held(_row("s", 400.0, 3.0, 10.0, errors=1)) is False
+    assert held(_row("s", 400.0, 3.0, 10.0, fallbacks={"online_store_unavailable": 1})) is False
+    assert held(_row("s", 400.0, 3.0, 10.0, fallbacks={"unknown_customer": 9})) is True
+    assert held(_row("s", 400.0, 3.0, 10.0, achieved=379.0)) is False
+    assert held(_row("s", 400.0, 3.0, 10.0, achieved=380.0)) is True
+    row = _row("s", 400.0, 3.0, 10.0)
+    row["latency_ms"]["p99"] = None  # nothing answered
+    assert held(row) is False
+
+
+def test_split_cpus_gives_the_generator_one_and_the_server_the_rest():
+    assert split_cpus({0, 1}, 1) == ({1}, {0})
+    assert split_cpus(range(4), 0) == ({0}, {1, 2, 3})
+    with pytest.raises(ValueError, match="CPU 2 is not one"):
+        split_cpus({0, 1}, 2)
+    with pytest.raises(ValueError, match="2 CPUs or more"):
+        split_cpus({0}, 0)
+
+
+def test_parse_workers():
+    assert parse_workers("1") == [1]
+    assert parse_workers("1, 2,2,4") == [1, 2, 4]
+    for bad in ("", "0", "1,x", "-1"):
+        with pytest.raises(Exception, match="workers must be"):
+            parse_workers(bad)
+
+
+def test_goal_per_worker_count_and_labels():
+    rows = [
+        {**_row("sqlite", 200.0, 3.0, 25.0), "workers": 1},
+        {**_row("sqlite", 200.0, 3.0, 15.0), "workers": 2},
+    ]
+    assert goal_status(rows, "sqlite", workers=1)["met"] is False
+    assert goal_status(rows, "sqlite", workers=2)["met"] is True
+    assert goal_status(rows, "sqlite", workers=4)["met"] is None
+    assert label("sqlite") == "sqlite" and label("redis", 2) == "redis, 2 workers"
+
+
+def test_find_max_summary_and_report_per_store_and_workers():
+    def run(store, workers, rate, p99):
+        return {**_row(store, rate, 2.0, p99), "workers": workers, "held": p99 <= 20.0}
+
+    rows = [
+        run("sqlite", 1, 100.0, 5.0),
+        run("sqlite", 1, 200.0, 30.0),
+        run("sqlite", 1, 150.0, 12.0),
+        run("sqlite", 2, 200.0, 8.0),
+        run("sqlite", 2, 400.0, 19.0),
+        run("sqlite", 2, 800.0, 90.0),
+    ]
+    got = find_max_summary(rows, 20.0)
+    assert [(h["store"], h["workers"], h["highest_held"], h["goal_met"]) for h in got] == [
+        ("sqlite", 1, 150.0, False),
+        ("sqlite", 2, 400.0, True),
+    ]
+    assert got[0]["tried"] == [
+        {"rate": 100.0, "held": True},
+        {"rate": 200.0, "held": False},
+        {"rate": 150.0, "held": True},
+    ]
+    assert find_max_summary(rows, 30.0)[1]["goal_met"] is None  # looser than the goal's p99
+    # Without a `held` field (fixed rates), held is computed at the given p99.
+    plain = [{k: v for k, v in r.items() if k != "held"} for r in rows]
+    assert find_max_summary(plain, 20.0) == got
+
+    search_info = {"start": 100.0, "p99_ms": 20.0, "resolution": 25.0, "max_steps": 8}
+    md = render(
+        _result(
+            rows,
+            workers=[1, 2],
+            pinning={"generator_cpus": [1], "server_cpus": [0]},
+            find_max={**search_info, "highest_held": got},
+        )
+    )
+    assert "| sqlite, 2 workers | 400 | 24,000 | 400.0 | 2.00 |" in md
+    assert "| sqlite | 150 | 9,000 | 150.0 |" in md
+    assert "the generator to CPU 1, the server (every worker) and redis-server to CPU 0" in md
+    assert "N processes on the port for N = 1, 2, with `--workers N` when N > 1" in md
+    assert (
+        "- sqlite: highest rate held at p99 <= 20 ms, 0 errors: 150 req/s (goal **NOT met**; "
+        "tried 100 ✓, 200 ✗, 150 ✓)" in md
+    )
+    assert "- sqlite, 2 workers: highest rate held at p99 <= 20 ms, 0 errors: 400 req/s" in md
+    assert md.index("## Highest rate held") < md.index("## Goal")
+    assert "(not pinned here" not in md
+    unpinned = render(_result(rows, find_max={**search_info, "highest_held": got}))
+    assert "the generator on its own core (not pinned here: `--pin-generator`)." in unpinned
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity")
+def test_pinned_sets_and_restores_this_process_and_the_tree_has_it_first():
+    before = os.sched_getaffinity(0)
+    one = min(before)
+    with pinned({one}):
+        assert os.sched_getaffinity(0) == {one}
+    assert os.sched_getaffinity(0) == before
+    with pinned(None):
+        assert os.sched_getaffinity(0) == before
+    assert process_tree(os.getpid())[0] == os.getpid()
+    assert tree_cpu_seconds(os.getpid()) >= cpu_seconds(os.getpid()) > 0
+    assert tree_cpu_seconds(None) is None
 
 
 def test_disruption_phases_count_errors_5xx_fallbacks_and_versions():
