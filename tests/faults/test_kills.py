@@ -27,6 +27,7 @@ import pytest
 
 from tests.conftest import embed_env, make_hm_slice
 from tests.faults.runner import run, settings_for
+from tests.tables import comparable_rows
 
 pytestmark = [pytest.mark.faults, pytest.mark.spark, pytest.mark.slow]
 
@@ -51,19 +52,6 @@ CHILDREN = (
 IGNORED = {"created_timestamp"}
 KILLS = int(os.environ.get("FAULT_KILLS", "24"))
 SEED = 20181
-
-
-def _rows(lake, table):
-    """The table as sorted rows without the columns a rerun may stamp differently; image
-    paths relative to the lake (each workdir has its own)."""
-    data = lake.read_arrow(table)
-    cols = [c for c in data.column_names if c not in IGNORED]
-    rows = data.select(cols).to_pylist()
-    root = f"{lake.root.resolve()}/"
-    for r in rows:
-        if isinstance(r.get("path"), str) and r["path"].startswith(root):
-            r["path"] = r["path"][len(root) :]
-    return sorted(rows, key=lambda r: tuple(str(r[c]) for c in cols))
 
 
 def _same(got: list[dict], want: list[dict]) -> bool:
@@ -132,7 +120,7 @@ def world(tmp_path_factory, hm_dir, spark):
         seconds[job] = time.monotonic() - t
         from atelier.lake import Lake
 
-        reference[job] = {t: _rows(Lake(settings), t) for t in OUTPUTS[job]}
+        reference[job] = {t: comparable_rows(Lake(settings), t, IGNORED) for t in OUTPUTS[job]}
     return src, before, reference, seconds
 
 
@@ -218,7 +206,11 @@ def test_every_kill_leaves_a_consistent_lake_and_the_rerun_equals_an_uninterrupt
         unpublished = Lake(settings).unpublished()
         run(job, settings, src, spark=spark)  # the rerun
         lake = Lake(settings)
-        differs = [t for t in OUTPUTS[job] if not _same(_rows(lake, t), reference[job][t])]
+        differs = [
+            t
+            for t in OUTPUTS[job]
+            if not _same(comparable_rows(lake, t, IGNORED), reference[job][t])
+        ]
         outcomes.append((n, job, kind, point, killed, problems, sorted(unpublished), differs))
         print(
             f"kill {n}: {job} {kind} {point}: killed={killed}, unpublished after the kill "

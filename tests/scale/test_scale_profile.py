@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, embed_env
+from tests.tables import comparable_rows
 
 pytestmark = [pytest.mark.scale, pytest.mark.integration, pytest.mark.spark]
 
@@ -132,17 +133,6 @@ def runs(cluster, tmp_path_factory):
     return embedded, scale, seconds, ran_on_cluster
 
 
-def _rows(lake, table: str) -> list[dict]:
-    data = lake.read_arrow(table)
-    cols = [c for c in data.column_names if c not in IGNORED]
-    rows = data.select(cols).to_pylist()
-    root = f"{lake.root.resolve()}/"
-    for r in rows:
-        if isinstance(r.get("path"), str) and r["path"].startswith(root):
-            r["path"] = r["path"][len(root) :]
-    return sorted(rows, key=lambda r: tuple(str(r[c]) for c in cols))
-
-
 # The recommender's float sums meet their inputs in another order (Spark's offline store vs
 # DuckDB's): its item vectors agree to ~5e-4 (mean difference ~1e-5; same metrics, same
 # rankings). Every other value is equal to float32 precision.
@@ -190,7 +180,10 @@ def test_both_profiles_give_the_same_lake_tables(runs):
     embedded, scale, _, _ = runs
     found = {}
     for table in TABLES:
-        want, got = _rows(Lake(embedded), table), _rows(Lake(scale), table)
+        want, got = (
+            comparable_rows(Lake(embedded), table, IGNORED),
+            comparable_rows(Lake(scale), table, IGNORED),
+        )
         assert want, f"{table}: empty in the embedded run"
         found[table] = _differences(got, want, 1e-3 if table in LOOSE else 1e-5)
     assert not any(found.values()), {t: d for t, d in found.items() if d}
