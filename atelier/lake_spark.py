@@ -2,9 +2,10 @@
 delta-spark's jars.
 
 A merge of a Spark DataFrame never funnels its rows through the driver:
-1. the executors read the target's snapshot (the file list of its current version, never the
-   folder's loose Parquet, which holds uncommitted and removed files too), join it with the
-   batch on the contract key and find the new keys and the changed rows;
+1. the executors find which of the target's snapshot files (the file list of its current
+   version, never the folder's loose Parquet, which holds uncommitted and removed files too)
+   hold a key of the batch, reading only the key columns; they join the batch with those
+   files' rows on the contract key and find the new keys and the changed rows;
 2. they write the new rows, and the rows of every target file holding a changed row (that file
    rewritten whole, copy-on-write), as Parquet into a fresh `w-<id>/` folder of the table;
 3. the driver reads only those files' footers and commits, in one delta-rs transaction, an add
@@ -71,6 +72,12 @@ def conform(c: TableContract, df: DataFrame) -> tuple[DataFrame, int]:
     """`df` with exactly the contract's columns, cast to its types, and its row count;
     ValueError on a missing column, a null in a non-nullable column or a key repeated in the
     batch (the checks the Arrow path makes, and delta-rs's merge). One pass over `df`."""
+    df = contract_columns(c, df)
+    return df, checked_rows(c, df)
+
+
+def contract_columns(c: TableContract, df: DataFrame) -> DataFrame:
+    """`df` with exactly the contract's columns, cast to its types (ValueError: one missing)."""
     from pyspark.sql import functions as F
 
     from atelier.contracts import _SPARK
@@ -78,7 +85,13 @@ def conform(c: TableContract, df: DataFrame) -> tuple[DataFrame, int]:
     missing = [n for n in c.column_names if n not in df.columns]
     if missing:
         raise ValueError(f"{c.name}: data lacks contract columns {missing}")
-    df = df.select(*[F.col(f"`{col.name}`").cast(_SPARK[col.type]) for col in c.columns])
+    return df.select(*[F.col(f"`{col.name}`").cast(_SPARK[col.type]) for col in c.columns])
+
+
+def checked_rows(c: TableContract, df: DataFrame) -> int:
+    """`df`'s row count; ValueError on a null in a non-nullable column or a repeated key."""
+    from pyspark.sql import functions as F
+
     required = [col.name for col in c.columns if not col.nullable]
     per_key = df.groupBy(*c.key).agg(
         F.count("*").alias("_n"),
@@ -94,34 +107,59 @@ def conform(c: TableContract, df: DataFrame) -> tuple[DataFrame, int]:
         raise ValueError(f"{c.name}: nulls in non-nullable columns {bad}")
     if totals["_repeated"]:
         raise ValueError(f"{c.name}: {totals['_repeated']} keys appear more than once in the batch")
-    return df, int(totals["_rows"] or 0)
+    return int(totals["_rows"] or 0)
 
 
 def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> tuple[int, int]:
     """Upsert `df` into the Delta table at `path` by `c.key` (see the module docstring);
     (inserted, updated). Creates the table on its first write; commits nothing when nothing
     changed; with `update=False` matched rows are left alone (insert-only)."""
-    from deltalake import DeltaTable
-    from deltalake.transaction import RemoveAction, create_table_with_add_actions
-    from pyspark.sql import functions as F
+    from deltalake.transaction import create_table_with_add_actions
+    from pyspark import StorageLevel
 
     spark = df.sparkSession
-    df, n_rows = conform(c, df)
-    if not (path / "_delta_log").is_dir() and not n_rows:
-        create_table_with_add_actions(str(path), _delta_schema(c), [], mode="error")
-        return 0, 0  # the table exists, empty, as the Arrow path leaves it
-    if not n_rows:
-        return 0, 0
-    if not (path / "_delta_log").is_dir():
-        adds, rows = _write_files(spark, path, df, n_rows)
-        create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
-        return rows, 0
+    # Computed once (the batch may be an expensive pipeline), read by every step below.
+    df = contract_columns(c, df).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        n_rows = checked_rows(c, df)
+        if not (path / "_delta_log").is_dir():
+            adds, rows = _write_files(spark, path, df, n_rows) if n_rows else ([], 0)
+            # An empty batch still creates the (empty) table, as the Arrow path does.
+            create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
+            return rows, 0
+        return _merge_into(spark, path, c, df, update) if n_rows else (0, 0)
+    finally:
+        df.unpersist()
+
+
+def _merge_into(
+    spark: SparkSession, path: Path, c: TableContract, df: DataFrame, update: bool
+) -> tuple[int, int]:
+    from deltalake import DeltaTable
+    from deltalake.transaction import RemoveAction
+    from pyspark.sql import functions as F
+
     dt = DeltaTable(str(path))
     files = _files(dt, path)
-    target = read_snapshot(spark, path, c, dt.version(), with_file=True)
-    rest = [n for n in c.column_names if n not in c.key]
-    theirs = target.select(*c.key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest])
-    joined = df.join(theirs, list(c.key), "left").cache()
+    ddl = c.spark_ddl()
+    key = list(c.key)
+    # Which files hold a key of the batch: the key columns only (Parquet reads no others).
+    holding = []
+    if files:
+        located = spark.read.schema(ddl).parquet(*sorted(files)).select(*key)
+        located = located.withColumn(FILE, F.input_file_name())
+        hits = df.select(*key).join(located, key, "inner").select(FILE).distinct()
+        holding = sorted(_local(r[FILE]) for r in hits.collect())
+    rest = [n for n in c.column_names if n not in key]
+    if holding:
+        target = spark.read.schema(ddl).parquet(*holding).withColumn(FILE, F.input_file_name())
+        theirs = target.select(*key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest])
+    else:
+        target = None
+        theirs = spark.createDataFrame([], f"{ddl}, `{FILE}` STRING").select(
+            *key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest]
+        )
+    joined = df.join(theirs, key, "left").cache()
     try:
         matched = F.col(FILE).isNotNull()
         differs = reduce(
@@ -139,8 +177,9 @@ def merge(path: Path, c: TableContract, df: DataFrame, update: bool = True) -> t
         out = inserts
         if touched:
             # A rewritten file keeps its other rows; the changed ones come from the batch.
+            assert target is not None
             kept = target.where(F.col(FILE).isin(touched)).join(
-                updates.select(*c.key), list(c.key), "left_anti"
+                updates.select(*key), key, "left_anti"
             )
             out = out.unionByName(kept.select(*c.column_names)).unionByName(
                 updates.select(*c.column_names)

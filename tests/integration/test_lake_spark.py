@@ -144,3 +144,7 @@ def test_an_empty_batch_creates_an_empty_table_and_large_ones_few_files(spark, t
     lake.merge("image_embeddings", _frame(spark, _rows(30)).repartition(12))
     assert lake_spark.ROWS_PER_FILE > 30
     assert len(list(lake.path("image_embeddings").glob("w-*/*.parquet"))) == 1
+    # Only new keys: no file holds any of them, nothing is rewritten.
+    res = lake.merge("image_embeddings", _frame(spark, _rows(5, start=500)))
+    assert (res.inserted, res.updated) == (5, 0)
+    assert lake.read_arrow("image_embeddings").num_rows == 35
