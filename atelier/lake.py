@@ -4,12 +4,12 @@ Three writers, one protocol on disk:
 - **delta-spark** (`format("delta")`) when its jars are on the Spark classpath. Provide them with
   `spark.packages` (needs network: `io.delta:delta-spark_2.13:<ver>`) or `spark.jars` (local jar
   files) in the settings.
-- **Spark executors + delta-rs commit** for Spark DataFrames otherwise (`lake.spark_io`
-  "executors", the default; atelier/lake_spark.py): executors write the Parquet files of a
-  merge in parallel, the driver commits them in one delta-rs transaction — the cluster path
-  where Maven Central is unreachable, as here.
-- **deltalake** (delta-rs) from Arrow on the driver for Arrow and pandas data (and for Spark
-  data with `lake.spark_io` "driver").
+- **Spark executors + delta-rs commit** for Spark DataFrames otherwise, on a cluster
+  (`lake.spark_io` "auto", the default, or "executors"; atelier/lake_spark.py): executors
+  write the Parquet files of a merge in parallel, the driver commits them in one delta-rs
+  transaction — the cluster path where Maven Central is unreachable, as here.
+- **deltalake** (delta-rs) from Arrow on the driver for Arrow and pandas data, and for Spark
+  data under `local[*]` ("auto") or with `lake.spark_io` "driver".
 Reads always go through a published snapshot (its file list), never loose Parquet.
 
 Merges upsert by the contract's key and only rewrite rows whose values changed, so a rerun on the
@@ -185,7 +185,7 @@ class Lake:
         `lake.spark_io` is "driver")."""
         spark = self._require_spark()
         version = self.version(table)
-        executors = self.settings.lake.spark_io == "executors"
+        executors = self._executor_io(spark)
         if version is not None and (self.uses_delta_spark or executors):
             if self.uses_delta_spark:
                 reader = spark.read.format("delta").option("versionAsOf", version)
@@ -225,7 +225,7 @@ class Lake:
             data.select(*c.column_names).write.format("delta").mode("overwrite").option(
                 "overwriteSchema", "true"
             ).save(str(self.path(table)))
-        elif _is_spark(data) and self.settings.lake.spark_io == "executors":
+        elif _is_spark(data) and self._executor_io(data.sparkSession):
             from atelier import lake_spark
 
             lake_spark.overwrite(self.path(table), c, data)
@@ -246,7 +246,7 @@ class Lake:
         self._adopt()
         if self.uses_delta_spark and _is_spark(data):
             return self._merge_spark(c, data, update)
-        if _is_spark(data) and self.settings.lake.spark_io == "executors":
+        if _is_spark(data) and self._executor_io(data.sparkSession):
             from atelier import lake_spark
 
             self.path(table).parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +401,13 @@ class Lake:
         joined = pc.binary_join_element_wise(root, path, "")
         absolute = pc.if_else(pc.starts_with(path, "/"), path, joined)
         return data.set_column(data.column_names.index("path"), "path", absolute)
+
+    def _executor_io(self, spark: SparkSession) -> bool:
+        """Whether Spark data is written and read by the executors (`lake.spark_io`)."""
+        mode = self.settings.lake.spark_io
+        if mode == "auto":
+            return not spark.sparkContext.master.startswith("local")
+        return mode == "executors"
 
     def _require_spark(self) -> SparkSession:
         if self.spark is None:

@@ -46,8 +46,10 @@ class LakeSettings(BaseModel):
     # "executors": executors write a merge's Parquet files in parallel and the driver commits
     # them to the Delta log with delta-rs (atelier/lake_spark.py); reads scan the published
     # snapshot's files on the executors. "driver": every row is collected to the driver as
-    # Arrow and written by delta-rs there (the embedded path of earlier versions).
-    spark_io: Literal["executors", "driver"] = "executors"
+    # Arrow and written by delta-rs there. "auto": executors on a cluster master, the driver
+    # under local[*] (one machine: the driver path is 1.6-4x faster there, and the driver's
+    # memory is the machine's; benchmarks/results/lake-writes.md).
+    spark_io: Literal["auto", "executors", "driver"] = "auto"
 
 
 class GateSettings(BaseModel):
