@@ -369,7 +369,18 @@ def test_scale_profile_spark_delta_sources_sql_registry_and_redis(settings, redi
     settings.feast.profile = "scale"
     settings.feast.redis = redis_url
     settings.feast.registry_url = f"sqlite:///{tmp_path / 'registry.sqlite'}"
+    # Without delta-spark's jars: temp views of the published snapshots, no Delta extension.
+    assert feast_store.lake_views(settings)
+    bare = feast_store.definitions(settings)["image_embeddings_source"]
+    assert (bare.table, bare.path) == ("atelier_image_embeddings", None)
+    conf = feast_store.repo_config(settings).offline_store.spark_conf
+    assert "spark.sql.extensions" not in conf
+    # With the jars configured (never loaded here: nothing below starts Spark): Delta paths.
+    settings.spark.jars = ["/opt/jars/delta-spark_4.2_2.13-4.4.1.jar"]
+    assert not feast_store.lake_views(settings)
     config = feast_store.repo_config(settings)
+    assert config.offline_store.spark_conf["spark.sql.extensions"].startswith("io.delta")
+    assert config.offline_store.spark_conf["spark.jars"] == settings.spark.jars[0]
     assert config.offline_store.type == "spark"
     assert config.offline_store.spark_conf["spark.master"] == settings.spark.master
     assert config.online_store.connection_string == redis_url
