@@ -110,13 +110,8 @@ def runs(cluster, tmp_path_factory):
     }
     apps_before = len(_apps(cluster))
     seconds = {
-        # Both runs write the lake through the executors (as a cluster does): the attribute
-        # model trained on a lake the driver wrote comes out slightly different (see the
-        # issue 15 note: an open determinism defect), which this test is not about.
-        "embedded": _demo(
-            root / "embedded",
-            {**base, "ATELIER_SPARK__MASTER": "local[2]", "ATELIER_LAKE__SPARK_IO": "executors"},
-        ),
+        # The embedded default: Spark local, the lake written through the driver (`auto`).
+        "embedded": _demo(root / "embedded", {**base, "ATELIER_SPARK__MASTER": "local[2]"}),
         "scale": _demo(
             root / "scale", {**base, "ATELIER_CONFIG": str(CLUSTER / "atelier.scale.yaml")}
         ),

@@ -152,11 +152,10 @@ def train_model(
     the train F1 is recorded beside the validation F1 for the learning curves.
     `eval_every=None` trains all `steps` and keeps the last weights.
     """
-    import keras
-
     from training.attributes.train_step import make_train_step
+    from training.seeding import seed_everything
 
-    keras.utils.set_random_seed(seed)
+    seed_everything(seed)
     config = model_config(ts, plan, sizes, **switches)
     model = build_attribute_model(config)
     step = make_train_step(model, learning_rate, weight_decay)

@@ -37,6 +37,7 @@ from models.recommender.items import item_index
 from models.recommender.model import ITEM_IDX, RecommenderConfig, build_item_tower, item_vectors
 from training.recommender.data import TrainingExamples
 from training.recommender.train_step import Batch, make_optimizer, make_train_step
+from training.seeding import deterministic_ops
 
 log = logging.getLogger("atelier.recommender")
 
@@ -199,6 +200,7 @@ def train_recommender_model(
     candidates = _negative_candidates(features, index, candidates, config.variant)
     candidate_rows = features.rows(candidates)
 
+    deterministic_ops()  # the weights are seeded; this keeps the steps' sums in one order too
     tower = build_item_tower(config)
     layer = tower.get_layer("item_tower")
     static, dynamic = layer.static_names, layer.dynamic_names
