@@ -56,24 +56,18 @@ def read_snapshot(
 ) -> DataFrame:
     """`path`'s rows at `version` read by the executors from the snapshot's files, with the
     contract's schema (and the source file's path in FILE when `with_file`)."""
+    return _read_files(spark, snapshot_files(path, version), c, with_file)
+
+
+def _read_files(spark: SparkSession, files, c: TableContract, with_file: bool) -> DataFrame:
+    """The rows of these Parquet files of the table (none: an empty frame), contract schema."""
     from pyspark.sql import functions as F
 
-    files = sorted(snapshot_files(path, version))
     if files:
-        df = spark.read.schema(c.spark_ddl()).parquet(*files)
+        df = spark.read.schema(c.spark_ddl()).parquet(*sorted(files))
     else:
         df = spark.createDataFrame([], c.spark_ddl())
-    if with_file:
-        df = df.withColumn(FILE, F.input_file_name())
-    return df
-
-
-def conform(c: TableContract, df: DataFrame) -> tuple[DataFrame, int]:
-    """`df` with exactly the contract's columns, cast to its types, and its row count;
-    ValueError on a missing column, a null in a non-nullable column or a key repeated in the
-    batch (the checks the Arrow path makes, and delta-rs's merge). One pass over `df`."""
-    df = contract_columns(c, df)
-    return df, checked_rows(c, df)
+    return df.withColumn(FILE, F.input_file_name()) if with_file else df
 
 
 def contract_columns(c: TableContract, df: DataFrame) -> DataFrame:
@@ -140,25 +134,17 @@ def _merge_into(
     from pyspark.sql import functions as F
 
     dt = DeltaTable(str(path))
-    files = _files(dt, path)
-    ddl = c.spark_ddl()
+    files = _files(dt, path)  # the snapshot this merge reads and commits against
     key = list(c.key)
     # Which files hold a key of the batch: the key columns only (Parquet reads no others).
     holding = []
     if files:
-        located = spark.read.schema(ddl).parquet(*sorted(files)).select(*key)
-        located = located.withColumn(FILE, F.input_file_name())
+        located = _read_files(spark, files, c, with_file=True).select(*key, FILE)
         hits = df.select(*key).join(located, key, "inner").select(FILE).distinct()
         holding = sorted(_local(r[FILE]) for r in hits.collect())
     rest = [n for n in c.column_names if n not in key]
-    if holding:
-        target = spark.read.schema(ddl).parquet(*holding).withColumn(FILE, F.input_file_name())
-        theirs = target.select(*key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest])
-    else:
-        target = None
-        theirs = spark.createDataFrame([], f"{ddl}, `{FILE}` STRING").select(
-            *key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest]
-        )
+    target = _read_files(spark, holding, c, with_file=True)
+    theirs = target.select(*key, FILE, *[F.col(n).alias(_TARGET + n) for n in rest])
     joined = df.join(theirs, key, "left").cache()
     try:
         matched = F.col(FILE).isNotNull()
@@ -177,7 +163,6 @@ def _merge_into(
         out = inserts
         if touched:
             # A rewritten file keeps its other rows; the changed ones come from the batch.
-            assert target is not None
             kept = target.where(F.col(FILE).isin(touched)).join(
                 updates.select(*key), key, "left_anti"
             )
@@ -200,10 +185,15 @@ def overwrite(path: Path, c: TableContract, df: DataFrame) -> None:
     """Replace the table's contents with `df` (executors write; one commit)."""
     from deltalake import DeltaTable
     from deltalake.transaction import create_table_with_add_actions
+    from pyspark import StorageLevel
 
     spark = df.sparkSession
-    df, n_rows = conform(c, df)
-    adds, _ = _write_files(spark, path, df, n_rows)
+    # Computed once: counted and checked, then written.
+    df = contract_columns(c, df).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        adds, _ = _write_files(spark, path, df, checked_rows(c, df))
+    finally:
+        df.unpersist()
     if not (path / "_delta_log").is_dir():
         create_table_with_add_actions(str(path), _delta_schema(c), adds, mode="error")
         return
