@@ -21,7 +21,8 @@ predict item-vectors`, `atelier materialize`): the lake's `item_vectors` table w
 
 then starts `atelier --workdir W serve --port P --poll-seconds 0` with that store's environment,
 waits for `/ready`, warms it up for `--warmup` seconds and drives it at each rate for
-`--duration` seconds with an open-loop generator (asyncio + httpx): request i is due at
+`--duration` seconds with an open-loop generator (asyncio on uvloop, `RawClient`: keep-alive
+HTTP/1.1 with pre-encoded requests): request i is due at
 t0 + i / rate whatever the earlier ones are doing, and its latency runs from that due time to
 its response, so a stalled server is charged for every request it delays (no coordinated
 omission). The mix (the same sequence for every store at a given rate, `--seed`):
@@ -436,7 +437,8 @@ def render(result: Mapping) -> str:
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}. Machine: {m['cpus']} CPUs ({m['cpu_model']}), "
         f"{m['platform']}, Python {m['python']}; load average at the start "
-        f"{m['loadavg_start']}. The load generator (one asyncio process, httpx) runs on the "
+        f"{m['loadavg_start']}. The load generator (one asyncio process on uvloop, a raw "
+        "keep-alive HTTP/1.1 client) runs on the "
         f"same machine as the server, and Redis beside them.{placement}",
         "",
         "## Setup",
@@ -869,11 +871,14 @@ class Server:
             # Now, while it is one thread still importing: the workers it forks later inherit.
             set_affinity(self.proc.pid, cpus)
 
-    def wait_ready(self, timeout: float) -> dict:
+    def wait_ready(self, timeout: float, workers: int = 1) -> dict:
+        """Poll `/ready` on fresh connections until `workers` distinct processes (its `pid`)
+        have answered 200: a request may reach any worker, and one still loading would charge
+        its load time to the first rate. Returns the last 200 answer."""
         import httpx
 
         deadline = time.monotonic() + timeout
-        last = "no answer"
+        last, ready_pids, answer = "no answer", set(), {}
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -882,7 +887,13 @@ class Server:
             try:
                 r = httpx.get(f"{self.base}/ready", timeout=5)
                 if r.status_code == 200:
-                    return r.json()
+                    answer = r.json()
+                    ready_pids.add(answer.get("pid"))
+                    if len(ready_pids) >= workers:
+                        return answer
+                    last = f"{len(ready_pids)} of {workers} workers ready"
+                    time.sleep(0.05)  # soon again: the next connection may reach another
+                    continue
                 last = f"{r.status_code} {r.text[:300]}"
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__}: {e}"
@@ -915,27 +926,104 @@ class Server:
 # -- the load generator ------------------------------------------------------------------------
 
 
-async def _call(client, call: Call, due: float, loop) -> Outcome:
-    import httpx
+class HTTPProtocolError(Exception):
+    """The server's answer is not an HTTP/1.1 response this client can read."""
 
+
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for the load generator.
+
+    Why not httpx: its per-request Python work (~3–5 ms of CPU here) matched the server's own,
+    so the generator saturated its core below 200 req/s and measured itself. This client sends
+    pre-encoded bytes and reads a status line, the headers and a Content-Length body (what
+    uvicorn answers for JSON and the metrics page); chunked bodies are refused. Connections are
+    pooled, at most `max_connections`; one that errs is closed, never reused.
+    """
+
+    def __init__(self, base: str, max_connections: int, timeout: float):
+        host_port = base.split("://", 1)[-1].rstrip("/")
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.timeout = timeout
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._slots = asyncio.Semaphore(max_connections)
+        self.opened = 0  # connections opened (keep-alive: far fewer than requests)
+
+    async def __aenter__(self) -> RawClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        while self._idle:
+            _, writer = self._idle.pop()
+            writer.close()
+
+    def encode(self, method: str, path: str, body: bytes | None) -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        return (head + "\r\n").encode() + (body or b"")
+
+    async def request(self, method: str, path: str, body: bytes | None = None):
+        """(status, body bytes); raises OSError, TimeoutError or HTTPProtocolError."""
+        async with self._slots:
+            if self._idle:
+                reader, writer = self._idle.pop()
+            else:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout
+                )
+                self.opened += 1
+            try:
+                writer.write(self.encode(method, path, body))
+                status, payload, keep = await asyncio.wait_for(_response(reader), self.timeout)
+            except BaseException:
+                writer.close()
+                raise
+            if keep:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
+            return status, payload
+
+
+async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """Read one response: (status, body, whether the connection stays open)."""
+    line = await reader.readline()
+    if not line:
+        raise ConnectionError("the server closed the connection without answering")
+    parts = line.split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise HTTPProtocolError(f"not an HTTP/1.1 status line: {line[:80]!r}")
+    status = int(parts[1])
+    length, keep = None, parts[0] == b"HTTP/1.1"
+    while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
+        name, _, value = header.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            raise HTTPProtocolError("chunked responses are not supported")
+        elif name == b"connection":
+            keep = value.strip().lower() != b"close"
+    if length is None:
+        raise HTTPProtocolError(f"HTTP {status} without Content-Length")
+    return status, await reader.readexactly(length), keep
+
+
+async def _call(client: RawClient, call: Call, due: float, loop) -> Outcome:
     sent = loop.time()
     try:
-        if call.body is None:
-            r = await client.request(call.method, call.path)
-        else:
-            r = await client.request(
-                call.method,
-                call.path,
-                content=call.body,
-                headers={"content-type": "application/json"},
-            )
+        status, body = await client.request(call.method, call.path, call.body)
         done = loop.time()
-        error = None if 200 <= r.status_code < 300 else f"http_{r.status_code}"
+        error = None if 200 <= status < 300 else f"http_{status}"
         fallback = None
         if error is None and call.kind != "similar":
-            fallback = r.json().get("fallback")
+            fallback = json.loads(body).get("fallback")
         return Outcome(call.kind, due, sent, done, error, fallback)
-    except httpx.HTTPError as e:
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, HTTPProtocolError) as e:
         return Outcome(call.kind, due, sent, loop.time(), type(e).__name__, answered=False)
     except Exception as e:  # a body that is not JSON, ...: counted, never fatal
         return Outcome(call.kind, due, sent, loop.time(), type(e).__name__)
@@ -999,15 +1087,8 @@ async def drive(
 ) -> list[dict]:
     """Warm-up, then every rate of `plan` (or of its search) against `base`; one result dict
     per rate."""
-    import httpx
-
-    limits = httpx.Limits(
-        max_connections=plan.max_connections, max_keepalive_connections=plan.max_connections
-    )
     rows = []
-    async with httpx.AsyncClient(
-        base_url=base, timeout=httpx.Timeout(plan.timeout), limits=limits
-    ) as client:
+    async with RawClient(base, plan.max_connections, plan.timeout) as client:
         if plan.warmup > 0:
             rate = min(plan.rates) if plan.search is None else plan.rates[0]
             rng = np.random.default_rng([plan.seed, 0])
@@ -1039,14 +1120,14 @@ async def drive(
                 catalogue.filters,
                 rng,
             )
-            before = parse_metrics((await client.get("/metrics")).text)
+            before = parse_metrics((await client.request("GET", "/metrics"))[1].decode())
             load = os.getloadavg()
             cpu0 = (time.process_time(), tree_cpu_seconds(server_pid), cpu_seconds(redis_pid))
             wall0 = time.perf_counter()
             t0, outcomes = await open_loop(client, calls, rate)
             wall = time.perf_counter() - wall0
             cpu1 = (time.process_time(), tree_cpu_seconds(server_pid), cpu_seconds(redis_pid))
-            after = parse_metrics((await client.get("/metrics")).text)
+            after = parse_metrics((await client.request("GET", "/metrics"))[1].decode())
             row = {
                 "store": store,
                 "workers": workers,
@@ -1189,7 +1270,7 @@ def serve_and_drive(
         settings.workdir, env, scratch / f"serve-{store}-{workers}.log", workers, server_cpus
     )
     try:
-        ready = server.wait_ready(ready_timeout)
+        ready = server.wait_ready(ready_timeout, workers)
         info.update(ready_s=round(time.perf_counter() - t, 1), ready=ready, port=server.port)
         say(
             f"{name}: atelier serve ready in {info['ready_s']} s on {server.base} "
@@ -1211,7 +1292,7 @@ def serve_and_drive(
                 "redis_cpus": sorted(os.sched_getaffinity(redis.proc.pid)) if redis else None,
             }
         with pinned(generator_cpus):
-            rows = asyncio.run(
+            rows = run_async(
                 drive(
                     server.base,
                     plan,
@@ -1228,6 +1309,16 @@ def serve_and_drive(
         return info, rows
     finally:
         server.stop()
+
+
+def run_async(coro):
+    """Run `coro` on uvloop when it is installed (uvicorn's standard extra brings it): the
+    generator's event loop costs less CPU per request than asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def parse_rates(text: str) -> list[float]:

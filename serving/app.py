@@ -151,6 +151,7 @@ class ReadyResponse(BaseModel):
     products: int
     built_at: str
     sources: dict[str, int | None]
+    pid: int  # which server process answered (`serve --workers`)
 
 
 class ReloadResponse(BaseModel):
@@ -259,6 +260,7 @@ def create_app(
             products=len(state.candidates),
             built_at=state.built_at,
             sources=dict(state.sources),
+            pid=os.getpid(),
         )
 
     @app.post(

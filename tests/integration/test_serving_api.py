@@ -140,6 +140,7 @@ def test_health_and_ready_name_the_champion(client):
     assert body["status"] == "ready" and body["model_version"] == MODEL
     assert body["products"] == 150
     assert body["sources"]["item_vectors"] == 0
+    assert body["pid"] == os.getpid()  # which worker answered (serve --workers)
     state = client.app.state.holder.state
     assert (state.n_recent, state.layout) == (N_RECENT, LAYOUT)
     assert state.candidates.layout == LAYOUT

@@ -3,6 +3,7 @@ and scrape differences, the request mix, per-rate results, the goal and the repo
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -10,10 +11,14 @@ import numpy as np
 import pytest
 
 from benchmarks.serving import (
+    Call,
+    HTTPProtocolError,
     Outcome,
     Plan,
+    RawClient,
     Scrape,
     Search,
+    _call,
     cpu_seconds,
     find_max_summary,
     goal_status,
@@ -369,3 +374,64 @@ def test_disruption_phases_count_errors_5xx_fallbacks_and_versions():
     assert rows["recovered"]["server_errors_5xx"] == 1
     assert rows["promoted"]["model_versions"] == {"m/2": 1}
     assert window(answers, 0, 40)["p50"] == 6.5
+
+
+def _serve_canned(answers: list[bytes]):
+    """A TCP server that records each request it reads (head + body) and answers the next
+    canned response; a response starting with b"CLOSE" closes the connection instead."""
+    seen: list[bytes] = []
+
+    async def handle(reader, writer):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:  # the client closed it
+                break
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            seen.append(head + (await reader.readexactly(length) if length else b""))
+            answer = answers.pop(0)
+            if answer.startswith(b"CLOSE"):
+                break
+            writer.write(answer)
+            await writer.drain()
+        writer.close()
+
+    return handle, seen
+
+
+def test_raw_client_keeps_connections_alive_and_reads_status_and_body():
+    body = json.dumps({"fallback": "unknown_customer", "items": []}).encode()
+    ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+    answers = [ok % (len(body), body), b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}",
+               b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", b"CLOSE"]  # fmt: skip
+
+    async def scenario():
+        handle, seen = _serve_canned(answers)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        async with RawClient(f"http://127.0.0.1:{port}", 4, timeout=2.0) as client:
+            post = Call("unknown", "POST", "/recommendations", b'{"customer_id": "x"}')
+            first = await _call(client, post, loop.time(), loop)
+            status, payload = await client.request("GET", "/nothing")
+            with pytest.raises(HTTPProtocolError, match="chunked"):
+                await client.request("GET", "/chunked")
+            # The connection that erred was closed: the next call opens another, which the
+            # server closes without an answer: counted as not answered, never raised.
+            lost = await _call(client, Call("similar", "GET", "/p"), loop.time(), loop)
+            opened = client.opened
+        server.close()
+        await server.wait_closed()
+        return first, (status, payload), lost, opened, seen
+
+    first, second, lost, opened, seen = asyncio.run(scenario())
+    assert (first.error, first.fallback, first.answered) == (None, "unknown_customer", True)
+    assert second == (404, b"{}")
+    assert (lost.error, lost.answered) == ("ConnectionError", False)
+    assert opened == 2  # the first three requests went over one kept-alive connection
+    assert seen[0].startswith(b"POST /recommendations HTTP/1.1\r\n")
+    assert b"Content-Length: 20\r\n" in seen[0] and seen[0].endswith(b'{"customer_id": "x"}')
+    assert seen[1].startswith(b"GET /nothing HTTP/1.1\r\n") and b"Content-Length" not in seen[1]
