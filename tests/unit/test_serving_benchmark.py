@@ -412,16 +412,15 @@ def test_raw_client_keeps_connections_alive_and_reads_status_and_body():
         handle, seen = _serve_canned(answers)
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        loop = asyncio.get_running_loop()
         async with RawClient(f"http://127.0.0.1:{port}", 4, timeout=2.0) as client:
             post = Call("unknown", "POST", "/recommendations", b'{"customer_id": "x"}')
-            first = await _call(client, post, loop.time(), loop)
+            first = await _call(client, post, 0.0)
             status, payload = await client.request("GET", "/nothing")
             with pytest.raises(HTTPProtocolError, match="chunked"):
                 await client.request("GET", "/chunked")
             # The connection that erred was closed: the next call opens another, which the
             # server closes without an answer: counted as not answered, never raised.
-            lost = await _call(client, Call("similar", "GET", "/p"), loop.time(), loop)
+            lost = await _call(client, Call("similar", "GET", "/p"), 0.0)
             opened = client.opened
         server.close()
         await server.wait_closed()
@@ -435,3 +434,28 @@ def test_raw_client_keeps_connections_alive_and_reads_status_and_body():
     assert seen[0].startswith(b"POST /recommendations HTTP/1.1\r\n")
     assert b"Content-Length: 20\r\n" in seen[0] and seen[0].endswith(b'{"customer_id": "x"}')
     assert seen[1].startswith(b"GET /nothing HTTP/1.1\r\n") and b"Content-Length" not in seen[1]
+
+
+def test_raw_client_sends_again_when_a_kept_connection_was_closed_and_drops_stale_ones():
+    ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"
+    answers = [ok, b"CLOSE", ok, ok]  # the server drops the kept connection at request 2
+
+    async def scenario():
+        handle, seen = _serve_canned(answers)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        async with RawClient(base, 2, timeout=2.0, keepalive_expiry=0.2) as client:
+            got = [await client.request("GET", "/a"), await client.request("GET", "/b")]
+            counts = [(client.opened, client.retried)]
+            await asyncio.sleep(0.3)  # idle past the expiry: not reused
+            got.append(await client.request("GET", "/c"))
+            counts.append((client.opened, client.retried))
+        server.close()
+        await server.wait_closed()
+        return got, counts, seen
+
+    got, counts, seen = asyncio.run(scenario())
+    assert got == [(200, b"{}")] * 3
+    assert counts == [(2, 1), (3, 1)]
+    assert [r.split(b" ")[1] for r in seen] == [b"/a", b"/b", b"/b", b"/c"]
