@@ -22,7 +22,7 @@ predict item-vectors`, `atelier materialize`): the lake's `item_vectors` table w
 then starts `atelier --workdir W serve --port P --poll-seconds 0` with that store's environment,
 waits for `/ready`, warms it up for `--warmup` seconds and drives it at each rate for
 `--duration` seconds with an open-loop generator (asyncio on uvloop, `RawClient`: keep-alive
-HTTP/1.1 with pre-encoded requests): request i is due at
+HTTP/1.1 writing request bytes directly): request i is due at
 t0 + i / rate whatever the earlier ones are doing, and its latency runs from that due time to
 its response, so a stalled server is charged for every request it delays (no coordinated
 omission). The mix (the same sequence for every store at a given rate, `--seed`):
@@ -244,7 +244,7 @@ def request_mix(
 
 @dataclass(frozen=True)
 class Outcome:
-    """One call's times (event loop clock, s) and result."""
+    """One call's times (`now`, s) and result."""
 
     kind: str
     due: float
@@ -878,7 +878,7 @@ class Server:
         import httpx
 
         deadline = time.monotonic() + timeout
-        last, ready_pids, answer = "no answer", set(), {}
+        last, ready_pids = "no answer", set()
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -939,12 +939,13 @@ class RawClient:
     """A minimal HTTP/1.1 keep-alive client on asyncio streams, for the load generator.
 
     Why not httpx: its per-request Python work (~3–5 ms of CPU here) matched the server's own,
-    so the generator saturated its core below 200 req/s and measured itself. This client sends
-    pre-encoded bytes and reads a status line, the headers and a Content-Length body (what
-    uvicorn answers for JSON and the metrics page); chunked bodies are refused. Connections are
-    pooled, at most `max_connections`; one that errs is closed, never reused. An idle one is
-    dropped after `keepalive_expiry` s (uvicorn closes its side after 5 s), and a request whose
-    reused connection turns out closed before any answer is sent once more on a new one.
+    so the generator saturated its core below 200 req/s and measured itself. This client writes
+    the request bytes directly (the mix's bodies are serialised once) and reads a status line,
+    the headers and a Content-Length body (what uvicorn answers for JSON and the metrics page);
+    chunked bodies are refused. Connections are pooled, at most `max_connections`; one that
+    errs is closed, never reused. An idle one is dropped after `keepalive_expiry` s (uvicorn
+    closes its side after 5 s), and a request whose reused connection turns out closed before
+    any answer is sent once more on a new one.
     """
 
     def __init__(
